@@ -1,0 +1,446 @@
+//! The call store: reads calls and changes them. Every change is one conditional UPDATE (or the
+//! INSERT of a new call), an audit row and an outbox row, committed together; racing commands have
+//! exactly one winner because the UPDATE only matches the status the decision was made on.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use serde::Serialize;
+use tokio::sync::Notify;
+use uuid::Uuid;
+use videocall_domain::{CallStatus, CallType, Command, Decision, Effect, EndReason, Party, decide};
+use videocall_entities::{call_transitions, calls, live_call_parties, outbox};
+
+use crate::events::{CloudEvent, call_event_names};
+
+/// A call as the services see it: the row with its enums parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub id: Uuid,
+    pub caller_id: String,
+    pub callee_id: String,
+    pub call_type: CallType,
+    pub status: CallStatus,
+    pub end_reason: Option<EndReason>,
+    pub ended_by: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub request_id: String,
+    pub version: i64,
+    pub ring_timeout_secs: i32,
+    pub created_at: DateTime<Utc>,
+    pub ringing_at: Option<DateTime<Utc>>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl CallRecord {
+    /// Talk time: from answer to end.
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some((self.ended_at? - self.answered_at?).num_milliseconds())
+    }
+
+    /// The role `actor` plays in this call, if any.
+    pub fn party_of(&self, actor: &Actor) -> Option<Party> {
+        if actor.is_service {
+            Some(Party::Service)
+        } else if actor.id == self.caller_id {
+            Some(Party::Caller)
+        } else if actor.id == self.callee_id {
+            Some(Party::Callee)
+        } else {
+            None
+        }
+    }
+
+    fn from_model(m: calls::Model) -> Result<Self, StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt { id: m.id, detail };
+        let status = m.status.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?;
+        let call_type = m.call_type.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?;
+        let end_reason = match m.end_reason.as_deref() {
+            Some(r) => Some(r.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?),
+            None => None,
+        };
+        let metadata = serde_json::from_value(m.metadata.clone()).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        Ok(Self {
+            id: m.id,
+            caller_id: m.caller_id,
+            callee_id: m.callee_id,
+            call_type,
+            status,
+            end_reason,
+            ended_by: m.ended_by,
+            metadata,
+            request_id: m.request_id,
+            version: m.version,
+            ring_timeout_secs: m.ring_timeout_secs,
+            created_at: m.created_at,
+            ringing_at: m.ringing_at,
+            answered_at: m.answered_at,
+            ended_at: m.ended_at,
+        })
+    }
+}
+
+/// Who asks for a change: a user id, or a service acting for anyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub id: String,
+    pub is_service: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("call {0} not found")]
+    NotFound(Uuid),
+    #[error("not a party of this call")]
+    NotAParty,
+    #[error("this party may not do that")]
+    Forbidden,
+    #[error("call is {0}")]
+    WrongState(CallStatus),
+    #[error("user {0} is busy in another call")]
+    Busy(String),
+    #[error("end reason `{0}` cannot be given here")]
+    BadReason(EndReason),
+    #[error("stored call {id} is unreadable: {detail}")]
+    Corrupt { id: Uuid, detail: String },
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// A call to create.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub request_id: String,
+    pub caller_id: String,
+    pub callee_id: String,
+    pub call_type: CallType,
+    pub metadata: BTreeMap<String, String>,
+    pub ring_timeout_secs: i32,
+}
+
+/// Result of [`CallStore::initiate`]: `created` is false when the request id was seen before.
+#[derive(Debug, Clone)]
+pub struct Initiated {
+    pub call: CallRecord,
+    pub created: bool,
+}
+
+/// Filters and cursor of a history page.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub user_id: String,
+    pub call_type: Option<CallType>,
+    pub status: Option<CallStatus>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Only calls older than this one (the previous page's last id).
+    pub before: Option<Uuid>,
+    pub limit: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub calls: Vec<CallRecord>,
+    /// Id to pass as `before` for the next page; None on the last page.
+    pub next: Option<Uuid>,
+}
+
+/// Reads and changes calls. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CallStore {
+    db: DatabaseConnection,
+    event_source: String,
+    /// Woken after each commit that wrote an outbox row, so the relay publishes at once.
+    outbox_wake: Arc<Notify>,
+}
+
+/// Statuses advance at most four times, so this many attempts always reach a decision.
+const MAX_ATTEMPTS: usize = 6;
+
+impl CallStore {
+    pub fn new(db: DatabaseConnection, event_source: String, outbox_wake: Arc<Notify>) -> Self {
+        Self { db, event_source, outbox_wake }
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<CallRecord, StoreError> {
+        let model = calls::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound(id))?;
+        CallRecord::from_model(model)
+    }
+
+    async fn find_by_request(&self, caller_id: &str, request_id: &str) -> Result<Option<CallRecord>, StoreError> {
+        calls::Entity::find()
+            .filter(calls::Column::CallerId.eq(caller_id))
+            .filter(calls::Column::RequestId.eq(request_id))
+            .one(&self.db)
+            .await?
+            .map(CallRecord::from_model)
+            .transpose()
+    }
+
+    /// Creates a call, unless this caller already made one with `request_id` (then returns it).
+    /// Refuses with `Busy` when either party is in a live call; the database decides that race.
+    #[tracing::instrument(skip_all, fields(caller_id = %new.caller_id, callee_id = %new.callee_id), err)]
+    pub async fn initiate(&self, new: NewCall, actor_id: &str) -> Result<Initiated, StoreError> {
+        if let Some(call) = self.find_by_request(&new.caller_id, &new.request_id).await? {
+            return Ok(Initiated { call, created: false });
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        let call = CallRecord {
+            id: Uuid::now_v7(),
+            caller_id: new.caller_id,
+            callee_id: new.callee_id,
+            call_type: new.call_type,
+            status: CallStatus::Initiated,
+            end_reason: None,
+            ended_by: None,
+            metadata: new.metadata,
+            request_id: new.request_id,
+            version: 1,
+            ring_timeout_secs: new.ring_timeout_secs,
+            created_at: now,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: None,
+        };
+        match self.insert_new(&call, actor_id, now).await {
+            Ok(()) => {
+                self.outbox_wake.notify_one();
+                Ok(Initiated { call, created: true })
+            }
+            Err(StoreError::Db(e)) if is_unique_violation(&e) => {
+                // Either the same request raced us, or a party is busy.
+                if let Some(existing) = self.find_by_request(&call.caller_id, &call.request_id).await? {
+                    return Ok(Initiated { call: existing, created: false });
+                }
+                let busy = live_call_parties::Entity::find_by_id(call.callee_id.clone()).one(&self.db).await?;
+                let user = if busy.is_some() { call.callee_id } else { call.caller_id };
+                Err(StoreError::Busy(user))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn insert_new(&self, call: &CallRecord, actor_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        let parties = [&call.caller_id, &call.callee_id].map(|user| live_call_parties::ActiveModel {
+            user_id: Set(user.clone()),
+            call_id: Set(call.id),
+            since: Set(now),
+        });
+        live_call_parties::Entity::insert_many(parties).exec_without_returning(&txn).await?;
+        calls::Entity::insert(calls::ActiveModel {
+            id: Set(call.id),
+            caller_id: Set(call.caller_id.clone()),
+            callee_id: Set(call.callee_id.clone()),
+            call_type: Set(call.call_type.as_str().to_owned()),
+            status: Set(call.status.as_str().to_owned()),
+            end_reason: Set(None),
+            ended_by: Set(None),
+            metadata: Set(serde_json::to_value(&call.metadata).unwrap_or_default()),
+            request_id: Set(call.request_id.clone()),
+            version: Set(call.version),
+            ring_timeout_secs: Set(call.ring_timeout_secs),
+            created_at: Set(now),
+            ringing_at: Set(None),
+            answered_at: Set(None),
+            ended_at: Set(None),
+            updated_at: Set(now),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        self.record_change(&txn, call, None, actor_id, now).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Applies `command` from `actor` to call `id`: one winner per race, idempotent repeats.
+    #[tracing::instrument(skip_all, fields(call_id = %id, actor = %actor.id, ?command), err)]
+    pub async fn apply(&self, id: Uuid, command: Command, actor: &Actor) -> Result<CallRecord, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let call = self.get(id).await?;
+            let party = call.party_of(actor).ok_or(StoreError::NotAParty)?;
+            match decide(call.status, command, party) {
+                Decision::AlreadyDone => return Ok(call),
+                Decision::Refuse { current } => return Err(StoreError::WrongState(current)),
+                Decision::Forbidden => return Err(StoreError::Forbidden),
+                Decision::BadReason(reason) => return Err(StoreError::BadReason(reason)),
+                Decision::Apply(effect) => {
+                    if let Some(changed) = self.try_transition(&call, effect, &actor.id).await? {
+                        self.outbox_wake.notify_one();
+                        return Ok(changed);
+                    }
+                    // Someone else moved the call first: decide again on what they left.
+                }
+            }
+        }
+        Err(StoreError::Db(DbErr::Custom(format!("call {id} kept changing under {MAX_ATTEMPTS} attempts"))))
+    }
+
+    /// The conditional update; `None` when the call is no longer in `call.status`.
+    async fn try_transition(&self, call: &CallRecord, effect: Effect, actor_id: &str) -> Result<Option<CallRecord>, StoreError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let mut update = calls::Entity::update_many()
+            .col_expr(calls::Column::Status, Expr::value(effect.to.as_str()))
+            .col_expr(calls::Column::Version, Expr::col(calls::Column::Version).add(1))
+            .col_expr(calls::Column::UpdatedAt, Expr::value(now));
+        update = match effect.to {
+            CallStatus::Ringing => update.col_expr(calls::Column::RingingAt, Expr::value(now)),
+            CallStatus::Active => update.col_expr(calls::Column::AnsweredAt, Expr::value(now)),
+            _ => update,
+        };
+        if let Some(reason) = effect.reason {
+            update = update
+                .col_expr(calls::Column::EndedAt, Expr::value(now))
+                .col_expr(calls::Column::EndReason, Expr::value(reason.as_str()))
+                .col_expr(calls::Column::EndedBy, Expr::value(actor_id));
+        }
+        let txn = self.db.begin().await?;
+        let updated = update
+            .filter(calls::Column::Id.eq(call.id))
+            .filter(calls::Column::Status.eq(call.status.as_str()))
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(model) = updated.into_iter().next() else {
+            txn.rollback().await?;
+            return Ok(None);
+        };
+        let changed = CallRecord::from_model(model)?;
+        if changed.status.is_terminal() {
+            live_call_parties::Entity::delete_many()
+                .filter(live_call_parties::Column::CallId.eq(call.id))
+                .exec(&txn)
+                .await?;
+        }
+        self.record_change(&txn, &changed, Some(call.status), actor_id, now).await?;
+        txn.commit().await?;
+        Ok(Some(changed))
+    }
+
+    /// The audit row and the outbox row of a change that `call` now reflects.
+    async fn record_change(
+        &self,
+        txn: &DatabaseTransaction,
+        call: &CallRecord,
+        from: Option<CallStatus>,
+        actor_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        call_transitions::Entity::insert(call_transitions::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            call_id: Set(call.id),
+            from_status: Set(from.map(|s| s.as_str().to_owned())),
+            to_status: Set(call.status.as_str().to_owned()),
+            reason: Set(call.end_reason.map(|r| r.as_str().to_owned())),
+            actor: Set(actor_id.to_owned()),
+            version: Set(call.version),
+            created_at: Set(now),
+        })
+        .exec_without_returning(txn)
+        .await?;
+
+        let (event_type, routing_key) = call_event_names(call.status);
+        let event_id = Uuid::now_v7();
+        let data = CallEventData::new(call, from);
+        let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &call.id.to_string(), now, data);
+        let payload = serde_json::to_string(&envelope).map_err(|e| DbErr::Custom(format!("event encoding: {e}")))?;
+        outbox::Entity::insert(outbox::ActiveModel {
+            id: Set(event_id),
+            aggregate_id: Set(call.id),
+            event_type: Set(event_type.to_owned()),
+            routing_key: Set(routing_key.to_owned()),
+            payload: Set(payload),
+            created_at: Set(now),
+            available_at: Set(now),
+            attempts: Set(0),
+            last_error: Set(None),
+            published_at: Set(None),
+        })
+        .exec_without_returning(txn)
+        .await?;
+        Ok(())
+    }
+
+    /// One page of a user's calls (as caller or callee), newest first.
+    pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let mut select = calls::Entity::find().filter(
+            Condition::any().add(calls::Column::CallerId.eq(&q.user_id)).add(calls::Column::CalleeId.eq(&q.user_id)),
+        );
+        if let Some(t) = q.call_type {
+            select = select.filter(calls::Column::CallType.eq(t.as_str()));
+        }
+        if let Some(s) = q.status {
+            select = select.filter(calls::Column::Status.eq(s.as_str()));
+        }
+        if let Some(since) = q.since {
+            select = select.filter(calls::Column::CreatedAt.gte(since));
+        }
+        if let Some(until) = q.until {
+            select = select.filter(calls::Column::CreatedAt.lt(until));
+        }
+        if let Some(before) = q.before {
+            select = select.filter(calls::Column::Id.lt(before));
+        }
+        let mut models = select.order_by_desc(calls::Column::Id).limit(q.limit + 1).all(&self.db).await?;
+        let more = models.len() as u64 > q.limit;
+        models.truncate(q.limit as usize);
+        let calls = models.into_iter().map(CallRecord::from_model).collect::<Result<Vec<_>, _>>()?;
+        let next = if more { calls.last().map(|c| c.id) } else { None };
+        Ok(HistoryPage { calls, next })
+    }
+}
+
+fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// `data` of every call event: the call after the change, and the status it left.
+#[derive(Debug, Serialize)]
+struct CallEventData<'a> {
+    call_id: Uuid,
+    caller_id: &'a str,
+    callee_id: &'a str,
+    call_type: &'static str,
+    status: &'static str,
+    previous_status: Option<&'static str>,
+    end_reason: Option<&'static str>,
+    ended_by: Option<&'a str>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    ringing_at: Option<DateTime<Utc>>,
+    answered_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    duration_ms: Option<i64>,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+impl<'a> CallEventData<'a> {
+    fn new(call: &'a CallRecord, from: Option<CallStatus>) -> Self {
+        Self {
+            call_id: call.id,
+            caller_id: &call.caller_id,
+            callee_id: &call.callee_id,
+            call_type: call.call_type.as_str(),
+            status: call.status.as_str(),
+            previous_status: from.map(CallStatus::as_str),
+            end_reason: call.end_reason.map(EndReason::as_str),
+            ended_by: call.ended_by.as_deref(),
+            version: call.version,
+            created_at: call.created_at,
+            ringing_at: call.ringing_at,
+            answered_at: call.answered_at,
+            ended_at: call.ended_at,
+            duration_ms: call.duration_ms(),
+            metadata: &call.metadata,
+        }
+    }
+}

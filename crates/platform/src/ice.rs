@@ -1,0 +1,98 @@
+//! ICE servers handed to each party: the STUN list, plus TURN with ephemeral credentials in the
+//! TURN REST API scheme that coturn's `use-auth-secret` accepts:
+//! username `<unix expiry>:<user id>`, password base64(HMAC-SHA1(secret, username)).
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IceConfig {
+    pub stun_urls: Vec<String>,
+    /// `turn:`/`turns:` URLs of one TURN deployment sharing `turn_secret`.
+    pub turn_urls: Vec<String>,
+    pub turn_secret: Option<Secret>,
+    /// How long minted TURN credentials stay valid.
+    pub turn_ttl: Duration,
+}
+
+impl IceConfig {
+    /// The servers for `user_id`, with TURN credentials valid for `turn_ttl` from `now` (unix secs).
+    pub fn servers_for(&self, user_id: &str, now: i64) -> Vec<IceServer> {
+        let mut servers = Vec::with_capacity(2);
+        if !self.stun_urls.is_empty() {
+            servers.push(IceServer { urls: self.stun_urls.clone(), username: String::new(), credential: String::new() });
+        }
+        if let (false, Some(secret)) = (self.turn_urls.is_empty(), &self.turn_secret) {
+            let expiry = now + i64::try_from(self.turn_ttl.as_secs()).unwrap_or(i64::MAX / 2);
+            let username = format!("{expiry}:{user_id}");
+            let credential = turn_password(secret, &username);
+            servers.push(IceServer { urls: self.turn_urls.clone(), username, credential });
+        }
+        servers
+    }
+}
+
+/// base64(HMAC-SHA1(secret, username)), as coturn computes it.
+pub fn turn_password(secret: &Secret, username: &str) -> String {
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.expose().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(username.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// A URL list entry is usable as an ICE server URL.
+pub fn is_ice_url(url: &str, schemes: &[&str]) -> bool {
+    schemes.iter().any(|s| url.strip_prefix(s).and_then(|rest| rest.strip_prefix(':')).is_some_and(|h| !h.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_password_matches_rfc2202_hmac_sha1() {
+        // RFC 2202 test case 2: key "Jefe", data "what do ya want for nothing?"
+        // HMAC-SHA1 = effcdf6ae5eb2fa2d27416d5f184df9c259a7c79
+        let expected = STANDARD.encode([
+            0xef, 0xfc, 0xdf, 0x6a, 0xe5, 0xeb, 0x2f, 0xa2, 0xd2, 0x74, 0x16, 0xd5, 0xf1, 0x84, 0xdf, 0x9c, 0x25, 0x9a,
+            0x7c, 0x79,
+        ]);
+        assert_eq!(turn_password(&Secret::new("Jefe"), "what do ya want for nothing?"), expected);
+    }
+
+    #[test]
+    fn servers_carry_stun_and_expiring_turn() {
+        let config = IceConfig {
+            stun_urls: vec!["stun:stun.example.com:3478".into()],
+            turn_urls: vec!["turn:turn.example.com:3478?transport=udp".into()],
+            turn_secret: Some(Secret::new("s3cret")),
+            turn_ttl: Duration::from_secs(3600),
+        };
+        let servers = config.servers_for("alice", 1_000);
+        assert_eq!(servers.len(), 2);
+        assert_eq!(servers[0].username, "");
+        assert_eq!(servers[1].username, "4600:alice");
+        assert_eq!(servers[1].credential, turn_password(&Secret::new("s3cret"), "4600:alice"));
+    }
+
+    #[test]
+    fn no_turn_without_a_secret() {
+        let config = IceConfig { stun_urls: vec![], turn_urls: vec!["turn:x".into()], turn_secret: None, turn_ttl: Duration::from_secs(1) };
+        assert!(config.servers_for("bob", 0).is_empty());
+        assert!(is_ice_url("turn:host:3478", &["turn", "turns"]));
+        assert!(!is_ice_url("http://host", &["turn", "turns"]));
+        assert!(!is_ice_url("stun:", &["stun"]));
+    }
+}

@@ -1,0 +1,15 @@
+//! What the Videocall services share at runtime. Each module is one concern; services compose them.
+
+#![forbid(unsafe_code)]
+
+pub mod amqp;
+pub mod auth;
+pub mod backoff;
+pub mod call_store;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod ice;
+pub mod outbox_relay;
+pub mod shutdown;
+pub mod telemetry;

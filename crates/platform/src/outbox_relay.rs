@@ -1,0 +1,233 @@
+//! The outbox relay: publishes committed outbox rows to RabbitMQ with publisher confirms and marks
+//! them sent only after a clean ack. Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number
+//! of replicas can run it; an unroutable or refused message is retried later with backoff.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use lapin::{
+    BasicProperties, Channel, ExchangeKind,
+    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    Confirmation,
+    types::FieldTable,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+    sea_query::{Expr, LockBehavior, LockType},
+};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use videocall_entities::outbox;
+
+use crate::{amqp, backoff::Backoff};
+
+#[derive(Debug, Clone)]
+pub struct OutboxRelayConfig {
+    pub amqp_url: String,
+    /// Topic exchange the events go to (`videocall.events`).
+    pub exchange: String,
+    pub batch_size: u64,
+    /// Poll period when nothing wakes the relay (events written by other processes).
+    pub poll_interval: Duration,
+    pub connection_name: String,
+}
+
+/// Health of the relay, for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    Connecting,
+    Connected,
+}
+
+pub struct OutboxRelay {
+    db: DatabaseConnection,
+    config: OutboxRelayConfig,
+    wake: Arc<Notify>,
+    state: watch::Sender<RelayState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+impl OutboxRelay {
+    pub fn new(db: DatabaseConnection, config: OutboxRelayConfig, wake: Arc<Notify>) -> Self {
+        Self { db, config, wake, state: watch::Sender::new(RelayState::Connecting) }
+    }
+
+    pub fn state(&self) -> watch::Receiver<RelayState> {
+        self.state.subscribe()
+    }
+
+    /// Runs until `shutdown`; reconnects to the broker with backoff whenever the channel fails.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut db_backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            self.state.send_replace(RelayState::Connecting);
+            let Some(connection) = amqp::connect(&self.config.amqp_url, &self.config.connection_name, &shutdown).await
+            else {
+                break;
+            };
+            let channel = match self.open_channel(&connection).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot set up the events exchange; reconnecting");
+                    sleep_or_stop(Duration::from_secs(1), &shutdown).await;
+                    continue;
+                }
+            };
+            self.state.send_replace(RelayState::Connected);
+            tracing::info!(exchange = %self.config.exchange, "outbox relay connected");
+            loop {
+                match self.publish_batch(&channel).await {
+                    Ok(n) => {
+                        db_backoff.reset();
+                        if n as u64 >= self.config.batch_size {
+                            continue; // more may be waiting
+                        }
+                    }
+                    Err(RelayError::Broker(error)) => {
+                        tracing::warn!(%error, "broker channel failed; reconnecting");
+                        break;
+                    }
+                    Err(RelayError::Db(error)) => {
+                        let delay = db_backoff.next_delay();
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox read failed");
+                        sleep_or_stop(delay, &shutdown).await;
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+            let _ = connection.close(200, "shutting down".into()).await;
+        }
+        Ok(())
+    }
+
+    async fn open_channel(&self, connection: &lapin::Connection) -> Result<Channel, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .exchange_declare(
+                self.config.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(channel)
+    }
+
+    /// Claims up to `batch_size` due rows, publishes them, waits for every confirm, then records
+    /// which were acked (sent) and which must be retried. Returns how many rows it claimed.
+    async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
+        let txn = self.db.begin().await?;
+        let now = Utc::now();
+        let mut select = outbox::Entity::find()
+            .filter(outbox::Column::PublishedAt.is_null())
+            .filter(outbox::Column::AvailableAt.lte(now))
+            .order_by_asc(outbox::Column::Id)
+            .limit(self.config.batch_size);
+        if txn.get_database_backend() == DbBackend::Postgres {
+            select = select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let rows = select.all(&txn).await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(0);
+        }
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let properties = BasicProperties::default()
+                .with_message_id(row.id.to_string().into())
+                .with_type(row.event_type.as_str().into())
+                .with_content_type("application/cloudevents+json".into())
+                .with_delivery_mode(2)
+                .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or_default());
+            let confirm = channel
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    row.routing_key.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    row.payload.as_bytes(),
+                    properties,
+                )
+                .await;
+            pending.push(confirm);
+        }
+        let mut sent = Vec::new();
+        let mut failed = Vec::new();
+        let mut broker_error = None;
+        for (row, confirm) in rows.iter().zip(pending) {
+            let outcome = match confirm {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Confirmation::Ack(None)) => sent.push(row.id),
+                Ok(Confirmation::Ack(Some(_))) => failed.push((row, "unroutable: no queue is bound for this routing key".to_owned())),
+                Ok(Confirmation::Nack(_)) => failed.push((row, "nacked by the broker".to_owned())),
+                Ok(Confirmation::NotRequested) => failed.push((row, "publisher confirms are off".to_owned())),
+                Err(error) => {
+                    failed.push((row, format!("publish failed: {error}")));
+                    broker_error.get_or_insert(error);
+                }
+            }
+        }
+        if !sent.is_empty() {
+            outbox::Entity::update_many()
+                .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
+                .filter(outbox::Column::Id.is_in(sent.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        for (row, reason) in &failed {
+            self.postpone(&txn, row.id, row.attempts, reason).await?;
+        }
+        txn.commit().await?;
+        if !failed.is_empty() {
+            tracing::warn!(sent = sent.len(), failed = failed.len(), first_error = %failed[0].1, "some events were not published; will retry");
+        } else {
+            tracing::debug!(sent = sent.len(), "events published");
+        }
+        match broker_error {
+            Some(error) => Err(RelayError::Broker(error)),
+            None => Ok(rows.len()),
+        }
+    }
+
+    async fn postpone(&self, txn: &DatabaseTransaction, id: Uuid, attempts: i32, reason: &str) -> Result<(), sea_orm::DbErr> {
+        let delay = Backoff::new(Duration::from_millis(500), Duration::from_secs(60)).ceiling(attempts.max(0) as u32);
+        let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::Attempts, Expr::value(attempts.saturating_add(1)))
+            .col_expr(outbox::Column::AvailableAt, Expr::value(next))
+            .col_expr(outbox::Column::LastError, Expr::value(reason))
+            .filter(outbox::Column::Id.eq(id))
+            .exec(txn)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+/// Rows not yet published, for metrics and tests.
+pub async fn backlog(db: &DatabaseConnection) -> Result<u64, sea_orm::DbErr> {
+    use sea_orm::PaginatorTrait;
+    outbox::Entity::find().filter(outbox::Column::PublishedAt.is_null()).count(db).await
+}

@@ -1,0 +1,36 @@
+//! `calls`: one row per call, the current state of its life.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "calls")]
+pub struct Model {
+    /// UUID v7: time ordered, so history pages by id.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub caller_id: String,
+    pub callee_id: String,
+    /// `support` | `sales` | `consult`
+    pub call_type: String,
+    /// `initiated` | `ringing` | `active` | `ended` | `rejected` | `missed`
+    pub status: String,
+    pub end_reason: Option<String>,
+    pub ended_by: Option<String>,
+    /// Client metadata, a flat JSON object of strings.
+    pub metadata: Json,
+    /// Idempotency key of InitiateCall, unique per caller.
+    pub request_id: String,
+    /// 1 at initiation, +1 per transition; carried by every event so consumers can order them.
+    pub version: i64,
+    pub ring_timeout_secs: i32,
+    pub created_at: DateTimeUtc,
+    pub ringing_at: Option<DateTimeUtc>,
+    pub answered_at: Option<DateTimeUtc>,
+    pub ended_at: Option<DateTimeUtc>,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

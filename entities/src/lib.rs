@@ -1,0 +1,7 @@
+//! sea-orm entities, one module per table. Rules live in `videocall-domain`; queries in the services.
+
+pub mod call_transitions;
+pub mod calls;
+pub mod live_call_parties;
+pub mod outbox;
+pub mod processed_messages;

@@ -1,0 +1,17 @@
+//! Versioned schema of Videocall. Services run `Migrator::up` at start (advisory: migrations are
+//! idempotent and PostgreSQL runs each in a transaction), so one command brings a database current.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_call_tables;
+
+/// Every migration, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_call_tables::Migration)]
+    }
+}

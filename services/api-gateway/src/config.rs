@@ -1,0 +1,238 @@
+//! api-gateway configuration: environment variables, each also a `--flag`; `--help` lists them.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use videocall_domain::CallType;
+use videocall_platform::{
+    config::{Checker, Common, CommonArgs, ConfigError, Secret, split_list},
+    ice::{IceConfig, is_ice_url},
+};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "api-gateway", version, about = "gRPC videocall.v1.CallService: call lifecycle, history and ICE servers")]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// PostgreSQL URL (or sqlite: for a single process).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// RabbitMQ URL the outbox relay publishes to.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Redis URL (or host with REDIS_HOST); used by SendSignal/SubscribeToSignals.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Where gRPC listens.
+    #[arg(long, env = "GRPC_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_listen_addr: String,
+    /// HS256 secret of the bearer tokens (at least 16 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Comma separated STUN URLs handed to clients, e.g. `stun:stun.example.com:3478`.
+    #[arg(long, env = "STUN_SERVERS", default_value = "")]
+    pub stun_servers: String,
+    /// Comma separated TURN URLs, e.g. `turn:turn.example.com:3478?transport=udp`.
+    #[arg(long, env = "TURN_SERVER", default_value = "")]
+    pub turn_server: String,
+    /// coturn `static-auth-secret`; required with TURN_SERVER.
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of minted TURN credentials.
+    #[arg(long, env = "TURN_TTL_SECS", default_value = "3600")]
+    pub turn_ttl_secs: String,
+    /// Ring timeout of every call type without its own.
+    #[arg(long, env = "RING_TIMEOUT_SECS", default_value = "45")]
+    pub ring_timeout_secs: String,
+    #[arg(long, env = "RING_TIMEOUT_SUPPORT_SECS")]
+    pub ring_timeout_support_secs: Option<String>,
+    #[arg(long, env = "RING_TIMEOUT_SALES_SECS")]
+    pub ring_timeout_sales_secs: Option<String>,
+    #[arg(long, env = "RING_TIMEOUT_CONSULT_SECS")]
+    pub ring_timeout_consult_secs: Option<String>,
+    /// Topic exchange of the domain events.
+    #[arg(long, env = "EVENTS_EXCHANGE", default_value = "videocall.events")]
+    pub events_exchange: String,
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value = "100")]
+    pub outbox_batch_size: String,
+    /// How often the outbox is polled for rows other replicas wrote.
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value = "500")]
+    pub outbox_poll_ms: String,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "20")]
+    pub shutdown_grace_secs: String,
+}
+
+/// Ring timeouts per call type, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingTimeouts {
+    pub support: i32,
+    pub sales: i32,
+    pub consult: i32,
+}
+
+impl RingTimeouts {
+    pub fn uniform(secs: i32) -> Self {
+        Self { support: secs, sales: secs, consult: secs }
+    }
+
+    pub fn for_type(&self, call_type: CallType) -> i32 {
+        match call_type {
+            CallType::Support => self.support,
+            CallType::Sales => self.sales,
+            CallType::Consult => self.consult,
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub common: Common,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub redis_url: Option<String>,
+    pub grpc_listen_addr: SocketAddr,
+    pub jwt_secret: Secret,
+    pub ice: IceConfig,
+    pub ring_timeouts: RingTimeouts,
+    pub events_exchange: String,
+    pub outbox_batch_size: u64,
+    pub outbox_poll_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl GatewayArgs {
+    /// Checks every value; the error lists each bad variable on its own line.
+    pub fn validate(&self) -> Result<GatewayConfig, ConfigError> {
+        let mut c = Checker::new();
+        let common = self.common.check("api-gateway", &mut c);
+        let database_url = c.database_url("DATABASE_URL", &self.database_url);
+        let amqp_ok = self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://");
+        c.check("AMQP_URL", amqp_ok, "must start with amqp:// or amqps://");
+        let redis_url = match (&self.redis_url, &self.redis_host) {
+            (Some(url), _) => {
+                let ok = url.starts_with("redis://") || url.starts_with("rediss://");
+                c.check("REDIS_URL", ok, "must start with redis:// or rediss://");
+                Some(url.clone())
+            }
+            (None, Some(host)) => Some(format!("redis://{host}")),
+            (None, None) => None,
+        };
+        let grpc_listen_addr = c.parse("GRPC_LISTEN_ADDR", &self.grpc_listen_addr);
+        let jwt_secret = c.require("JWT_SECRET", &self.jwt_secret);
+        if let Some(secret) = &jwt_secret {
+            c.check("JWT_SECRET", secret.len() >= 16, "must be at least 16 bytes");
+        }
+        let stun_urls = split_list(&self.stun_servers);
+        let stun_ok = stun_urls.iter().all(|u| is_ice_url(u, &["stun", "stuns"]));
+        c.check("STUN_SERVERS", stun_ok, "every entry must be a stun: or stuns: URL");
+        let turn_urls = split_list(&self.turn_server);
+        let turn_ok = turn_urls.iter().all(|u| is_ice_url(u, &["turn", "turns"]));
+        c.check("TURN_SERVER", turn_ok, "every entry must be a turn: or turns: URL");
+        let turn_secret = self.turn_secret.clone().filter(|s| !s.is_empty());
+        c.check("TURN_SECRET", turn_urls.is_empty() || turn_secret.is_some(), "is required when TURN_SERVER is set");
+        let turn_ttl = c.parse::<u64>("TURN_TTL_SECS", &self.turn_ttl_secs);
+        if let Some(ttl) = turn_ttl {
+            c.check("TURN_TTL_SECS", (60..=86_400).contains(&ttl), "must be between 60 and 86400");
+        }
+        let ring = |c: &mut Checker, var: &str, raw: &str| {
+            let secs = c.parse::<i32>(var, raw)?;
+            c.check(var, (5..=600).contains(&secs), "must be between 5 and 600 seconds").then_some(secs)
+        };
+        let default_ring = ring(&mut c, "RING_TIMEOUT_SECS", &self.ring_timeout_secs);
+        let mut per_type = |var: &str, raw: &Option<String>| match raw {
+            Some(raw) => ring(&mut c, var, raw),
+            None => default_ring,
+        };
+        let support = per_type("RING_TIMEOUT_SUPPORT_SECS", &self.ring_timeout_support_secs);
+        let sales = per_type("RING_TIMEOUT_SALES_SECS", &self.ring_timeout_sales_secs);
+        let consult = per_type("RING_TIMEOUT_CONSULT_SECS", &self.ring_timeout_consult_secs);
+        c.check("EVENTS_EXCHANGE", !self.events_exchange.trim().is_empty(), "must not be empty");
+        let batch = c.parse::<u64>("OUTBOX_BATCH_SIZE", &self.outbox_batch_size);
+        if let Some(batch) = batch {
+            c.check("OUTBOX_BATCH_SIZE", (1..=1000).contains(&batch), "must be between 1 and 1000");
+        }
+        let poll = c.parse::<u64>("OUTBOX_POLL_MS", &self.outbox_poll_ms);
+        let grace = c.parse::<u64>("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
+        c.finish()?;
+        let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
+        Ok(GatewayConfig {
+            common: common.ok_or_else(missing)?,
+            database_url: database_url.ok_or_else(missing)?,
+            amqp_url: self.amqp_url.clone(),
+            redis_url,
+            grpc_listen_addr: grpc_listen_addr.ok_or_else(missing)?,
+            jwt_secret: Secret::new(jwt_secret.ok_or_else(missing)?),
+            ice: IceConfig {
+                stun_urls,
+                turn_urls,
+                turn_secret: turn_secret.map(Secret::new),
+                turn_ttl: Duration::from_secs(turn_ttl.ok_or_else(missing)?),
+            },
+            ring_timeouts: RingTimeouts {
+                support: support.ok_or_else(missing)?,
+                sales: sales.ok_or_else(missing)?,
+                consult: consult.ok_or_else(missing)?,
+            },
+            events_exchange: self.events_exchange.trim().to_owned(),
+            outbox_batch_size: batch.ok_or_else(missing)?,
+            outbox_poll_interval: Duration::from_millis(poll.ok_or_else(missing)?.max(10)),
+            shutdown_grace: Duration::from_secs(grace.ok_or_else(missing)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> GatewayArgs {
+        let mut argv = vec!["api-gateway"];
+        argv.extend_from_slice(extra);
+        GatewayArgs::try_parse_from(argv).expect("flags parse")
+    }
+
+    #[test]
+    fn valid_flags_give_a_typed_config() {
+        let config = args(&[
+            "--database-url=postgres://localhost/test",
+            "--jwt-secret=0123456789abcdef",
+            "--turn-server=turn:127.0.0.1:3478",
+            "--turn-secret=s",
+            "--ring-timeout-sales-secs=30",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!(config.ring_timeouts, RingTimeouts { support: 45, sales: 30, consult: 45 });
+        assert_eq!(config.ice.turn_urls, ["turn:127.0.0.1:3478"]);
+        assert_eq!(config.grpc_listen_addr.port(), 50051);
+    }
+
+    #[test]
+    fn every_bad_variable_is_named() {
+        let err = args(&[
+            "--database-url=mysql://x",
+            "--jwt-secret=short",
+            "--turn-server=http://nope",
+            "--ring-timeout-secs=1",
+            "--grpc-listen-addr=nowhere",
+            "--amqp-url=http://x",
+        ])
+        .validate()
+        .unwrap_err();
+        let vars: Vec<_> = err.0.iter().filter_map(|l| l.split(':').next()).collect();
+        for var in ["DATABASE_URL", "JWT_SECRET", "TURN_SERVER", "TURN_SECRET", "RING_TIMEOUT_SECS", "GRPC_LISTEN_ADDR", "AMQP_URL"] {
+            assert!(vars.contains(&var), "{var} missing from {vars:?}");
+        }
+    }
+
+    #[test]
+    fn missing_required_values_are_reported() {
+        let err = args(&[]).validate().unwrap_err();
+        assert!(err.0.iter().any(|l| l.starts_with("DATABASE_URL: is required")));
+        assert!(err.0.iter().any(|l| l.starts_with("JWT_SECRET: is required")));
+    }
+}

@@ -1,0 +1,58 @@
+//! The one place where failures become gRPC statuses. Internal causes are logged, not leaked.
+
+use sea_orm::DbErr;
+use tonic::{Code, Status};
+use videocall_platform::call_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(message.into())
+    }
+
+    pub fn denied(message: impl Into<String>) -> Self {
+        ApiError::PermissionDenied(message.into())
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument(m) => Status::invalid_argument(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::Store(e) => store_status(e),
+        }
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound(id) => Status::not_found(format!("call {id} not found")),
+        StoreError::NotAParty => Status::permission_denied("you are not a party of this call"),
+        StoreError::Forbidden => Status::permission_denied("only the callee (or a service) may do that"),
+        StoreError::WrongState(state) => Status::failed_precondition(format!("call is {state}")),
+        StoreError::Busy(user) => Status::failed_precondition(format!("busy: user {user} is in another call")),
+        StoreError::BadReason(reason) => Status::invalid_argument(format!("end reason `{reason}` cannot be given here")),
+        StoreError::Corrupt { .. } => {
+            tracing::error!(%error, "stored data is unreadable");
+            Status::internal("internal error")
+        }
+        StoreError::Db(e) => {
+            let code = match e {
+                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Code::Unavailable,
+                _ => Code::Internal,
+            };
+            tracing::error!(error = %e, "database error");
+            Status::new(code, if code == Code::Unavailable { "database unavailable, retry" } else { "internal error" })
+        }
+    }
+}

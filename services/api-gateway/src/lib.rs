@@ -1,0 +1,14 @@
+//! api-gateway: the gRPC front of the call lifecycle. It validates and authorises commands, applies
+//! them through the call store (state + audit + outbox in one transaction), mints ICE servers, and
+//! runs the outbox relay that publishes the events to RabbitMQ.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod service;
+pub mod startup;
+
+pub use config::{GatewayArgs, GatewayConfig, RingTimeouts};
+pub use startup::Application;

@@ -1,0 +1,220 @@
+//! `videocall.v1.CallService`: authenticates, validates, and hands commands to the call store.
+
+use std::{collections::BTreeMap, pin::Pin};
+
+use chrono::Utc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use videocall_domain::{Command, MAX_REQUEST_ID_BYTES, validate_metadata};
+use videocall_platform::{
+    auth::{JwtKeys, Principal, bearer},
+    call_store::{Actor, CallRecord, CallStore, HistoryQuery, NewCall},
+    ice::IceConfig,
+};
+use videocall_proto::v1::{self as pb, call_service_server::CallService};
+
+use crate::{config::RingTimeouts, convert, error::ApiError};
+
+const MAX_USER_ID_BYTES: usize = 128;
+const DEFAULT_PAGE_SIZE: u64 = 20;
+const MAX_PAGE_SIZE: u64 = 100;
+
+/// The gRPC handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct CallApi {
+    pub store: CallStore,
+    pub ice: IceConfig,
+    pub ring_timeouts: RingTimeouts,
+}
+
+/// Interceptor: every CallService request needs a valid bearer token; the principal rides along
+/// in the request's extensions.
+pub fn authenticate(keys: JwtKeys) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(bearer)
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+        let principal =
+            keys.verify(token, Utc::now().timestamp()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request.extensions().get::<Principal>().cloned().ok_or_else(|| Status::unauthenticated("no principal"))
+}
+
+fn actor(p: &Principal) -> Actor {
+    Actor { id: p.user_id.clone(), is_service: p.is_service() }
+}
+
+fn user_id(field: &str, raw: &str) -> Result<String, ApiError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.len() > MAX_USER_ID_BYTES || trimmed.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!("{field} must be 1-{MAX_USER_ID_BYTES} bytes of printable text")));
+    }
+    Ok(trimmed.to_owned())
+}
+
+impl CallApi {
+    fn with_ice(&self, call: CallRecord, user: &str) -> pb::CallWithIceServers {
+        let ice_servers = convert::ice_servers(self.ice.servers_for(user, Utc::now().timestamp()));
+        pb::CallWithIceServers { call: Some(convert::call(&call)), ice_servers }
+    }
+
+    async fn command(&self, p: &Principal, raw_id: &str, command: Command) -> Result<CallRecord, ApiError> {
+        let id = convert::call_id(raw_id)?;
+        Ok(self.store.apply(id, command, &actor(p)).await?)
+    }
+
+    async fn initiate(&self, p: &Principal, req: pb::InitiateCallRequest) -> Result<pb::CallWithIceServers, ApiError> {
+        let caller_id = if req.caller_id.is_empty() { p.user_id.clone() } else { user_id("caller_id", &req.caller_id)? };
+        if caller_id != p.user_id && !p.is_service() {
+            return Err(ApiError::denied("only a service may start a call for another user"));
+        }
+        let callee_id = user_id("callee_id", &req.callee_id)?;
+        if callee_id == caller_id {
+            return Err(ApiError::invalid("a user cannot call themselves"));
+        }
+        let call_type = convert::call_type(req.call_type)?.ok_or_else(|| ApiError::invalid("call_type is required"))?;
+        validate_metadata(req.metadata.iter()).map_err(|e| ApiError::invalid(e.to_string()))?;
+        if req.request_id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(ApiError::invalid(format!("request_id is longer than {MAX_REQUEST_ID_BYTES} bytes")));
+        }
+        let request_id = if req.request_id.is_empty() { Uuid::now_v7().to_string() } else { req.request_id };
+        let new = NewCall {
+            request_id,
+            caller_id,
+            callee_id,
+            call_type,
+            metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            ring_timeout_secs: self.ring_timeouts.for_type(call_type),
+        };
+        let initiated = self.store.initiate(new, &p.user_id).await?;
+        Ok(self.with_ice(initiated.call, &p.user_id))
+    }
+
+    async fn history(&self, p: &Principal, req: pb::GetUserCallsRequest) -> Result<pb::GetUserCallsResponse, ApiError> {
+        let user_id = if req.user_id.is_empty() { p.user_id.clone() } else { user_id("user_id", &req.user_id)? };
+        if user_id != p.user_id && !p.is_service() {
+            return Err(ApiError::denied("only a service may read another user's calls"));
+        }
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(ApiError::invalid("page_size must not be negative")),
+            n => (n as u64).min(MAX_PAGE_SIZE),
+        };
+        let before = match req.page_token.as_str() {
+            "" => None,
+            token => Some(Uuid::parse_str(token).map_err(|_| ApiError::invalid("page_token is not one this server issued"))?),
+        };
+        let since = req.since.as_ref().map(|t| convert::from_timestamp("since", t)).transpose()?;
+        let until = req.until.as_ref().map(|t| convert::from_timestamp("until", t)).transpose()?;
+        if let (Some(since), Some(until)) = (since, until)
+            && since >= until
+        {
+            return Err(ApiError::invalid("since must be before until"));
+        }
+        let query = HistoryQuery {
+            user_id,
+            call_type: convert::call_type(req.call_type)?,
+            status: convert::call_status(req.status)?,
+            since,
+            until,
+            before,
+            limit,
+        };
+        let page = self.store.history(&query).await?;
+        Ok(pb::GetUserCallsResponse {
+            calls: page.calls.iter().map(convert::call).collect(),
+            next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
+        })
+    }
+}
+
+type SignalStream = Pin<Box<dyn Stream<Item = Result<pb::Signal, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl CallService for CallApi {
+    async fn initiate_call(
+        &self,
+        request: Request<pb::InitiateCallRequest>,
+    ) -> Result<Response<pb::CallWithIceServers>, Status> {
+        let p = principal(&request)?;
+        Ok(Response::new(self.initiate(&p, request.into_inner()).await?))
+    }
+
+    async fn ring_call(&self, request: Request<pb::RingCallRequest>) -> Result<Response<pb::CallWithIceServers>, Status> {
+        let p = principal(&request)?;
+        let call = self.command(&p, &request.get_ref().call_id, Command::Ring).await?;
+        Ok(Response::new(self.with_ice(call, &p.user_id)))
+    }
+
+    async fn answer_call(
+        &self,
+        request: Request<pb::AnswerCallRequest>,
+    ) -> Result<Response<pb::CallWithIceServers>, Status> {
+        let p = principal(&request)?;
+        let call = self.command(&p, &request.get_ref().call_id, Command::Answer).await?;
+        Ok(Response::new(self.with_ice(call, &p.user_id)))
+    }
+
+    async fn reject_call(&self, request: Request<pb::RejectCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
+        let p = principal(&request)?;
+        let call = self.command(&p, &request.get_ref().call_id, Command::Reject).await?;
+        Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
+    }
+
+    async fn end_call(&self, request: Request<pb::EndCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
+        let p = principal(&request)?;
+        let reason = convert::end_reason(request.get_ref().reason)?;
+        let call = self.command(&p, &request.get_ref().call_id, Command::End(reason)).await?;
+        Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
+    }
+
+    async fn send_signal(&self, _: Request<pb::SendSignalRequest>) -> Result<Response<pb::SendSignalResponse>, Status> {
+        Err(Status::unimplemented("SendSignal is not available yet: it arrives with the signaling relay"))
+    }
+
+    async fn update_call_quality(
+        &self,
+        _: Request<pb::UpdateCallQualityRequest>,
+    ) -> Result<Response<pb::UpdateCallQualityResponse>, Status> {
+        Err(Status::unimplemented("UpdateCallQuality is not available yet: it arrives with the quality aggregator"))
+    }
+
+    async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
+        let p = principal(&request)?;
+        let id = convert::call_id(&request.get_ref().call_id)?;
+        let call = self.store.get(id).await.map_err(ApiError::from)?;
+        if call.party_of(&actor(&p)).is_none() {
+            return Err(Status::permission_denied("you are not a party of this call"));
+        }
+        Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
+    }
+
+    async fn get_user_calls(
+        &self,
+        request: Request<pb::GetUserCallsRequest>,
+    ) -> Result<Response<pb::GetUserCallsResponse>, Status> {
+        let p = principal(&request)?;
+        Ok(Response::new(self.history(&p, request.into_inner()).await?))
+    }
+
+    type SubscribeToSignalsStream = SignalStream;
+
+    async fn subscribe_to_signals(
+        &self,
+        _: Request<pb::SubscribeToSignalsRequest>,
+    ) -> Result<Response<Self::SubscribeToSignalsStream>, Status> {
+        Err(Status::unimplemented("SubscribeToSignals is not available yet: it arrives with the signaling relay"))
+    }
+}

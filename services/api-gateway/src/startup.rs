@@ -1,0 +1,178 @@
+//! Building (connect, migrate, bind) and running (serve gRPC, relay the outbox, report health) the
+//! gateway. `build` binds, so tests use port 0 and read the address back.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sea_orm::DatabaseConnection;
+use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use videocall_platform::{
+    auth::JwtKeys,
+    call_store::CallStore,
+    db,
+    events::event_source,
+    outbox_relay::{OutboxRelay, OutboxRelayConfig},
+};
+use videocall_proto::{FILE_DESCRIPTOR_SET, v1::call_service_server::CallServiceServer};
+
+use crate::{
+    config::GatewayConfig,
+    service::{CallApi, authenticate},
+};
+
+/// Largest gRPC message accepted or sent.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+const READINESS_PERIOD: Duration = Duration::from_secs(5);
+
+pub struct Application {
+    config: GatewayConfig,
+    listener: TcpListener,
+    db: DatabaseConnection,
+    outbox_wake: Arc<Notify>,
+}
+
+impl Application {
+    /// Connects to the database (waiting for it), runs migrations and binds the gRPC port.
+    pub async fn build(config: GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let db = db::connect_and_migrate(&config.database_url, shutdown).await?;
+        let listener = TcpListener::bind(config.grpc_listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.grpc_listen_addr))?;
+        Ok(Self { config, listener, db, outbox_wake: Arc::new(Notify::new()) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.grpc_listen_addr)
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Serves until `shutdown`: health turns NOT_SERVING first, in-flight requests get
+    /// `shutdown_grace` to finish. Returns an error naming the task that failed, if one did.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { config, listener, db, outbox_wake } = self;
+        let source = event_source(&config.common.cell_id, &config.common.service_name);
+        let store = CallStore::new(db.clone(), source, outbox_wake.clone());
+        let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts };
+        let keys = JwtKeys::new(config.jwt_secret.clone());
+        let call_service = CallServiceServer::new(api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let call_service = tonic::service::interceptor::InterceptedService::new(call_service, authenticate(keys));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("reflection service")?;
+
+        let relay = OutboxRelay::new(
+            db.clone(),
+            OutboxRelayConfig {
+                amqp_url: config.amqp_url.clone(),
+                exchange: config.events_exchange.clone(),
+                batch_size: config.outbox_batch_size,
+                poll_interval: config.outbox_poll_interval,
+                connection_name: format!("{}-outbox", config.common.service_name),
+            },
+            outbox_wake,
+        );
+
+        let mut tasks = JoinSet::new();
+        let stop_serving = CancellationToken::new();
+        {
+            let stop = stop_serving.clone();
+            let addr = listener.local_addr().ok();
+            tasks.spawn(async move {
+                tracing::info!(?addr, "gRPC listening");
+                tonic::transport::Server::builder()
+                    .timeout(Duration::from_secs(30))
+                    .add_service(health_service)
+                    .add_service(reflection)
+                    .add_service(call_service)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+                    .await
+                    .context("gRPC server")?;
+                Ok::<_, anyhow::Error>("grpc server")
+            });
+        }
+        {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                relay.run(stop).await?;
+                Ok("outbox relay")
+            });
+        }
+        {
+            let (stop, health, db) = (shutdown.clone(), health.clone(), db.clone());
+            tasks.spawn(async move {
+                readiness(db, health, stop).await;
+                Ok("readiness")
+            });
+        }
+
+        let mut result = Ok(());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(finished) = tasks.join_next() => {
+                result = describe_early_exit(finished);
+                shutdown.cancel();
+            }
+        }
+        // NOT_SERVING first, so load balancers stop sending before the listener closes.
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_not_serving::<CallServiceServer<CallApi>>().await;
+        stop_serving.cancel();
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while let Some(finished) = tasks.join_next().await {
+                if let Ok(Err(error)) = finished {
+                    tracing::warn!(%error, "task failed while stopping");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace_secs = config.shutdown_grace.as_secs(), "grace period over; aborting what is left");
+            tasks.abort_all();
+        }
+        db.close_by_ref().await.ok();
+        tracing::info!("api-gateway stopped");
+        result
+    }
+}
+
+fn describe_early_exit(finished: Result<anyhow::Result<&'static str>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match finished {
+        Ok(Ok(name)) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
+        Ok(Err(error)) => Err(error.context("a task failed")),
+        Err(join) => Err(anyhow::anyhow!("a task panicked: {join}")),
+    }
+}
+
+/// Keeps health SERVING while the database answers, NOT_SERVING while it does not.
+async fn readiness(db: DatabaseConnection, health: tonic_health::server::HealthReporter, stop: CancellationToken) {
+    let mut last = None;
+    loop {
+        let status = match db::ping(&db).await {
+            Ok(()) => ServingStatus::Serving,
+            Err(error) => {
+                tracing::warn!(%error, "database ping failed; reporting NOT_SERVING");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            health.set_service_status("", status).await;
+            health.set_service_status("videocall.v1.CallService", status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(READINESS_PERIOD) => {}
+        }
+    }
+}
