@@ -1,0 +1,10 @@
+//! Black-box tests of api-gateway: spawned on port 0 against real PostgreSQL (a fresh database per
+//! test) and real RabbitMQ (a fresh exchange per test), driven through its gRPC API.
+
+mod bad_input;
+mod events;
+mod helpers;
+mod history;
+mod lifecycle;
+mod races;
+mod service;
