@@ -24,6 +24,8 @@ pub struct Model {
     pub version: i64,
     pub ring_timeout_secs: i32,
     pub created_at: DateTimeUtc,
+    /// `created_at + ring_timeout_secs`: unanswered past this, the sweeper marks the call missed.
+    pub ring_deadline_at: DateTimeUtc,
     pub ringing_at: Option<DateTimeUtc>,
     pub answered_at: Option<DateTimeUtc>,
     pub ended_at: Option<DateTimeUtc>,

@@ -25,6 +25,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer(Calls::Version))
                     .col(integer(Calls::RingTimeoutSecs))
                     .col(timestamp_with_time_zone(Calls::CreatedAt))
+                    .col(timestamp_with_time_zone(Calls::RingDeadlineAt))
                     .col(timestamp_with_time_zone_null(Calls::RingingAt))
                     .col(timestamp_with_time_zone_null(Calls::AnsweredAt))
                     .col(timestamp_with_time_zone_null(Calls::EndedAt))
@@ -40,9 +41,24 @@ impl MigrationTrait for Migration {
                 .col(Calls::RequestId)
                 .unique()
                 .to_owned(),
-            Index::create().name("calls_caller_id_idx").table(Calls::Table).col(Calls::CallerId).col(Calls::Id).to_owned(),
-            Index::create().name("calls_callee_id_idx").table(Calls::Table).col(Calls::CalleeId).col(Calls::Id).to_owned(),
-            Index::create().name("calls_status_created_idx").table(Calls::Table).col(Calls::Status).col(Calls::CreatedAt).to_owned(),
+            Index::create()
+                .name("calls_caller_id_idx")
+                .table(Calls::Table)
+                .col(Calls::CallerId)
+                .col(Calls::Id)
+                .to_owned(),
+            Index::create()
+                .name("calls_callee_id_idx")
+                .table(Calls::Table)
+                .col(Calls::CalleeId)
+                .col(Calls::Id)
+                .to_owned(),
+            Index::create()
+                .name("calls_status_created_idx")
+                .table(Calls::Table)
+                .col(Calls::Status)
+                .col(Calls::CreatedAt)
+                .to_owned(),
         ];
         for mut index in indexes {
             manager.create_index(index.if_not_exists().to_owned()).await?;
@@ -115,9 +131,7 @@ impl MigrationTrait for Migration {
                     .col(string_len(ProcessedMessages::Consumer, 64))
                     .col(string_len(ProcessedMessages::MessageId, 256))
                     .col(timestamp_with_time_zone(ProcessedMessages::ProcessedAt))
-                    .primary_key(
-                        Index::create().col(ProcessedMessages::Consumer).col(ProcessedMessages::MessageId),
-                    )
+                    .primary_key(Index::create().col(ProcessedMessages::Consumer).col(ProcessedMessages::MessageId))
                     .to_owned(),
             )
             .await?;
@@ -174,6 +188,7 @@ enum Calls {
     Version,
     RingTimeoutSecs,
     CreatedAt,
+    RingDeadlineAt,
     RingingAt,
     AnsweredAt,
     EndedAt,

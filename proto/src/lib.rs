@@ -9,5 +9,4 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every file in `proto/`, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/videocall_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/videocall_descriptor.bin"));

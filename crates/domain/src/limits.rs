@@ -42,9 +42,8 @@ mod tests {
 
     #[test]
     fn accepts_metadata_at_the_limits() {
-        let m: HashMap<String, String> = (0..MAX_METADATA_ENTRIES)
-            .map(|i| (format!("{i:0>64}"), "v".repeat(MAX_METADATA_VALUE_BYTES)))
-            .collect();
+        let m: HashMap<String, String> =
+            (0..MAX_METADATA_ENTRIES).map(|i| (format!("{i:0>64}"), "v".repeat(MAX_METADATA_VALUE_BYTES))).collect();
         assert_eq!(validate_metadata(m.iter()), Ok(()));
     }
 

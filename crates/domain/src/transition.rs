@@ -80,9 +80,7 @@ pub fn decide(status: CallStatus, command: Command, by: Party) -> Decision {
         (Command::Reject, Rejected) => Decision::AlreadyDone,
 
         (Command::End(reason), Active) => apply(Ended, Some(reason.unwrap_or(EndReason::Hangup))),
-        (Command::End(_), Initiated | Ringing) if by == Party::Callee => {
-            apply(Rejected, Some(EndReason::Rejected))
-        }
+        (Command::End(_), Initiated | Ringing) if by == Party::Callee => apply(Rejected, Some(EndReason::Rejected)),
         (Command::End(reason), Initiated | Ringing) => {
             let reason = match (by, reason) {
                 (Party::Service, Some(given)) => given,
@@ -103,8 +101,8 @@ pub fn decide(status: CallStatus, command: Command, by: Party) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use CallStatus::*;
+    use proptest::prelude::*;
 
     fn rank(s: CallStatus) -> u8 {
         match s {
@@ -193,8 +191,14 @@ mod tests {
 
     #[test]
     fn the_happy_path() {
-        assert_eq!(decide(Initiated, Command::Ring, Party::Callee), Decision::Apply(Effect { to: Ringing, reason: None }));
-        assert_eq!(decide(Ringing, Command::Answer, Party::Callee), Decision::Apply(Effect { to: Active, reason: None }));
+        assert_eq!(
+            decide(Initiated, Command::Ring, Party::Callee),
+            Decision::Apply(Effect { to: Ringing, reason: None })
+        );
+        assert_eq!(
+            decide(Ringing, Command::Answer, Party::Callee),
+            Decision::Apply(Effect { to: Active, reason: None })
+        );
         assert_eq!(
             decide(Active, Command::End(None), Party::Caller),
             Decision::Apply(Effect { to: Ended, reason: Some(EndReason::Hangup) })
@@ -231,7 +235,10 @@ mod tests {
 
     #[test]
     fn system_reasons_cannot_be_given_by_users() {
-        assert_eq!(decide(Active, Command::End(Some(EndReason::Timeout)), Party::Caller), Decision::BadReason(EndReason::Timeout));
+        assert_eq!(
+            decide(Active, Command::End(Some(EndReason::Timeout)), Party::Caller),
+            Decision::BadReason(EndReason::Timeout)
+        );
         assert_eq!(
             decide(Active, Command::End(Some(EndReason::UserOffline)), Party::Callee),
             Decision::BadReason(EndReason::UserOffline)

@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde::Serialize;
@@ -57,7 +58,7 @@ impl CallRecord {
         }
     }
 
-    fn from_model(m: calls::Model) -> Result<Self, StoreError> {
+    pub fn from_model(m: calls::Model) -> Result<Self, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { id: m.id, detail };
         let status = m.status.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?;
         let call_type = m.call_type.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?;
@@ -214,7 +215,7 @@ impl CallStore {
         };
         match self.insert_new(&call, actor_id, now).await {
             Ok(()) => {
-                self.outbox_wake.notify_one();
+                self.wake_outbox();
                 Ok(Initiated { call, created: true })
             }
             Err(StoreError::Db(e)) if is_unique_violation(&e) => {
@@ -251,6 +252,7 @@ impl CallStore {
             version: Set(call.version),
             ring_timeout_secs: Set(call.ring_timeout_secs),
             created_at: Set(now),
+            ring_deadline_at: Set(now + chrono::Duration::seconds(i64::from(call.ring_timeout_secs))),
             ringing_at: Set(None),
             answered_at: Set(None),
             ended_at: Set(None),
@@ -275,10 +277,13 @@ impl CallStore {
                 Decision::Forbidden => return Err(StoreError::Forbidden),
                 Decision::BadReason(reason) => return Err(StoreError::BadReason(reason)),
                 Decision::Apply(effect) => {
-                    if let Some(changed) = self.try_transition(&call, effect, &actor.id).await? {
-                        self.outbox_wake.notify_one();
+                    let txn = self.db.begin().await?;
+                    if let Some(changed) = self.transition_in(&txn, &call, effect, &actor.id).await? {
+                        txn.commit().await?;
+                        self.wake_outbox();
                         return Ok(changed);
                     }
+                    txn.rollback().await?;
                     // Someone else moved the call first: decide again on what they left.
                 }
             }
@@ -286,8 +291,21 @@ impl CallStore {
         Err(StoreError::Db(DbErr::Custom(format!("call {id} kept changing under {MAX_ATTEMPTS} attempts"))))
     }
 
-    /// The conditional update; `None` when the call is no longer in `call.status`.
-    async fn try_transition(&self, call: &CallRecord, effect: Effect, actor_id: &str) -> Result<Option<CallRecord>, StoreError> {
+    /// Tells the outbox relay of this process that new rows were committed.
+    pub fn wake_outbox(&self) {
+        self.outbox_wake.notify_one();
+    }
+
+    /// Applies `effect` to `call` inside `txn`: the conditional update (it matches only while the
+    /// call is still in `call.status`), the audit row and the outbox row. `None` when the call had
+    /// already moved on; the caller then rolls back and decides again.
+    pub async fn transition_in(
+        &self,
+        txn: &DatabaseTransaction,
+        call: &CallRecord,
+        effect: Effect,
+        actor_id: &str,
+    ) -> Result<Option<CallRecord>, StoreError> {
         let now = Utc::now().trunc_subsecs(6);
         let mut update = calls::Entity::update_many()
             .col_expr(calls::Column::Status, Expr::value(effect.to.as_str()))
@@ -304,25 +322,22 @@ impl CallStore {
                 .col_expr(calls::Column::EndReason, Expr::value(reason.as_str()))
                 .col_expr(calls::Column::EndedBy, Expr::value(actor_id));
         }
-        let txn = self.db.begin().await?;
         let updated = update
             .filter(calls::Column::Id.eq(call.id))
             .filter(calls::Column::Status.eq(call.status.as_str()))
-            .exec_with_returning(&txn)
+            .exec_with_returning(txn)
             .await?;
         let Some(model) = updated.into_iter().next() else {
-            txn.rollback().await?;
             return Ok(None);
         };
         let changed = CallRecord::from_model(model)?;
         if changed.status.is_terminal() {
             live_call_parties::Entity::delete_many()
                 .filter(live_call_parties::Column::CallId.eq(call.id))
-                .exec(&txn)
+                .exec(txn)
                 .await?;
         }
-        self.record_change(&txn, &changed, Some(call.status), actor_id, now).await?;
-        txn.commit().await?;
+        self.record_change(txn, &changed, Some(call.status), actor_id, now).await?;
         Ok(Some(changed))
     }
 

@@ -138,7 +138,8 @@ mod tests {
 
     #[test]
     fn every_bad_variable_is_reported_at_once() {
-        let args = CommonArgs { service_name: Some("bad name".into()), cell_id: String::new(), log_format: "xml".into() };
+        let args =
+            CommonArgs { service_name: Some("bad name".into()), cell_id: String::new(), log_format: "xml".into() };
         let mut c = Checker::new();
         assert!(args.check("svc", &mut c).is_none());
         c.database_url("DATABASE_URL", &Some("mysql://x".into()));

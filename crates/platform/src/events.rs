@@ -58,7 +58,14 @@ mod tests {
     #[test]
     fn envelope_has_the_cloudevents_fields() {
         let id = Uuid::now_v7();
-        let event = CloudEvent::new(id, "/videocall/local/api-gateway", "CallEnded", "call-1", Utc::now(), serde_json::json!({"a": 1}));
+        let event = CloudEvent::new(
+            id,
+            "/videocall/local/api-gateway",
+            "CallEnded",
+            "call-1",
+            Utc::now(),
+            serde_json::json!({"a": 1}),
+        );
         let json = serde_json::to_value(&event).expect("serializable");
         for field in ["specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data"] {
             assert!(json.get(field).is_some(), "missing {field}");

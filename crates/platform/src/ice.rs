@@ -32,7 +32,11 @@ impl IceConfig {
     pub fn servers_for(&self, user_id: &str, now: i64) -> Vec<IceServer> {
         let mut servers = Vec::with_capacity(2);
         if !self.stun_urls.is_empty() {
-            servers.push(IceServer { urls: self.stun_urls.clone(), username: String::new(), credential: String::new() });
+            servers.push(IceServer {
+                urls: self.stun_urls.clone(),
+                username: String::new(),
+                credential: String::new(),
+            });
         }
         if let (false, Some(secret)) = (self.turn_urls.is_empty(), &self.turn_secret) {
             let expiry = now + i64::try_from(self.turn_ttl.as_secs()).unwrap_or(i64::MAX / 2);
@@ -89,7 +93,12 @@ mod tests {
 
     #[test]
     fn no_turn_without_a_secret() {
-        let config = IceConfig { stun_urls: vec![], turn_urls: vec!["turn:x".into()], turn_secret: None, turn_ttl: Duration::from_secs(1) };
+        let config = IceConfig {
+            stun_urls: vec![],
+            turn_urls: vec!["turn:x".into()],
+            turn_secret: None,
+            turn_ttl: Duration::from_secs(1),
+        };
         assert!(config.servers_for("bob", 0).is_empty());
         assert!(is_ice_url("turn:host:3478", &["turn", "turns"]));
         assert!(!is_ice_url("http://host", &["turn", "turns"]));

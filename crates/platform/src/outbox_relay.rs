@@ -6,14 +6,13 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use lapin::{
-    BasicProperties, Channel, ExchangeKind,
+    BasicProperties, Channel, Confirmation, ExchangeKind,
     options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
-    Confirmation,
     types::FieldTable,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, LockBehavior, LockType},
 };
 use tokio::sync::{Notify, watch};
@@ -174,7 +173,9 @@ impl OutboxRelay {
             };
             match outcome {
                 Ok(Confirmation::Ack(None)) => sent.push(row.id),
-                Ok(Confirmation::Ack(Some(_))) => failed.push((row, "unroutable: no queue is bound for this routing key".to_owned())),
+                Ok(Confirmation::Ack(Some(_))) => {
+                    failed.push((row, "unroutable: no queue is bound for this routing key".to_owned()))
+                }
                 Ok(Confirmation::Nack(_)) => failed.push((row, "nacked by the broker".to_owned())),
                 Ok(Confirmation::NotRequested) => failed.push((row, "publisher confirms are off".to_owned())),
                 Err(error) => {
@@ -205,7 +206,13 @@ impl OutboxRelay {
         }
     }
 
-    async fn postpone(&self, txn: &DatabaseTransaction, id: Uuid, attempts: i32, reason: &str) -> Result<(), sea_orm::DbErr> {
+    async fn postpone(
+        &self,
+        txn: &DatabaseTransaction,
+        id: Uuid,
+        attempts: i32,
+        reason: &str,
+    ) -> Result<(), sea_orm::DbErr> {
         let delay = Backoff::new(Duration::from_millis(500), Duration::from_secs(60)).ceiling(attempts.max(0) as u32);
         let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
         outbox::Entity::update_many()

@@ -10,7 +10,11 @@ use videocall_platform::{
 };
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "api-gateway", version, about = "gRPC videocall.v1.CallService: call lifecycle, history and ICE servers")]
+#[command(
+    name = "api-gateway",
+    version,
+    about = "gRPC videocall.v1.CallService: call lifecycle, history and ICE servers"
+)]
 pub struct GatewayArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -224,7 +228,15 @@ mod tests {
         .validate()
         .unwrap_err();
         let vars: Vec<_> = err.0.iter().filter_map(|l| l.split(':').next()).collect();
-        for var in ["DATABASE_URL", "JWT_SECRET", "TURN_SERVER", "TURN_SECRET", "RING_TIMEOUT_SECS", "GRPC_LISTEN_ADDR", "AMQP_URL"] {
+        for var in [
+            "DATABASE_URL",
+            "JWT_SECRET",
+            "TURN_SERVER",
+            "TURN_SECRET",
+            "RING_TIMEOUT_SECS",
+            "GRPC_LISTEN_ADDR",
+            "AMQP_URL",
+        ] {
             assert!(vars.contains(&var), "{var} missing from {vars:?}");
         }
     }

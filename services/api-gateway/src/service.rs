@@ -76,7 +76,8 @@ impl CallApi {
     }
 
     async fn initiate(&self, p: &Principal, req: pb::InitiateCallRequest) -> Result<pb::CallWithIceServers, ApiError> {
-        let caller_id = if req.caller_id.is_empty() { p.user_id.clone() } else { user_id("caller_id", &req.caller_id)? };
+        let caller_id =
+            if req.caller_id.is_empty() { p.user_id.clone() } else { user_id("caller_id", &req.caller_id)? };
         if caller_id != p.user_id && !p.is_service() {
             return Err(ApiError::denied("only a service may start a call for another user"));
         }
@@ -114,7 +115,9 @@ impl CallApi {
         };
         let before = match req.page_token.as_str() {
             "" => None,
-            token => Some(Uuid::parse_str(token).map_err(|_| ApiError::invalid("page_token is not one this server issued"))?),
+            token => Some(
+                Uuid::parse_str(token).map_err(|_| ApiError::invalid("page_token is not one this server issued"))?,
+            ),
         };
         let since = req.since.as_ref().map(|t| convert::from_timestamp("since", t)).transpose()?;
         let until = req.until.as_ref().map(|t| convert::from_timestamp("until", t)).transpose()?;
@@ -152,7 +155,10 @@ impl CallService for CallApi {
         Ok(Response::new(self.initiate(&p, request.into_inner()).await?))
     }
 
-    async fn ring_call(&self, request: Request<pb::RingCallRequest>) -> Result<Response<pb::CallWithIceServers>, Status> {
+    async fn ring_call(
+        &self,
+        request: Request<pb::RingCallRequest>,
+    ) -> Result<Response<pb::CallWithIceServers>, Status> {
         let p = principal(&request)?;
         let call = self.command(&p, &request.get_ref().call_id, Command::Ring).await?;
         Ok(Response::new(self.with_ice(call, &p.user_id)))

@@ -74,7 +74,8 @@ async fn two_gateway_replicas_publish_every_event_exactly_once() {
     let events = a.events.take(CALLS).await;
     let ids: HashSet<_> = events.iter().map(|e| e.message_id.clone().expect("message id")).collect();
     assert_eq!(ids.len(), CALLS, "no event published twice");
-    let pending = outbox::Entity::find().filter(outbox::Column::PublishedAt.is_null()).all(&a.db).await.expect("outbox");
+    let pending =
+        outbox::Entity::find().filter(outbox::Column::PublishedAt.is_null()).all(&a.db).await.expect("outbox");
     assert!(pending.is_empty(), "no row left behind: {pending:?}");
     b.stop().await.expect("b stops");
     a.stop().await.expect("a stops");

@@ -9,7 +9,8 @@ use crate::helpers::{TestApp, spawn_app};
 async fn finished_call(app: &TestApp, caller: &str, call_type: CallType, answer: bool) -> pb::Call {
     let mut client = app.client().await;
     let req = pb::InitiateCallRequest { callee_id: "agent".into(), call_type: call_type as i32, ..Default::default() };
-    let id = client.initiate_call(app.as_user(caller, req)).await.expect("initiate").into_inner().call.expect("call").id;
+    let id =
+        client.initiate_call(app.as_user(caller, req)).await.expect("initiate").into_inner().call.expect("call").id;
     let done = if answer {
         client.answer_call(app.as_user("agent", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer");
         client.end_call(app.as_user("agent", pb::EndCallRequest { call_id: id, reason: 0 })).await.expect("end")
@@ -52,9 +53,16 @@ async fn history_pages_newest_first_and_filters() {
     let newest_first: Vec<_> = made.iter().rev().map(|c| c.id.clone()).collect();
     assert_eq!(seen, newest_first);
 
-    let req = pb::GetUserCallsRequest { call_type: CallType::Support as i32, status: CallStatus::Ended as i32, ..Default::default() };
+    let req = pb::GetUserCallsRequest {
+        call_type: CallType::Support as i32,
+        status: CallStatus::Ended as i32,
+        ..Default::default()
+    };
     let ended_support = client.get_user_calls(app.as_user("agent", req)).await.expect("filtered").into_inner().calls;
-    assert_eq!(ended_support.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [made[4].id.clone(), made[0].id.clone()]);
+    assert_eq!(
+        ended_support.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        [made[4].id.clone(), made[0].id.clone()]
+    );
     assert!(ended_support.iter().all(|c| c.duration_ms >= 0 && c.answered_at.is_some()));
 
     let since = made[3].created_at;
@@ -65,7 +73,12 @@ async fn history_pages_newest_first_and_filters() {
     assert_eq!(client.get_user_calls(app.as_user("agent", req)).await.expect("until").into_inner().calls.len(), 3);
 
     // A caller sees only their own calls.
-    let mine = client.get_user_calls(app.as_user("customer-1", pb::GetUserCallsRequest::default())).await.expect("own").into_inner().calls;
+    let mine = client
+        .get_user_calls(app.as_user("customer-1", pb::GetUserCallsRequest::default()))
+        .await
+        .expect("own")
+        .into_inner()
+        .calls;
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].status, CallStatus::Rejected as i32);
     app.stop().await.expect("clean stop");
@@ -79,12 +92,20 @@ async fn history_refuses_strangers_and_bad_cursors() {
         .get_user_calls(app.as_user("eve", pb::GetUserCallsRequest { user_id: "agent".into(), ..Default::default() }))
         .await
         .expect_err("someone else's history");
-    assert_eq!((status.code(), status.message()), (Code::PermissionDenied, "only a service may read another user's calls"));
-    let allowed = client.get_user_calls(app.as_service(pb::GetUserCallsRequest { user_id: "agent".into(), ..Default::default() })).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, "only a service may read another user's calls")
+    );
+    let allowed = client
+        .get_user_calls(app.as_service(pb::GetUserCallsRequest { user_id: "agent".into(), ..Default::default() }))
+        .await;
     assert!(allowed.is_ok(), "a service may read any history");
 
     for (req, message) in [
-        (pb::GetUserCallsRequest { page_token: "xyz".into(), ..Default::default() }, "page_token is not one this server issued"),
+        (
+            pb::GetUserCallsRequest { page_token: "xyz".into(), ..Default::default() },
+            "page_token is not one this server issued",
+        ),
         (pb::GetUserCallsRequest { page_size: -1, ..Default::default() }, "page_size must not be negative"),
         (pb::GetUserCallsRequest { status: 77, ..Default::default() }, "unknown status 77"),
         (

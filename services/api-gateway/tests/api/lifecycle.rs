@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac};
 use tonic::Code;
 use videocall_entities::{call_transitions, calls};
-use hmac::{Hmac, Mac};
 use videocall_proto::v1::{self as pb, CallStatus, CallType, EndReason};
 
 use crate::helpers::{TURN_SECRET, TestApp, spawn_app};
@@ -36,7 +36,8 @@ async fn a_call_goes_initiated_ringing_active_ended_with_one_event_each() {
     let mut app = spawn_app().await;
     let mut client = app.client().await;
 
-    let reply = client.initiate_call(app.as_user("alice", initiate("bob", "req-1"))).await.expect("initiate").into_inner();
+    let reply =
+        client.initiate_call(app.as_user("alice", initiate("bob", "req-1"))).await.expect("initiate").into_inner();
     let call = reply.call.expect("call");
     assert_eq!(status_of(&call), CallStatus::Initiated);
     assert_eq!((call.caller_id.as_str(), call.callee_id.as_str()), ("alice", "bob"));
@@ -46,12 +47,20 @@ async fn a_call_goes_initiated_ringing_active_ended_with_one_event_each() {
     assert_eq!(call.version, 1);
 
     let id = call.id.clone();
-    let rung = client.ring_call(app.as_user("bob", pb::RingCallRequest { call_id: id.clone() })).await.expect("ring").into_inner();
+    let rung = client
+        .ring_call(app.as_user("bob", pb::RingCallRequest { call_id: id.clone() }))
+        .await
+        .expect("ring")
+        .into_inner();
     let rung = rung.call.expect("call");
     assert_eq!(status_of(&rung), CallStatus::Ringing);
     assert!(rung.ringing_at.is_some());
 
-    let answered = client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer").into_inner();
+    let answered = client
+        .answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() }))
+        .await
+        .expect("answer")
+        .into_inner();
     let answered = answered.call.expect("call");
     assert_eq!(status_of(&answered), CallStatus::Active);
     assert!(answered.answered_at.is_some());
@@ -70,14 +79,23 @@ async fn a_call_goes_initiated_ringing_active_ended_with_one_event_each() {
     assert_eq!(ended.version, 4);
     assert!(ended.duration_ms >= 20, "duration {}", ended.duration_ms);
 
-    let fetched = client.get_call(app.as_user("bob", pb::GetCallRequest { call_id: id.clone() })).await.expect("get").into_inner();
+    let fetched = client
+        .get_call(app.as_user("bob", pb::GetCallRequest { call_id: id.clone() }))
+        .await
+        .expect("get")
+        .into_inner();
     assert_eq!(fetched.call.as_ref(), Some(&ended));
 
     let events = app.events.take(4).await;
     let kinds: Vec<_> = events.iter().map(|e| (e.routing_key.as_str(), e.event_type())).collect();
     assert_eq!(
         kinds,
-        [("call.initiated", "CallInitiated"), ("call.ringing", "CallRinging"), ("call.answered", "CallAnswered"), ("call.ended", "CallEnded")]
+        [
+            ("call.initiated", "CallInitiated"),
+            ("call.ringing", "CallRinging"),
+            ("call.answered", "CallAnswered"),
+            ("call.ended", "CallEnded")
+        ]
     );
     for (i, event) in events.iter().enumerate() {
         let body = &event.body;
@@ -105,7 +123,13 @@ async fn reject_cancel_and_callee_hangup_before_answer() {
     let mut client = app.client().await;
 
     let id = start(&app).await;
-    let rejected = client.reject_call(app.as_user("bob", pb::RejectCallRequest { call_id: id })).await.expect("reject").into_inner().call.expect("call");
+    let rejected = client
+        .reject_call(app.as_user("bob", pb::RejectCallRequest { call_id: id }))
+        .await
+        .expect("reject")
+        .into_inner()
+        .call
+        .expect("call");
     assert_eq!(status_of(&rejected), CallStatus::Rejected);
     assert_eq!(rejected.end_reason, EndReason::Rejected as i32);
 
@@ -132,7 +156,10 @@ async fn reject_cancel_and_callee_hangup_before_answer() {
     assert_eq!(status_of(&declined), CallStatus::Rejected);
 
     let keys: Vec<_> = app.events.take(6).await.into_iter().map(|e| e.routing_key).collect();
-    assert_eq!(keys, ["call.initiated", "call.rejected", "call.initiated", "call.ended", "call.initiated", "call.rejected"]);
+    assert_eq!(
+        keys,
+        ["call.initiated", "call.rejected", "call.initiated", "call.ended", "call.initiated", "call.rejected"]
+    );
     app.stop().await.expect("clean stop");
 }
 
@@ -155,13 +182,62 @@ async fn illegal_transitions_fail_naming_the_state_and_change_nothing() {
     let rows_before = app.count(call_transitions::Entity).await;
 
     let cases: Vec<(&str, &str, Result<tonic::Response<_>, tonic::Status>)> = vec![
-        ("ring an ended call", "ended", client.ring_call(app.as_user("bob", pb::RingCallRequest { call_id: id.clone() })).await.map(|r| r.map(|_| ()))),
-        ("answer an ended call", "ended", client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() })).await.map(|r| r.map(|_| ()))),
-        ("reject an ended call", "ended", client.reject_call(app.as_user("bob", pb::RejectCallRequest { call_id: id.clone() })).await.map(|r| r.map(|_| ()))),
-        ("answer a rejected call", "rejected", client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: rejected.clone() })).await.map(|r| r.map(|_| ()))),
-        ("caller ends a rejected call", "rejected", client.end_call(app.as_user("alice", pb::EndCallRequest { call_id: rejected.clone(), reason: 0 })).await.map(|r| r.map(|_| ()))),
-        ("ring an active call", "active", client.ring_call(app.as_user("bob", pb::RingCallRequest { call_id: active.clone() })).await.map(|r| r.map(|_| ()))),
-        ("reject an active call", "active", client.reject_call(app.as_user("bob", pb::RejectCallRequest { call_id: active.clone() })).await.map(|r| r.map(|_| ()))),
+        (
+            "ring an ended call",
+            "ended",
+            client
+                .ring_call(app.as_user("bob", pb::RingCallRequest { call_id: id.clone() }))
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+        (
+            "answer an ended call",
+            "ended",
+            client
+                .answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() }))
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+        (
+            "reject an ended call",
+            "ended",
+            client
+                .reject_call(app.as_user("bob", pb::RejectCallRequest { call_id: id.clone() }))
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+        (
+            "answer a rejected call",
+            "rejected",
+            client
+                .answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: rejected.clone() }))
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+        (
+            "caller ends a rejected call",
+            "rejected",
+            client
+                .end_call(app.as_user("alice", pb::EndCallRequest { call_id: rejected.clone(), reason: 0 }))
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+        (
+            "ring an active call",
+            "active",
+            client
+                .ring_call(app.as_user("bob", pb::RingCallRequest { call_id: active.clone() }))
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+        (
+            "reject an active call",
+            "active",
+            client
+                .reject_call(app.as_user("bob", pb::RejectCallRequest { call_id: active.clone() }))
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
     ];
     for (what, state, result) in cases {
         let status = result.expect_err(what);
@@ -176,9 +252,18 @@ async fn illegal_transitions_fail_naming_the_state_and_change_nothing() {
     client.end_call(app.as_user("alice", pb::EndCallRequest { call_id: active, reason: 0 })).await.expect("end");
     let fresh = start(&app).await;
     for status in [
-        client.answer_call(app.as_user("alice", pb::AnswerCallRequest { call_id: fresh.clone() })).await.expect_err("caller answers"),
-        client.ring_call(app.as_user("alice", pb::RingCallRequest { call_id: fresh.clone() })).await.expect_err("caller rings"),
-        client.reject_call(app.as_user("alice", pb::RejectCallRequest { call_id: fresh.clone() })).await.expect_err("caller rejects"),
+        client
+            .answer_call(app.as_user("alice", pb::AnswerCallRequest { call_id: fresh.clone() }))
+            .await
+            .expect_err("caller answers"),
+        client
+            .ring_call(app.as_user("alice", pb::RingCallRequest { call_id: fresh.clone() }))
+            .await
+            .expect_err("caller rings"),
+        client
+            .reject_call(app.as_user("alice", pb::RejectCallRequest { call_id: fresh.clone() }))
+            .await
+            .expect_err("caller rejects"),
     ] {
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     }
@@ -193,23 +278,57 @@ async fn repeated_commands_return_the_call_and_emit_nothing() {
     let mut app = spawn_app().await;
     let mut client = app.client().await;
 
-    let first = client.initiate_call(app.as_user("alice", initiate("bob", "same-id"))).await.expect("initiate").into_inner().call.expect("call");
-    let again = client.initiate_call(app.as_user("alice", initiate("bob", "same-id"))).await.expect("repeat").into_inner().call.expect("call");
+    let first = client
+        .initiate_call(app.as_user("alice", initiate("bob", "same-id")))
+        .await
+        .expect("initiate")
+        .into_inner()
+        .call
+        .expect("call");
+    let again = client
+        .initiate_call(app.as_user("alice", initiate("bob", "same-id")))
+        .await
+        .expect("repeat")
+        .into_inner()
+        .call
+        .expect("call");
     assert_eq!(first, again, "same request id, same call");
 
     let id = first.id.clone();
     for _ in 0..2 {
         client.ring_call(app.as_user("bob", pb::RingCallRequest { call_id: id.clone() })).await.expect("ring");
     }
-    let a1 = client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer").into_inner().call;
-    let a2 = client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer again").into_inner().call;
+    let a1 = client
+        .answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() }))
+        .await
+        .expect("answer")
+        .into_inner()
+        .call;
+    let a2 = client
+        .answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() }))
+        .await
+        .expect("answer again")
+        .into_inner()
+        .call;
     assert_eq!(a1, a2);
     for who in ["alice", "alice", "bob"] {
-        let ended = client.end_call(app.as_user(who, pb::EndCallRequest { call_id: id.clone(), reason: 0 })).await.expect("end").into_inner().call.expect("call");
+        let ended = client
+            .end_call(app.as_user(who, pb::EndCallRequest { call_id: id.clone(), reason: 0 }))
+            .await
+            .expect("end")
+            .into_inner()
+            .call
+            .expect("call");
         assert_eq!(ended.ended_by, "alice", "the first end wins");
     }
     // The same request id after the call ended still names that call, and creates nothing.
-    let late = client.initiate_call(app.as_user("alice", initiate("bob", "same-id"))).await.expect("late repeat").into_inner().call.expect("call");
+    let late = client
+        .initiate_call(app.as_user("alice", initiate("bob", "same-id")))
+        .await
+        .expect("late repeat")
+        .into_inner()
+        .call
+        .expect("call");
     assert_eq!(late.id, id);
     assert_eq!(status_of(&late), CallStatus::Ended);
 
@@ -227,7 +346,11 @@ async fn each_party_gets_stun_and_its_own_expiring_turn_credentials() {
     let before = chrono::Utc::now().timestamp();
     let reply = client.initiate_call(app.as_user("alice", initiate("bob", ""))).await.expect("initiate").into_inner();
     let id = reply.call.as_ref().expect("call").id.clone();
-    let answer = client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id })).await.expect("answer").into_inner();
+    let answer = client
+        .answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id }))
+        .await
+        .expect("answer")
+        .into_inner();
 
     for (user, servers) in [("alice", &reply.ice_servers), ("bob", &answer.ice_servers)] {
         assert_eq!(servers.len(), 2, "{servers:?}");

@@ -74,7 +74,11 @@ async fn concurrent_calls_to_one_callee_let_exactly_one_through() {
         let mut c = client.clone();
         let req = app.as_user(
             &format!("caller-{i}"),
-            pb::InitiateCallRequest { callee_id: "popular-agent".into(), call_type: CallType::Support as i32, ..Default::default() },
+            pb::InitiateCallRequest {
+                callee_id: "popular-agent".into(),
+                call_type: CallType::Support as i32,
+                ..Default::default()
+            },
         );
         attempts.push(tokio::spawn(async move { c.initiate_call(req).await }));
     }
@@ -103,14 +107,24 @@ async fn concurrent_calls_to_one_callee_let_exactly_one_through() {
         .remove(0);
     let busy_caller = client
         .clone()
-        .initiate_call(app.as_user(&live.caller_id, pb::InitiateCallRequest { callee_id: "someone-else".into(), call_type: 1, ..Default::default() }))
+        .initiate_call(app.as_user(
+            &live.caller_id,
+            pb::InitiateCallRequest { callee_id: "someone-else".into(), call_type: 1, ..Default::default() },
+        ))
         .await
         .expect_err("caller already in a call");
     assert_eq!(busy_caller.message(), format!("busy: user {} is in another call", live.caller_id));
-    client.clone().end_call(app.as_user(&live.caller_id, pb::EndCallRequest { call_id: live.id, reason: 0 })).await.expect("end");
     client
         .clone()
-        .initiate_call(app.as_user("caller-x", pb::InitiateCallRequest { callee_id: "popular-agent".into(), call_type: 1, ..Default::default() }))
+        .end_call(app.as_user(&live.caller_id, pb::EndCallRequest { call_id: live.id, reason: 0 }))
+        .await
+        .expect("end");
+    client
+        .clone()
+        .initiate_call(app.as_user(
+            "caller-x",
+            pb::InitiateCallRequest { callee_id: "popular-agent".into(), call_type: 1, ..Default::default() },
+        ))
         .await
         .expect("callee free again");
     app.stop().await.expect("clean stop");

@@ -1,0 +1,174 @@
+//! Helpers for black-box tests against the real PostgreSQL and RabbitMQ: a fresh database per
+//! test, and a tap that sees every event published on an exchange.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::{
+    Connection, ConnectionProperties, ExchangeKind,
+    options::{BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Creates an empty PostgreSQL database and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_database_url();
+    let name = format!("vc_test_{}", Uuid::now_v7().simple());
+    let conn = Database::connect(admin.as_str()).await.expect("PostgreSQL reachable (TEST_DATABASE_URL)");
+    conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create test database");
+    conn.close().await.ok();
+    let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// A name no other test uses, for exchanges and queues.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}.{}", Uuid::now_v7().simple())
+}
+
+/// One delivered event: routing key, AMQP properties and the CloudEvents body.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    pub persistent: bool,
+    pub body: serde_json::Value,
+}
+
+impl Event {
+    pub fn event_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or_default()
+    }
+
+    pub fn subject(&self) -> &str {
+        self.body["subject"].as_str().unwrap_or_default()
+    }
+}
+
+/// An exclusive queue bound with `#` to an exchange, read in the background.
+pub struct EventTap {
+    connection: Connection,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl EventTap {
+    pub async fn bind(exchange: &str) -> Self {
+        let connection =
+            Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("RabbitMQ reachable");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        let mut consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let body = serde_json::from_slice(&delivery.data).unwrap_or(serde_json::Value::Null);
+                let props = &delivery.properties;
+                let event = Event {
+                    routing_key: delivery.routing_key.to_string(),
+                    message_id: props.message_id().as_ref().map(|s| s.to_string()),
+                    content_type: props.content_type().as_ref().map(|s| s.to_string()),
+                    persistent: *props.delivery_mode() == Some(2),
+                    body,
+                };
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { connection, rx }
+    }
+
+    /// The next event, or None after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Event> {
+        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// Exactly `n` events (panics if fewer arrive in 10 s), then checks that no more come for a
+    /// short quiet period.
+    pub async fn take(&mut self, n: usize) -> Vec<Event> {
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            match self.next(Duration::from_secs(10)).await {
+                Some(e) => events.push(e),
+                None => panic!("expected {n} events, got {}: {events:#?}", events.len()),
+            }
+        }
+        if let Some(extra) = self.next(Duration::from_millis(400)).await {
+            panic!("expected exactly {n} events, got one more: {extra:#?}");
+        }
+        events
+    }
+
+    /// Fails if any event arrives within `wait`.
+    pub async fn expect_none(&mut self, wait: Duration) {
+        if let Some(e) = self.next(wait).await {
+            panic!("expected no event, got {e:#?}");
+        }
+    }
+
+    pub async fn delete_exchange(&self, exchange: &str) {
+        if let Ok(channel) = self.connection.create_channel().await {
+            let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+}
+
+/// The URL of the database `db` is connected to, for opening more pools to it (replicas).
+pub async fn database_url_of(db: &sea_orm::DatabaseConnection) -> String {
+    use sea_orm::{DbBackend, Statement};
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT current_database() AS name"))
+        .await
+        .expect("query current database")
+        .expect("a row");
+    let name: String = row.try_get("", "name").expect("name");
+    let admin = admin_database_url();
+    let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the Videocall fleet on this machine against local PostgreSQL and RabbitMQ, setting up
+# whatever is missing. Ctrl-C stops everything. Settings come from the environment (see
+# docs/operations.md); development defaults are filled in below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+ensure_rust
+ensure_postgres
+ensure_redis
+ensure_rabbitmq
+
+db_user="${PGUSER:-$(id -un)}"
+if ! psql -h 127.0.0.1 -U "$db_user" -d postgres -Atc "select 1 from pg_database where datname='videocall'" | grep -q 1; then
+  log "creating database videocall"
+  psql -h 127.0.0.1 -U "$db_user" -d postgres -qc 'CREATE DATABASE videocall'
+fi
+
+export DATABASE_URL="${DATABASE_URL:-postgres://$db_user@127.0.0.1:5432/videocall}"
+export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+export JWT_SECRET="${JWT_SECRET:-dev-only-jwt-secret-change-me}"
+export GRPC_LISTEN_ADDR="${GRPC_LISTEN_ADDR:-127.0.0.1:50051}"
+export STUN_SERVERS="${STUN_SERVERS:-stun:127.0.0.1:3478}"
+
+log "building"
+cargo build --locked --bins
+
+bins="$CARGO_TARGET_DIR/debug"
+pids=()
+stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait || true; }
+trap stop EXIT INT TERM
+
+"$bins/api-gateway" & pids+=($!)
+"$bins/missed-call-sweeper" & pids+=($!)
+
+cat >&2 <<MSG
+==> Videocall is starting: gRPC on $GRPC_LISTEN_ADDR (health, reflection, videocall.v1.CallService)
+    A token for a user:   JWT_SECRET=$JWT_SECRET $bins/vc-token alice user
+    Events go to the RabbitMQ topic exchange videocall.events. Ctrl-C stops.
+MSG
+wait -n "${pids[@]}"

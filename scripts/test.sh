@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against real PostgreSQL, Redis and RabbitMQ, setting up
+# whatever is missing first. Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+ensure_rust
+ensure_postgres
+ensure_redis
+ensure_rabbitmq
+
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://$(id -un)@127.0.0.1:5432/postgres}"
+export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+# Databases left by earlier runs (each test makes its own).
+stale=$(psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database where datname like 'vc_test_%'" 2>/dev/null || true)
+for db in $stale; do psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
+
+log "building (target dir: $CARGO_TARGET_DIR)"
+cargo build --workspace --all-targets --locked
+log "running the tests"
+cargo test --workspace --locked "$@"

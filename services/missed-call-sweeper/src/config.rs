@@ -1,0 +1,82 @@
+//! missed-call-sweeper configuration.
+
+use clap::Parser;
+use videocall_platform::config::{Checker, Common, CommonArgs, ConfigError};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "missed-call-sweeper", version, about = "Marks unanswered calls missed on a cron schedule")]
+pub struct SweeperArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// PostgreSQL URL (or sqlite:).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Cron expression with seconds; the default sweeps every 5 seconds.
+    #[arg(long, env = "SWEEP_SCHEDULE", default_value = "*/5 * * * * *")]
+    pub sweep_schedule: String,
+    /// Calls claimed per transaction.
+    #[arg(long, env = "SWEEP_BATCH_SIZE", default_value = "200")]
+    pub sweep_batch_size: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweeperConfig {
+    pub common: Common,
+    pub database_url: String,
+    pub schedule: cron::Schedule,
+    pub batch_size: u64,
+}
+
+impl SweeperArgs {
+    pub fn validate(&self) -> Result<SweeperConfig, ConfigError> {
+        let mut c = Checker::new();
+        let common = self.common.check("missed-call-sweeper", &mut c);
+        let database_url = c.database_url("DATABASE_URL", &self.database_url);
+        let schedule = match crate::parse_schedule(&self.sweep_schedule) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                c.check("SWEEP_SCHEDULE", false, &format!("`{}` is not a cron expression with seconds: {e}", self.sweep_schedule));
+                None
+            }
+        };
+        let batch_size = c.parse::<u64>("SWEEP_BATCH_SIZE", &self.sweep_batch_size);
+        if let Some(b) = batch_size {
+            c.check("SWEEP_BATCH_SIZE", (1..=5000).contains(&b), "must be between 1 and 5000");
+        }
+        c.finish()?;
+        match (common, database_url, schedule, batch_size) {
+            (Some(common), Some(database_url), Some(schedule), Some(batch_size)) => {
+                Ok(SweeperConfig { common, database_url, schedule, batch_size })
+            }
+            _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_schedule_and_batch_are_named() {
+        let args = SweeperArgs::try_parse_from([
+            "missed-call-sweeper",
+            "--database-url=postgres://x/y",
+            "--sweep-schedule=every five seconds",
+            "--sweep-batch-size=0",
+        ])
+        .expect("flags parse");
+        let err = args.validate().unwrap_err();
+        assert!(err.0[0].starts_with("SWEEP_SCHEDULE: `every five seconds` is not a cron expression"), "{err}");
+        assert!(err.0[1].starts_with("SWEEP_BATCH_SIZE:"), "{err}");
+    }
+
+    #[test]
+    fn defaults_sweep_every_five_seconds() {
+        let args = SweeperArgs::try_parse_from(["missed-call-sweeper", "--database-url=sqlite://x.db"]).expect("parse");
+        let config = args.validate().expect("valid");
+        let ticks: Vec<_> = config.schedule.upcoming(chrono::Utc).take(2).collect();
+        assert_eq!((ticks[1] - ticks[0]).num_seconds(), 5);
+        assert_eq!(config.batch_size, 200);
+    }
+}

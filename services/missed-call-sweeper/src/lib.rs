@@ -1,0 +1,146 @@
+//! missed-call-sweeper: on a cron schedule, calls still initiated or ringing past their ring
+//! deadline (by the database's clock) become `missed`, with a CallMissed event in the same
+//! transaction. Due rows are claimed with `FOR UPDATE SKIP LOCKED`, so replicas split the work and
+//! a concurrent answer either wins before the sweep or is refused after it.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement, TransactionTrait,
+    sea_query::{LockBehavior, LockType},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use videocall_domain::{CallStatus, Command, Decision, Party, decide};
+use videocall_entities::calls;
+use videocall_platform::{
+    call_store::{CallRecord, CallStore, StoreError},
+    db,
+    events::event_source,
+};
+
+pub use config::{SweeperArgs, SweeperConfig};
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub missed: u64,
+    pub batches: u64,
+}
+
+/// Marks overdue calls missed. Cheap to clone; replicas may run side by side.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    store: CallStore,
+    actor: String,
+    batch_size: u64,
+}
+
+impl Sweeper {
+    pub fn new(db: DatabaseConnection, cell_id: &str, service_name: &str, batch_size: u64) -> Self {
+        let store = CallStore::new(db, event_source(cell_id, service_name), Arc::new(Notify::new()));
+        Self { store, actor: service_name.to_owned(), batch_size }
+    }
+
+    /// Sweeps until no call is overdue, batch by batch.
+    #[tracing::instrument(skip_all, fields(actor = %self.actor), err)]
+    pub async fn sweep_once(&self) -> Result<SweepReport, StoreError> {
+        let now = database_now(self.store.db()).await?;
+        let mut report = SweepReport::default();
+        loop {
+            let (claimed, missed) = self.sweep_batch(now).await?;
+            report.batches += 1;
+            report.missed += missed;
+            if claimed < self.batch_size {
+                break;
+            }
+        }
+        if report.missed > 0 {
+            tracing::info!(missed = report.missed, batches = report.batches, "calls marked missed");
+        }
+        Ok(report)
+    }
+
+    /// One transaction: claim up to `batch_size` overdue calls no other replica holds, miss them.
+    async fn sweep_batch(&self, now: DateTime<Utc>) -> Result<(u64, u64), StoreError> {
+        let db = self.store.db();
+        let txn = db.begin().await?;
+        let mut due = calls::Entity::find()
+            .filter(calls::Column::Status.is_in([CallStatus::Initiated.as_str(), CallStatus::Ringing.as_str()]))
+            .filter(calls::Column::RingDeadlineAt.lte(now))
+            .order_by_asc(calls::Column::RingDeadlineAt)
+            .limit(self.batch_size);
+        if db.get_database_backend() == DbBackend::Postgres {
+            due = due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let rows = due.all(&txn).await?;
+        let claimed = rows.len() as u64;
+        let mut missed = 0;
+        for row in rows {
+            let call = CallRecord::from_model(row)?;
+            if let Decision::Apply(effect) = decide(call.status, Command::Miss, Party::Service)
+                && self.store.transition_in(&txn, &call, effect, &self.actor).await?.is_some()
+            {
+                missed += 1;
+            }
+        }
+        txn.commit().await?;
+        if missed > 0 {
+            self.store.wake_outbox();
+        }
+        Ok((claimed, missed))
+    }
+
+    /// Sweeps at every tick of `schedule` until `shutdown`. A failed sweep is logged and retried at
+    /// the next tick.
+    pub async fn run(self, schedule: cron::Schedule, shutdown: CancellationToken) {
+        tracing::info!(%schedule, "missed-call sweeper running");
+        loop {
+            let Some(next) = schedule.upcoming(Utc).next() else {
+                tracing::warn!("the schedule has no future ticks; stopping");
+                return;
+            };
+            let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if let Err(error) = self.sweep_once().await {
+                tracing::warn!(%error, "sweep failed; retrying at the next tick");
+            }
+        }
+    }
+}
+
+/// The database's clock (PostgreSQL `now()`), so replicas on machines with skewed clocks agree.
+/// SQLite runs in the same process as its writers, so the process clock is the database clock.
+pub async fn database_now(db: &DatabaseConnection) -> Result<DateTime<Utc>, StoreError> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(Utc::now());
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT now() AS now"))
+        .await?
+        .ok_or_else(|| StoreError::Db(sea_orm::DbErr::Custom("SELECT now() returned nothing".into())))?;
+    Ok(row.try_get::<DateTime<Utc>>("", "now")?)
+}
+
+/// Connects and runs the sweeper until `shutdown`.
+pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
+    let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size);
+    sweeper.run(config.schedule, shutdown).await;
+    db.close_by_ref().await.ok();
+    Ok(())
+}
+
+/// Parses a cron expression with seconds (`sec min hour day-of-month month day-of-week [year]`).
+pub fn parse_schedule(raw: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(raw).map_err(|e| e.to_string())
+}

@@ -1,0 +1,181 @@
+//! The sweeper against real PostgreSQL: due calls become missed once, early ones are left alone,
+//! and replicas racing each other and concurrent answers give every call exactly one outcome.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use missed_call_sweeper::Sweeper;
+use sea_orm::{ColumnTrait, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use tokio::sync::Notify;
+use uuid::Uuid;
+use videocall_domain::{CallStatus, CallType, Command, EndReason};
+use videocall_entities::outbox;
+use videocall_platform::{
+    call_store::{Actor, CallStore, NewCall, StoreError},
+    db,
+};
+
+async fn setup() -> (DatabaseConnection, CallStore) {
+    let url = videocall_testkit::fresh_database().await;
+    let db = db::connect_and_migrate(&url, &Default::default()).await.expect("database");
+    let store = CallStore::new(db.clone(), "/videocall/test/api-gateway".into(), Arc::new(Notify::new()));
+    (db, store)
+}
+
+async fn call(store: &CallStore, i: usize, ring_timeout_secs: i32) -> Uuid {
+    let new = NewCall {
+        request_id: format!("r{i}"),
+        caller_id: format!("customer-{i}"),
+        callee_id: format!("agent-{i}"),
+        call_type: CallType::Support,
+        metadata: Default::default(),
+        ring_timeout_secs,
+    };
+    store.initiate(new, &format!("customer-{i}")).await.expect("initiate").call.id
+}
+
+fn callee(i: usize) -> Actor {
+    Actor { id: format!("agent-{i}"), is_service: false }
+}
+
+/// Outbox routing keys per call.
+async fn events_by_call(db: &DatabaseConnection) -> HashMap<Uuid, Vec<String>> {
+    let mut map: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for row in outbox::Entity::find().order_by_asc(outbox::Column::Id).all(db).await.expect("outbox") {
+        map.entry(row.aggregate_id).or_default().push(row.routing_key);
+    }
+    map
+}
+
+#[tokio::test]
+async fn overdue_calls_become_missed_once_and_early_ones_stay() {
+    let (db, store) = setup().await;
+    let due_initiated = call(&store, 0, 1).await;
+    let due_ringing = call(&store, 1, 1).await;
+    store.apply(due_ringing, Command::Ring, &callee(1)).await.expect("ring");
+    let early = call(&store, 2, 30).await;
+    let answered = call(&store, 3, 1).await;
+    store.apply(answered, Command::Answer, &callee(3)).await.expect("answer");
+
+    let sweeper = Sweeper::new(db.clone(), "test", "missed-call-sweeper", 100);
+    let report = sweeper.sweep_once().await.expect("sweep");
+    assert_eq!(report.missed, 0, "nothing is due before the deadline");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = sweeper.sweep_once().await.expect("sweep");
+    assert_eq!(report.missed, 2);
+    for id in [due_initiated, due_ringing] {
+        let c = store.get(id).await.expect("call");
+        assert_eq!(c.status, CallStatus::Missed);
+        assert_eq!(c.end_reason, Some(EndReason::Timeout));
+        assert_eq!(c.ended_by.as_deref(), Some("missed-call-sweeper"));
+    }
+    assert_eq!(store.get(early).await.expect("call").status, CallStatus::Initiated, "never early");
+    assert_eq!(store.get(answered).await.expect("call").status, CallStatus::Active, "answered calls are not missed");
+
+    // A second sweep finds nothing; the missed call is final and its parties are free.
+    assert_eq!(sweeper.sweep_once().await.expect("sweep").missed, 0);
+    let late = store.apply(due_ringing, Command::Answer, &callee(1)).await.expect_err("too late");
+    assert!(matches!(late, StoreError::WrongState(CallStatus::Missed)), "{late:?}");
+    let again = NewCall {
+        request_id: "again".into(),
+        caller_id: "customer-0".into(),
+        callee_id: "agent-0".into(),
+        call_type: CallType::Sales,
+        metadata: Default::default(),
+        ring_timeout_secs: 30,
+    };
+    store.initiate(again, "customer-0").await.expect("the parties of a missed call are free again");
+
+    let events = events_by_call(&db).await;
+    assert_eq!(events[&due_initiated], ["call.initiated", "call.missed"]);
+    assert_eq!(events[&due_ringing], ["call.initiated", "call.ringing", "call.missed"]);
+    let missed = outbox::Entity::find().filter(outbox::Column::RoutingKey.eq("call.missed")).all(&db).await.expect("outbox");
+    let body: serde_json::Value = serde_json::from_str(&missed[0].payload).expect("json");
+    assert_eq!(body["type"], "CallMissed");
+    assert_eq!(body["data"]["end_reason"], "timeout");
+}
+
+#[tokio::test]
+async fn three_replicas_and_concurrent_answers_give_each_call_one_outcome() {
+    const CALLS: usize = 5000;
+    let (db, store) = setup().await;
+    let started = std::time::Instant::now();
+    let mut ids = vec![Uuid::nil(); CALLS];
+    let mut creators = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let store = store.clone();
+        creators.spawn(async move {
+            let mut made = Vec::new();
+            for i in (worker..CALLS).step_by(16) {
+                made.push((i, call(&store, i, 1).await));
+            }
+            made
+        });
+    }
+    while let Some(made) = creators.join_next().await {
+        for (i, id) in made.expect("creator") {
+            ids[i] = id;
+        }
+    }
+    eprintln!("created {CALLS} calls in {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(1100)).await; // every call is now overdue
+
+    let mut work = tokio::task::JoinSet::new();
+    for replica in 0..3 {
+        // Each replica has its own connection pool, as separate processes would.
+        let url = videocall_testkit::database_url_of(&db).await;
+        work.spawn(async move {
+            let db = Database::connect(url.as_str()).await.expect("replica connects");
+            let sweeper = Sweeper::new(db, "test", &format!("sweeper-{replica}"), 200);
+            let mut total = 0;
+            loop {
+                let report = sweeper.sweep_once().await.expect("sweep");
+                total += report.missed;
+                if report.missed == 0 {
+                    break;
+                }
+            }
+            Outcome::Swept(total)
+        });
+    }
+    for worker in 0..4 {
+        let (store, ids) = (store.clone(), ids.clone());
+        work.spawn(async move {
+            let mut answered = Vec::new();
+            // From the newest down, while the sweepers go from the oldest up: they meet mid-way.
+            for i in (worker * 2..CALLS).step_by(8).rev() {
+                match store.apply(ids[i], Command::Answer, &callee(i)).await {
+                    Ok(c) if c.status == CallStatus::Active => answered.push(ids[i]),
+                    Ok(c) => panic!("answer returned {:?}", c.status),
+                    Err(StoreError::WrongState(CallStatus::Missed)) => {}
+                    Err(e) => panic!("answer failed: {e}"),
+                }
+            }
+            Outcome::Answered(answered)
+        });
+    }
+    let (mut swept, mut answered) = (0, Vec::new());
+    while let Some(outcome) = work.join_next().await {
+        match outcome.expect("task") {
+            Outcome::Swept(n) => swept += n,
+            Outcome::Answered(a) => answered.extend(a),
+        }
+    }
+    eprintln!("swept {swept}, answered {} in {:?}", answered.len(), started.elapsed());
+    assert_eq!(swept as usize + answered.len(), CALLS, "every call has exactly one outcome");
+
+    let events = events_by_call(&db).await;
+    let answered: std::collections::HashSet<_> = answered.into_iter().collect();
+    for id in &ids {
+        let keys = &events[id];
+        let expected = if answered.contains(id) { "call.answered" } else { "call.missed" };
+        assert_eq!(keys, &["call.initiated", expected], "call {id}");
+        let status = store.get(*id).await.expect("call").status;
+        assert_eq!(status, if answered.contains(id) { CallStatus::Active } else { CallStatus::Missed });
+    }
+}
+
+enum Outcome {
+    Swept(u64),
+    Answered(Vec<Uuid>),
+}
