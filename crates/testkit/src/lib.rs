@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::{
     Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    },
     types::FieldTable,
 };
 use sea_orm::{ConnectionTrait, Database};

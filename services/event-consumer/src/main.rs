@@ -4,6 +4,8 @@
 //! pretending to work. See the project's issue tracker for its progress.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("event-consumer: not implemented yet (the UserOffline / SupportTicketCreated consumer); nothing was started");
+    eprintln!(
+        "event-consumer: not implemented yet (the UserOffline / SupportTicketCreated consumer); nothing was started"
+    );
     std::process::ExitCode::from(78) // EX_CONFIG: a supervisor should not restart it in a loop
 }

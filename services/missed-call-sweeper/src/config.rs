@@ -35,7 +35,11 @@ impl SweeperArgs {
         let schedule = match crate::parse_schedule(&self.sweep_schedule) {
             Ok(s) => Some(s),
             Err(e) => {
-                c.check("SWEEP_SCHEDULE", false, &format!("`{}` is not a cron expression with seconds: {e}", self.sweep_schedule));
+                c.check(
+                    "SWEEP_SCHEDULE",
+                    false,
+                    &format!("`{}` is not a cron expression with seconds: {e}", self.sweep_schedule),
+                );
                 None
             }
         };

@@ -89,7 +89,8 @@ async fn overdue_calls_become_missed_once_and_early_ones_stay() {
     let events = events_by_call(&db).await;
     assert_eq!(events[&due_initiated], ["call.initiated", "call.missed"]);
     assert_eq!(events[&due_ringing], ["call.initiated", "call.ringing", "call.missed"]);
-    let missed = outbox::Entity::find().filter(outbox::Column::RoutingKey.eq("call.missed")).all(&db).await.expect("outbox");
+    let missed =
+        outbox::Entity::find().filter(outbox::Column::RoutingKey.eq("call.missed")).all(&db).await.expect("outbox");
     let body: serde_json::Value = serde_json::from_str(&missed[0].payload).expect("json");
     assert_eq!(body["type"], "CallMissed");
     assert_eq!(body["data"]["end_reason"], "timeout");

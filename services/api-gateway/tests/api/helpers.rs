@@ -109,4 +109,3 @@ pub fn with_token<T>(token: &str, message: T) -> Request<T> {
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii header"));
     request
 }
-
