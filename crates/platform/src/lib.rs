@@ -11,5 +11,6 @@ pub mod db;
 pub mod events;
 pub mod ice;
 pub mod outbox_relay;
+pub mod redis_keys;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,30 @@
+//! Names of everything Videocall keeps in Redis, all prefixed with the cell id so cells can share
+//! one Redis.
+
+/// Pub/Sub channel of one user: every relay holding a connection of that user subscribes to it,
+/// and each message is one JSON server frame (`{"type": ...}`) to deliver to that user's sockets.
+pub fn user_channel(cell_id: &str, user_id: &str) -> String {
+    format!("{cell_id}:vc:user:{user_id}")
+}
+
+/// Capped, expiring log of one call's signals, for replay after a late join or a reconnect.
+pub fn call_log(cell_id: &str, call_id: &str) -> String {
+    format!("{cell_id}:vc:call:{call_id}:log")
+}
+
+/// Per-call signal sequence counter.
+pub fn call_seq(cell_id: &str, call_id: &str) -> String {
+    format!("{cell_id}:vc:call:{call_id}:seq")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_cell() {
+        assert_eq!(user_channel("eu-1", "alice"), "eu-1:vc:user:alice");
+        assert_eq!(call_log("eu-1", "c1"), "eu-1:vc:call:c1:log");
+        assert_eq!(call_seq("eu-1", "c1"), "eu-1:vc:call:c1:seq");
+    }
+}
