@@ -13,4 +13,6 @@ pub mod ice;
 pub mod outbox_relay;
 pub mod redis_keys;
 pub mod shutdown;
+pub mod signal_bus;
+pub mod signals;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use videocall_domain::CallType;
 use videocall_platform::{
     config::{Checker, Common, CommonArgs, ConfigError, Secret, split_list},
     ice::{IceConfig, is_ice_url},
+    signal_bus::SignalBusConfig,
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -24,11 +25,17 @@ pub struct GatewayArgs {
     /// RabbitMQ URL the outbox relay publishes to.
     #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
-    /// Redis URL (or host with REDIS_HOST); used by SendSignal/SubscribeToSignals.
+    /// Redis URL of the signal bus (or a host name with REDIS_HOST).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
+    /// Signals kept per call for replay.
+    #[arg(long, env = "SIGNAL_LOG_CAPACITY", default_value = "256")]
+    pub signal_log_capacity: String,
+    /// How long a call's signal log lives after its last signal.
+    #[arg(long, env = "SIGNAL_LOG_TTL_SECS", default_value = "3600")]
+    pub signal_log_ttl_secs: String,
     /// Where gRPC listens.
     #[arg(long, env = "GRPC_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_listen_addr: String,
@@ -97,7 +104,7 @@ pub struct GatewayConfig {
     pub common: Common,
     pub database_url: String,
     pub amqp_url: String,
-    pub redis_url: Option<String>,
+    pub signal_bus: SignalBusConfig,
     pub grpc_listen_addr: SocketAddr,
     pub jwt_secret: Secret,
     pub ice: IceConfig,
@@ -123,8 +130,13 @@ impl GatewayArgs {
                 Some(url.clone())
             }
             (None, Some(host)) => Some(format!("redis://{host}")),
-            (None, None) => None,
+            (None, None) => Some("redis://127.0.0.1:6379".to_owned()),
         };
+        let log_capacity = c.parse::<usize>("SIGNAL_LOG_CAPACITY", &self.signal_log_capacity);
+        if let Some(cap) = log_capacity {
+            c.check("SIGNAL_LOG_CAPACITY", (1..=10_000).contains(&cap), "must be between 1 and 10000");
+        }
+        let log_ttl = c.parse::<u64>("SIGNAL_LOG_TTL_SECS", &self.signal_log_ttl_secs);
         let grpc_listen_addr = c.parse("GRPC_LISTEN_ADDR", &self.grpc_listen_addr);
         let jwt_secret = c.require("JWT_SECRET", &self.jwt_secret);
         if let Some(secret) = &jwt_secret {
@@ -164,10 +176,15 @@ impl GatewayArgs {
         c.finish()?;
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         Ok(GatewayConfig {
-            common: common.ok_or_else(missing)?,
+            common: common.clone().ok_or_else(missing)?,
             database_url: database_url.ok_or_else(missing)?,
             amqp_url: self.amqp_url.clone(),
-            redis_url,
+            signal_bus: SignalBusConfig {
+                redis_url: redis_url.ok_or_else(missing)?,
+                cell_id: common.as_ref().map(|c| c.cell_id.clone()).ok_or_else(missing)?,
+                log_capacity: log_capacity.ok_or_else(missing)?,
+                log_ttl: Duration::from_secs(log_ttl.ok_or_else(missing)?.max(1)),
+            },
             grpc_listen_addr: grpc_listen_addr.ok_or_else(missing)?,
             jwt_secret: Secret::new(jwt_secret.ok_or_else(missing)?),
             ice: IceConfig {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod service;
+pub mod signaling;
 pub mod startup;
 
 pub use config::{GatewayArgs, GatewayConfig, RingTimeouts};

@@ -14,7 +14,9 @@ use videocall_platform::{
 };
 use videocall_proto::v1::{self as pb, call_service_server::CallService};
 
-use crate::{config::RingTimeouts, convert, error::ApiError};
+use videocall_platform::signal_bus::SignalBus;
+
+use crate::{config::RingTimeouts, convert, error::ApiError, signaling};
 
 const MAX_USER_ID_BYTES: usize = 128;
 const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -26,6 +28,7 @@ pub struct CallApi {
     pub store: CallStore,
     pub ice: IceConfig,
     pub ring_timeouts: RingTimeouts,
+    pub bus: SignalBus,
 }
 
 /// Interceptor: every CallService request needs a valid bearer token; the principal rides along
@@ -72,7 +75,9 @@ impl CallApi {
 
     async fn command(&self, p: &Principal, raw_id: &str, command: Command) -> Result<CallRecord, ApiError> {
         let id = convert::call_id(raw_id)?;
-        Ok(self.store.apply(id, command, &actor(p)).await?)
+        let call = self.store.apply(id, command, &actor(p)).await?;
+        signaling::push_call_state(&self.bus, &call).await;
+        Ok(call)
     }
 
     async fn initiate(&self, p: &Principal, req: pb::InitiateCallRequest) -> Result<pb::CallWithIceServers, ApiError> {
@@ -100,6 +105,9 @@ impl CallApi {
             ring_timeout_secs: self.ring_timeouts.for_type(call_type),
         };
         let initiated = self.store.initiate(new, &p.user_id).await?;
+        if initiated.created {
+            signaling::push_call_state(&self.bus, &initiated.call).await;
+        }
         Ok(self.with_ice(initiated.call, &p.user_id))
     }
 
@@ -186,8 +194,12 @@ impl CallService for CallApi {
         Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
     }
 
-    async fn send_signal(&self, _: Request<pb::SendSignalRequest>) -> Result<Response<pb::SendSignalResponse>, Status> {
-        Err(Status::unimplemented("SendSignal is not available yet: it arrives with the signaling relay"))
+    async fn send_signal(
+        &self,
+        request: Request<pb::SendSignalRequest>,
+    ) -> Result<Response<pb::SendSignalResponse>, Status> {
+        let p = principal(&request)?;
+        Ok(Response::new(signaling::send(&self.store, &self.bus, &actor(&p), request.into_inner()).await?))
     }
 
     async fn update_call_quality(
@@ -219,8 +231,10 @@ impl CallService for CallApi {
 
     async fn subscribe_to_signals(
         &self,
-        _: Request<pb::SubscribeToSignalsRequest>,
+        request: Request<pb::SubscribeToSignalsRequest>,
     ) -> Result<Response<Self::SubscribeToSignalsStream>, Status> {
-        Err(Status::unimplemented("SubscribeToSignals is not available yet: it arrives with the signaling relay"))
+        let p = principal(&request)?;
+        let stream = signaling::subscribe(&self.store, &self.bus, &actor(&p), request.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 }

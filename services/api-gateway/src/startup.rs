@@ -11,10 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use videocall_platform::{
     auth::JwtKeys,
+    backoff::Backoff,
     call_store::CallStore,
     db,
     events::event_source,
     outbox_relay::{OutboxRelay, OutboxRelayConfig},
+    signal_bus::SignalBus,
 };
 use videocall_proto::{FILE_DESCRIPTOR_SET, v1::call_service_server::CallServiceServer};
 
@@ -31,6 +33,7 @@ pub struct Application {
     config: GatewayConfig,
     listener: TcpListener,
     db: DatabaseConnection,
+    bus: SignalBus,
     outbox_wake: Arc<Notify>,
 }
 
@@ -38,10 +41,11 @@ impl Application {
     /// Connects to the database (waiting for it), runs migrations and binds the gRPC port.
     pub async fn build(config: GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
         let db = db::connect_and_migrate(&config.database_url, shutdown).await?;
+        let bus = connect_bus(&config, shutdown).await?;
         let listener = TcpListener::bind(config.grpc_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_listen_addr))?;
-        Ok(Self { config, listener, db, outbox_wake: Arc::new(Notify::new()) })
+        Ok(Self { config, listener, db, bus, outbox_wake: Arc::new(Notify::new()) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -55,10 +59,10 @@ impl Application {
     /// Serves until `shutdown`: health turns NOT_SERVING first, in-flight requests get
     /// `shutdown_grace` to finish. Returns an error naming the task that failed, if one did.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, listener, db, outbox_wake } = self;
+        let Self { config, listener, db, bus, outbox_wake } = self;
         let source = event_source(&config.common.cell_id, &config.common.service_name);
         let store = CallStore::new(db.clone(), source, outbox_wake.clone());
-        let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts };
+        let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts, bus };
         let keys = JwtKeys::new(config.jwt_secret.clone());
         let call_service = CallServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -143,6 +147,24 @@ impl Application {
         db.close_by_ref().await.ok();
         tracing::info!("api-gateway stopped");
         result
+    }
+}
+
+/// Connects to the signal bus, waiting while Redis is unreachable.
+async fn connect_bus(config: &GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<SignalBus> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        match SignalBus::connect(config.signal_bus.clone()).await {
+            Ok(bus) => return Ok(bus),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unreachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Redis"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
     }
 }
 

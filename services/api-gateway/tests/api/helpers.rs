@@ -24,7 +24,12 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: amqp_url(),
-        redis_url: None,
+        signal_bus: videocall_platform::signal_bus::SignalBusConfig {
+            redis_url: std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            cell_id: videocall_testkit::unique_name("test"),
+            log_capacity: 256,
+            log_ttl: Duration::from_secs(600),
+        },
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
         jwt_secret: Secret::new(JWT_SECRET),
         ice: IceConfig {

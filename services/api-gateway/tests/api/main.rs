@@ -8,3 +8,4 @@ mod history;
 mod lifecycle;
 mod races;
 mod service;
+mod signaling;

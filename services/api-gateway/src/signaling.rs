@@ -1,0 +1,150 @@
+//! SendSignal and SubscribeToSignals: signals go through the Redis signal bus, so a party on the
+//! WebSocket relay and a party on gRPC reach each other. Also pushes call state to both parties.
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use uuid::Uuid;
+use videocall_domain::Party;
+use videocall_platform::{
+    call_store::{Actor, CallRecord, CallStateFrame, CallStore},
+    signal_bus::{BusError, Outgoing, SignalBus},
+    signals::{ParsedSignal, SignalType},
+};
+use videocall_proto::v1 as pb;
+
+use crate::{convert, error::ApiError};
+
+/// Frames buffered per gRPC subscriber before it counts as too slow.
+const SUBSCRIBER_BUFFER: usize = 256;
+
+fn bus_status(e: BusError) -> Status {
+    match e {
+        BusError::Signal(e) => Status::invalid_argument(e.to_string()),
+        BusError::Redis(e) => {
+            tracing::warn!(error = %e, "signal bus unavailable");
+            Status::unavailable("signaling is unavailable, retry")
+        }
+    }
+}
+
+/// The call, if `actor` is one of its two parties and it is still live; and the other party.
+async fn live_call_for_party(store: &CallStore, raw_id: &str, actor: &Actor) -> Result<(CallRecord, String), Status> {
+    let id: Uuid = convert::call_id(raw_id)?;
+    let call = store.get(id).await.map_err(ApiError::from)?;
+    let other = match call.party_of(&Actor { is_service: false, ..actor.clone() }) {
+        Some(Party::Caller) => call.callee_id.clone(),
+        Some(Party::Callee) => call.caller_id.clone(),
+        _ => return Err(Status::permission_denied("only the call's two parties exchange signals")),
+    };
+    if call.status.is_terminal() {
+        return Err(Status::failed_precondition(format!("call is {}", call.status)));
+    }
+    Ok((call, other))
+}
+
+pub async fn send(
+    store: &CallStore,
+    bus: &SignalBus,
+    actor: &Actor,
+    req: pb::SendSignalRequest,
+) -> Result<pb::SendSignalResponse, Status> {
+    let signal_type: SignalType = req
+        .signal_type
+        .parse()
+        .map_err(|e: videocall_platform::signals::SignalError| Status::invalid_argument(e.to_string()))?;
+    let (call, to) = live_call_for_party(store, &req.call_id, actor).await?;
+    let call_id = call.id.to_string();
+    let seq = bus
+        .publish_signal(Outgoing { call_id: &call_id, from: &actor.id, to: &to, signal_type, payload: &req.payload })
+        .await
+        .map_err(bus_status)?;
+    Ok(pb::SendSignalResponse { seq })
+}
+
+fn to_pb(frame: &str) -> Option<pb::Signal> {
+    let s: ParsedSignal<'_> = serde_json::from_str(frame).ok()?;
+    let sent_at = chrono::DateTime::parse_from_rfc3339(&s.sent_at).ok().map(|t| convert::timestamp(t.to_utc()));
+    Some(pb::Signal {
+        call_id: s.call_id.clone(),
+        seq: s.seq,
+        from_user_id: s.from.clone(),
+        signal_type: s.signal_type.as_str().to_owned(),
+        payload: s.payload(),
+        sent_at,
+    })
+}
+
+/// Is `frame` a call_state frame saying this call is over?
+fn ends_call(frame: &str, call_id: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(frame) else { return false };
+    v["type"] == "call_state"
+        && v["call"]["id"] == call_id
+        && matches!(v["call"]["status"].as_str(), Some("ended" | "rejected" | "missed"))
+}
+
+/// Streams the signals addressed to `actor` in a call: first what the log holds after
+/// `after_seq`, then live ones, without gaps or repeats (subscribe first, replay second, skip
+/// sequence numbers already sent). Ends when the call ends or the client leaves.
+pub async fn subscribe(
+    store: &CallStore,
+    bus: &SignalBus,
+    actor: &Actor,
+    req: pb::SubscribeToSignalsRequest,
+) -> Result<ReceiverStream<Result<pb::Signal, Status>>, Status> {
+    let (call, _) = live_call_for_party(store, &req.call_id, actor).await?;
+    let call_id = call.id.to_string();
+    let mut pubsub = bus.pubsub().await.map_err(|e| bus_status(e.into()))?;
+    pubsub.subscribe(bus.user_channel(&actor.id)).await.map_err(|e| bus_status(e.into()))?;
+    let backlog = bus.replay(&call_id, &actor.id, req.after_seq).await.map_err(bus_status)?;
+
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+    tokio::spawn(async move {
+        let mut last = req.after_seq;
+        for (seq, frame) in backlog {
+            if let Some(signal) = to_pb(&frame) {
+                if tx.send(Ok(signal)).await.is_err() {
+                    return;
+                }
+                last = seq;
+            }
+        }
+        let mut messages = pubsub.on_message();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        let _ = tx.send(Err(Status::unavailable("signal bus connection lost; resubscribe with after_seq"))).await;
+                        return;
+                    };
+                    let Ok(frame) = message.get_payload::<String>() else { continue };
+                    if ends_call(&frame, &call_id) {
+                        return;
+                    }
+                    let Some(signal) = to_pb(&frame) else { continue };
+                    if signal.call_id != call_id || signal.seq <= last {
+                        continue;
+                    }
+                    last = signal.seq;
+                    if tx.send(Ok(signal)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Tells both parties the call's current state (best effort: clients also get it from the
+/// response, and the relay resends live calls on connect).
+pub async fn push_call_state(bus: &SignalBus, call: &CallRecord) {
+    let frame = CallStateFrame::new(call);
+    for user in [&call.caller_id, &call.callee_id] {
+        if let Err(error) = bus.publish_to_user(user, &frame).await {
+            tracing::warn!(%error, call_id = %call.id, "could not push call state");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! SendSignal and SubscribeToSignals over gRPC, through the real Redis signal bus.
+
+use std::time::Duration;
+
+use tonic::Code;
+use videocall_proto::v1::{self as pb, CallType};
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn live_call(app: &TestApp) -> String {
+    let mut client = app.client().await;
+    let req =
+        pb::InitiateCallRequest { callee_id: "bob".into(), call_type: CallType::Consult as i32, ..Default::default() };
+    client.initiate_call(app.as_user("alice", req)).await.expect("initiate").into_inner().call.expect("call").id
+}
+
+fn signal(call_id: &str, signal_type: &str, payload: &str) -> pb::SendSignalRequest {
+    pb::SendSignalRequest { call_id: call_id.into(), signal_type: signal_type.into(), payload: payload.into() }
+}
+
+const SDP: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n";
+const CANDIDATE: &str =
+    r#"{"candidate":"candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host","sdpMid":"0","sdpMLineIndex":0}"#;
+
+#[tokio::test]
+async fn signals_reach_the_other_party_in_order_byte_for_byte_and_replay() {
+    let app = spawn_app().await;
+    let id = live_call(&app).await;
+    let mut client = app.client().await;
+
+    // bob subscribes before anything is sent; alice sends an offer and a candidate.
+    let sub = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
+    let mut stream = client.subscribe_to_signals(app.as_user("bob", sub)).await.expect("subscribe").into_inner();
+    let s1 = client.send_signal(app.as_user("alice", signal(&id, "offer", SDP))).await.expect("offer").into_inner().seq;
+    let s2 = client
+        .send_signal(app.as_user("alice", signal(&id, "ice-candidate", CANDIDATE)))
+        .await
+        .expect("cand")
+        .into_inner()
+        .seq;
+    assert_eq!((s1, s2), (1, 2));
+
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("signal");
+    assert_eq!((first.seq, first.signal_type.as_str(), first.from_user_id.as_str()), (1, "offer", "alice"));
+    assert_eq!(first.payload, SDP, "SDP is relayed byte for byte");
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("signal");
+    assert_eq!((second.seq, second.payload.as_str()), (2, CANDIDATE));
+
+    // A late subscriber (or a reconnect) replays what it missed after its last seq.
+    let sub = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 1 };
+    let mut late = client.subscribe_to_signals(app.as_user("bob", sub)).await.expect("subscribe").into_inner();
+    let replayed = tokio::time::timeout(Duration::from_secs(5), late.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("signal");
+    assert_eq!((replayed.seq, replayed.signal_type.as_str()), (2, "ice-candidate"));
+
+    // bob answers: alice gets it; signals bob sent are not echoed to bob.
+    let sub = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
+    let mut alice = client.subscribe_to_signals(app.as_user("alice", sub)).await.expect("subscribe").into_inner();
+    let s3 = client.send_signal(app.as_user("bob", signal(&id, "answer", SDP))).await.expect("answer").into_inner().seq;
+    assert_eq!(s3, 3);
+    let got = tokio::time::timeout(Duration::from_secs(5), alice.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("signal");
+    assert_eq!((got.seq, got.signal_type.as_str(), got.from_user_id.as_str()), (3, "answer", "bob"));
+
+    // Ending the call ends the streams.
+    client.end_call(app.as_user("alice", pb::EndCallRequest { call_id: id.clone(), reason: 0 })).await.expect("end");
+    let mut ended = false;
+    for _ in 0..5 {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("stream ends in time") {
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(_)) => continue,
+            Err(status) => panic!("stream failed: {status:?}"),
+        }
+    }
+    assert!(ended, "the subscription closes when the call ends");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn strangers_bad_signals_and_ended_calls_are_refused() {
+    let app = spawn_app().await;
+    let id = live_call(&app).await;
+    let mut client = app.client().await;
+
+    let status = client.send_signal(app.as_user("eve", signal(&id, "offer", SDP))).await.expect_err("stranger sends");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::PermissionDenied, "only the call's two parties exchange signals")
+    );
+    let Err(status) = client
+        .subscribe_to_signals(app.as_user("eve", pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 }))
+        .await
+    else {
+        panic!("a stranger subscribed");
+    };
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    for (req, message) in [
+        (signal(&id, "bye", ""), "unknown signal type `bye`, expected offer, answer, ice-candidate or hangup"),
+        (signal(&id, "offer", "not sdp"), "offer must carry an SDP starting with `v=0`"),
+        (signal(&id, "ice-candidate", "[1,2]"), "ice-candidate must carry a JSON object of at most 4096 bytes"),
+        (signal(&id, "offer", &format!("v=0{}", "x".repeat(49 * 1024))), "SDP is larger than 49152 bytes"),
+    ] {
+        let status = client.send_signal(app.as_user("alice", req)).await.expect_err(message);
+        assert_eq!((status.code(), status.message()), (Code::InvalidArgument, message));
+    }
+    // Nothing was sequenced by the refused signals.
+    let seq =
+        client.send_signal(app.as_user("alice", signal(&id, "hangup", ""))).await.expect("hangup").into_inner().seq;
+    assert_eq!(seq, 1);
+
+    client.end_call(app.as_user("bob", pb::EndCallRequest { call_id: id.clone(), reason: 0 })).await.expect("end");
+    let status = client.send_signal(app.as_user("alice", signal(&id, "offer", SDP))).await.expect_err("ended");
+    assert_eq!((status.code(), status.message()), (Code::FailedPrecondition, "call is rejected"));
+    app.stop().await.expect("clean stop");
+}
