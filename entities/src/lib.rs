@@ -5,3 +5,4 @@ pub mod calls;
 pub mod live_call_parties;
 pub mod outbox;
 pub mod processed_messages;
+pub mod support_offers;

@@ -1,11 +1,23 @@
-//! `event-consumer`: the UserOffline / SupportTicketCreated consumer.
-//!
-//! Not built yet: this binary exists so the fleet's layout is in place, and says so instead of
-//! pretending to work. See the project's issue tracker for its progress.
+//! `event-consumer` binary: configuration, telemetry, run.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "event-consumer: not implemented yet (the UserOffline / SupportTicketCreated consumer); nothing was started"
-    );
-    std::process::ExitCode::from(78) // EX_CONFIG: a supervisor should not restart it in a loop
+use clap::Parser;
+use videocall_platform::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match event_consumer::ConsumerArgs::parse().validate() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("event-consumer: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.common.log_format);
+    match event_consumer::run(config, shutdown::on_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "event-consumer failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

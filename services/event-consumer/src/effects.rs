@@ -1,0 +1,306 @@
+//! What each message does to Videocall, committed in one transaction with its `processed_messages`
+//! row, so a redelivered message (same id) changes nothing.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use redis::{AsyncCommands, aio::ConnectionManager};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult, sea_query::LockType,
+};
+use serde::Serialize;
+use tokio::sync::Notify;
+use uuid::Uuid;
+use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
+use videocall_entities::{calls, outbox, processed_messages, support_offers};
+use videocall_platform::{
+    call_store::{CallRecord, CallStore, StoreError},
+    events::{CloudEvent, event_source},
+    redis_keys,
+};
+
+use crate::messages::{self, Malformed, SupportTicketCreated, UserOffline};
+
+/// `processed_messages.consumer` of each queue: fixed names, so replicas (whatever their
+/// SERVICE_NAME) and renamed queues share one inbox.
+pub const USER_OFFLINE_CONSUMER: &str = "event-consumer.user-offline";
+pub const TICKET_CREATED_CONSUMER: &str = "event-consumer.ticket-created";
+
+/// CloudEvents `type` and routing key of a new support offer.
+pub const SUPPORT_VIDEO_OFFERED: (&str, &str) = ("SupportVideoOffered", "support.video_offered");
+
+/// Which queue a message came from, hence how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    UserOffline,
+    TicketCreated,
+}
+
+/// What applying a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// UserOffline: how many of the user's live calls ended and how many became missed.
+    CallsClosed { ended: u32, missed: u32 },
+    /// SupportTicketCreated: a new offer (and its outbox row) was recorded.
+    Offered { offer_id: Uuid },
+    /// SupportTicketCreated for a ticket that already has an offer (new message id, same ticket).
+    AlreadyOffered,
+    /// This message id was applied before; nothing changed.
+    Duplicate,
+}
+
+/// Why a message was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The message can never be applied: dead-letter it.
+    #[error("malformed: {0}")]
+    Malformed(#[from] Malformed),
+    /// It could be applied later (the database failed): retry, boundedly.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying will not help (e.g. a stored call is unreadable): dead-letter it.
+    #[error("cannot apply: {0}")]
+    Permanent(String),
+}
+
+impl From<DbErr> for Failure {
+    fn from(e: DbErr) -> Self {
+        Failure::Transient(format!("database: {e}"))
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Db(e) => e.into(),
+            other => Failure::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// Applies messages. Cheap to clone.
+#[derive(Clone)]
+pub struct Effects {
+    store: CallStore,
+    /// `ended_by` / audit actor of the transitions we make: the service name.
+    actor: String,
+    event_source: String,
+    cell_id: String,
+    redis: ConnectionManager,
+    offer_ttl: Duration,
+}
+
+impl std::fmt::Debug for Effects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effects").field("actor", &self.actor).field("cell_id", &self.cell_id).finish_non_exhaustive()
+    }
+}
+
+impl Effects {
+    pub fn new(
+        db: DatabaseConnection,
+        cell_id: &str,
+        service_name: &str,
+        redis: ConnectionManager,
+        offer_ttl: Duration,
+    ) -> Self {
+        let source = event_source(cell_id, service_name);
+        // Nothing in this process relays the outbox; the gateway's relay polls it.
+        let store = CallStore::new(db, source.clone(), Arc::new(Notify::new()));
+        Self {
+            store,
+            actor: service_name.to_owned(),
+            event_source: source,
+            cell_id: cell_id.to_owned(),
+            redis,
+            offer_ttl,
+        }
+    }
+
+    /// Parses and applies one message body.
+    pub async fn apply(&self, kind: Kind, message_id: Option<&str>, body: &[u8]) -> Result<Outcome, Failure> {
+        match kind {
+            Kind::UserOffline => {
+                let msg = messages::parse::<UserOffline>(message_id, body)?;
+                self.user_offline(&msg.message_id, &msg.data).await
+            }
+            Kind::TicketCreated => {
+                let msg = messages::parse::<SupportTicketCreated>(message_id, body)?;
+                self.ticket_created(&msg.message_id, &msg.data).await
+            }
+        }
+    }
+
+    /// Ends the user's live calls: active ones `ended` (user_offline); unanswered ones `missed` when
+    /// the user was the callee, `ended` (user_offline) when the caller. The calls are locked
+    /// (`FOR UPDATE`) so a racing command waits and then sees the outcome.
+    #[tracing::instrument(skip_all, fields(user_id = %event.user_id), err)]
+    async fn user_offline(&self, message_id: &str, event: &UserOffline) -> Result<Outcome, Failure> {
+        let db = self.store.db();
+        let txn = db.begin().await?;
+        if !record_message(&txn, USER_OFFLINE_CONSUMER, message_id).await? {
+            txn.rollback().await?;
+            return Ok(Outcome::Duplicate);
+        }
+        let user = event.user_id.as_str();
+        let live = [CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active].map(CallStatus::as_str);
+        let mut select = calls::Entity::find()
+            .filter(Condition::any().add(calls::Column::CallerId.eq(user)).add(calls::Column::CalleeId.eq(user)))
+            .filter(calls::Column::Status.is_in(live))
+            .order_by_asc(calls::Column::Id); // one lock order for every replica: no deadlocks
+        if db.get_database_backend() == DbBackend::Postgres {
+            select = select.lock(LockType::Update);
+        }
+        let (mut ended, mut missed) = (0, 0);
+        for row in select.all(&txn).await? {
+            let call = CallRecord::from_model(row)?;
+            let command = match call.status {
+                CallStatus::Initiated | CallStatus::Ringing if call.callee_id == user => Command::Miss,
+                _ => Command::End(Some(EndReason::UserOffline)),
+            };
+            match decide(call.status, command, Party::Service) {
+                Decision::Apply(effect) => match self.store.transition_in(&txn, &call, effect, &self.actor).await? {
+                    Some(changed) if changed.status == CallStatus::Missed => missed += 1,
+                    Some(_) => ended += 1,
+                    // Impossible under the row lock; on SQLite (one process) equally so.
+                    None => tracing::warn!(call_id = %call.id, "call moved under its lock; left alone"),
+                },
+                other => tracing::warn!(call_id = %call.id, ?other, "no transition for an offline party"),
+            }
+        }
+        txn.commit().await?;
+        if ended + missed > 0 {
+            tracing::info!(ended, missed, "calls of an offline user closed");
+        }
+        Ok(Outcome::CallsClosed { ended, missed })
+    }
+
+    /// Records one offer per ticket, with its SupportVideoOffered outbox row, then tells the
+    /// customer through Redis (best effort: the row is the record).
+    #[tracing::instrument(skip_all, fields(ticket_id = %event.ticket_id, customer_id = %event.customer_id), err)]
+    async fn ticket_created(&self, message_id: &str, event: &SupportTicketCreated) -> Result<Outcome, Failure> {
+        let txn = self.store.db().begin().await?;
+        if !record_message(&txn, TICKET_CREATED_CONSUMER, message_id).await? {
+            txn.rollback().await?;
+            return Ok(Outcome::Duplicate);
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        let ttl = chrono::Duration::from_std(self.offer_ttl).map_err(|e| Failure::Permanent(e.to_string()))?;
+        let offer = OfferData {
+            offer_id: Uuid::now_v7(),
+            ticket_id: event.ticket_id.clone(),
+            customer_id: event.customer_id.clone(),
+            agent_id: event.agent_id.clone(),
+            subject: event.subject.clone(),
+            status: "offered",
+            call_id: None,
+            created_at: now,
+            expires_at: now + ttl,
+        };
+        let inserted = support_offers::Entity::insert(support_offers::ActiveModel {
+            id: Set(offer.offer_id),
+            ticket_id: Set(offer.ticket_id.clone()),
+            customer_id: Set(offer.customer_id.clone()),
+            agent_id: Set(offer.agent_id.clone()),
+            subject: Set(offer.subject.clone()),
+            status: Set(offer.status.to_owned()),
+            call_id: Set(None),
+            created_at: Set(offer.created_at),
+            expires_at: Set(offer.expires_at),
+        })
+        .on_conflict_do_nothing_on([support_offers::Column::TicketId])
+        .exec_without_returning(&txn)
+        .await?;
+        if !matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
+            txn.commit().await?; // the message is processed: the ticket has its offer already
+            return Ok(Outcome::AlreadyOffered);
+        }
+        let (event_type, routing_key) = SUPPORT_VIDEO_OFFERED;
+        let event_id = Uuid::now_v7();
+        let subject = offer.offer_id.to_string();
+        let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &subject, now, &offer);
+        let payload =
+            serde_json::to_string(&envelope).map_err(|e| Failure::Permanent(format!("event encoding: {e}")))?;
+        outbox::Entity::insert(outbox::ActiveModel {
+            id: Set(event_id),
+            aggregate_id: Set(offer.offer_id),
+            event_type: Set(event_type.to_owned()),
+            routing_key: Set(routing_key.to_owned()),
+            payload: Set(payload),
+            created_at: Set(now),
+            available_at: Set(now),
+            attempts: Set(0),
+            last_error: Set(None),
+            published_at: Set(None),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        tracing::info!(offer_id = %offer.offer_id, "video support offered");
+        self.notify_customer(&offer).await;
+        Ok(Outcome::Offered { offer_id: offer.offer_id })
+    }
+
+    /// PUBLISHes the offer notice on the customer's channel; a failure is logged, not retried.
+    async fn notify_customer(&self, offer: &OfferData) {
+        let notice = OfferNotice {
+            frame_type: "video_support_offered",
+            offer_id: offer.offer_id,
+            ticket_id: &offer.ticket_id,
+            expires_at: offer.expires_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            agent_id: offer.agent_id.as_deref(),
+        };
+        let Ok(json) = serde_json::to_string(&notice) else {
+            tracing::warn!("offer notice not encodable");
+            return;
+        };
+        let channel = redis_keys::user_channel(&self.cell_id, &offer.customer_id);
+        let mut redis = self.redis.clone();
+        let publish = redis.publish::<_, _, i64>(channel, json);
+        match tokio::time::timeout(Duration::from_secs(3), publish).await {
+            Ok(Ok(receivers)) => tracing::debug!(receivers, "offer notice published"),
+            Ok(Err(error)) => tracing::warn!(%error, offer_id = %offer.offer_id, "offer notice not published (Redis)"),
+            Err(_) => tracing::warn!(offer_id = %offer.offer_id, "offer notice not published (Redis timed out)"),
+        }
+    }
+}
+
+/// Inserts the inbox row; false when this consumer has processed `message_id` already. A replica
+/// racing on the same id waits here on the primary key until the first commits or rolls back.
+async fn record_message(txn: &DatabaseTransaction, consumer: &str, message_id: &str) -> Result<bool, DbErr> {
+    let inserted = processed_messages::Entity::insert(processed_messages::ActiveModel {
+        consumer: Set(consumer.to_owned()),
+        message_id: Set(message_id.to_owned()),
+        processed_at: Set(Utc::now()),
+    })
+    .on_conflict_do_nothing()
+    .exec_without_returning(txn)
+    .await?;
+    Ok(matches!(inserted, TryInsertResult::Inserted(n) if n > 0))
+}
+
+/// `data` of SupportVideoOffered: the offer as recorded.
+#[derive(Debug, Serialize)]
+struct OfferData {
+    offer_id: Uuid,
+    ticket_id: String,
+    customer_id: String,
+    agent_id: Option<String>,
+    subject: Option<String>,
+    status: &'static str,
+    call_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+/// The frame a customer's relay delivers to their sockets.
+#[derive(Debug, Serialize)]
+struct OfferNotice<'a> {
+    #[serde(rename = "type")]
+    frame_type: &'static str,
+    offer_id: Uuid,
+    ticket_id: &'a str,
+    expires_at: String,
+    agent_id: Option<&'a str>,
+}

@@ -1,0 +1,110 @@
+//! event-consumer: consumes `UserOffline` and `SupportTicketCreated` from upstream exchanges.
+//! A user who went offline has their live calls closed (ended `user_offline`, or missed when they
+//! were being called); a new support ticket becomes a video support offer, announced on the
+//! customer's Redis channel. Each message is applied at most once (its id is recorded in
+//! `processed_messages` in the effect's transaction) and acknowledged only after the commit;
+//! malformed ones go to a dead-letter queue with the reason; transient faults are retried a
+//! bounded number of times.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod consumer;
+pub mod effects;
+pub mod messages;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lapin::Connection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::CancellationToken;
+use videocall_platform::{amqp, backoff::Backoff, db};
+
+pub use config::{ConsumerArgs, ConsumerConfig, QueueBinding};
+use consumer::{QueueConsumer, Settings};
+pub use effects::{Effects, Kind, Outcome};
+
+/// Connects to PostgreSQL, Redis (lazily: it is only for best-effort notices) and RabbitMQ, and
+/// consumes until `shutdown`; the broker connection is re-established with backoff whenever it
+/// fails. On shutdown the consumers stop, the message in flight is settled, connections close.
+pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
+    let redis = redis_manager(&config.redis_url)?;
+    let effects =
+        Effects::new(db.clone(), &config.common.cell_id, &config.common.service_name, redis, config.support_offer_ttl);
+    let settings = Settings {
+        dlx_exchange: config.dlx_exchange.clone(),
+        prefetch: config.prefetch,
+        max_retries: config.max_retries,
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    while !shutdown.is_cancelled() {
+        let Some(connection) = amqp::connect(&config.amqp_url, &config.common.service_name, &shutdown).await else {
+            break;
+        };
+        let started = Instant::now();
+        let result = session(&connection, &config, &effects, &settings, &shutdown).await;
+        let _ = connection.close(200, "shutting down".into()).await;
+        if let Err(error) = result {
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset(); // it worked for a while: this is a fresh failure
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                error = format!("{error:#}"),
+                retry_in_ms = delay.as_millis() as u64,
+                "broker session ended; reconnecting"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+    tracing::info!("event-consumer stopped");
+    db.close_by_ref().await.ok();
+    Ok(())
+}
+
+/// One broker connection's life: declare, then consume both queues until shutdown or a failure.
+async fn session(
+    connection: &Connection,
+    config: &ConsumerConfig,
+    effects: &Effects,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let setup = connection.create_channel().await.context("opening a channel")?;
+    for binding in [&config.user_offline, &config.ticket_created] {
+        consumer::declare(&setup, binding, &config.dlx_exchange)
+            .await
+            .with_context(|| format!("declaring queue {} on exchange {}", binding.queue, binding.exchange))?;
+    }
+    let _ = setup.close(200, "declared".into()).await;
+    let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
+    let consumers = [(Kind::UserOffline, &config.user_offline), (Kind::TicketCreated, &config.ticket_created)].map(
+        |(kind, binding)| QueueConsumer {
+            binding: binding.clone(),
+            kind,
+            effects: effects.clone(),
+            settings: settings.clone(),
+            publisher: publisher.clone(),
+        },
+    );
+    let [offline, tickets] = &consumers;
+    tokio::try_join!(offline.run(connection, shutdown), tickets.run(connection, shutdown))?;
+    Ok(())
+}
+
+/// A Redis connection that connects on first use and reconnects by itself; commands time out so a
+/// dead Redis cannot hold a message.
+fn redis_manager(url: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("REDIS_URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_lazy_with_config(client, config).context("Redis connection manager")
+}
