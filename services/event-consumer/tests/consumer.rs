@@ -317,3 +317,54 @@ async fn a_fault_that_heals_during_the_retries_applies_the_message_once() {
     assert_eq!(dead, 0, "nothing was dead-lettered");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_lost_queue_is_redeclared_after_reconnecting_and_consumption_resumes() {
+    let h = Harness::start(&[]).await;
+    let call = h.call("sam", "tina", &[Command::Answer]).await;
+    let queue = h.config.user_offline.queue.clone();
+    // Deleting the queue cancels the consumer on the broker's side: the session ends.
+    let admin = h.amqp.create_channel().await.expect("channel");
+    admin.queue_delete(queue.as_str().into(), Default::default()).await.expect("delete queue");
+    eventually("the queue declared and consumed again", || async {
+        h.queue_counts(&queue).await.filter(|(_, consumers)| *consumers > 0)
+    })
+    .await;
+    h.user_offline(Some("after-reconnect"), &json!({"user_id":"sam"})).await;
+    wait_status(&h, call, CallStatus::Ended).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn offers_are_recorded_while_redis_is_down() {
+    // Nothing listens on port 1: every notice fails, the offer does not.
+    let h = Harness::start(&["--redis-url=redis://127.0.0.1:1"]).await;
+    h.ticket_created(Some("no-redis"), &json!({"ticket_id":"T-77","customer_id":"uma"})).await;
+    h.wait_processed(1).await;
+    let offers = support_offers::Entity::find().all(&h.db).await.expect("offers");
+    assert_eq!(offers.len(), 1);
+    assert_eq!(outbox::Entity::find().count(&h.db).await.expect("count"), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_tickets_makes_exactly_one_offer_each() {
+    const TICKETS: usize = 500;
+    let h = Harness::start(&[]).await;
+    let started = std::time::Instant::now();
+    for i in 0..TICKETS {
+        let body = json!({"ticket_id": format!("T-{i}"), "customer_id": format!("c-{}", i % 50)});
+        h.ticket_created(Some(&format!("burst-{i}")), &body).await;
+        if i % 5 == 0 {
+            // a redelivery of an earlier ticket under a new message id
+            h.ticket_created(Some(&format!("burst-{i}-again")), &body).await;
+        }
+    }
+    let published = started.elapsed();
+    h.wait_processed((TICKETS + TICKETS / 5) as u64).await;
+    let done = started.elapsed();
+    eprintln!("{TICKETS} tickets (+{} redeliveries): published in {published:?}, applied in {done:?}", TICKETS / 5);
+    assert_eq!(support_offers::Entity::find().count(&h.db).await.expect("count"), TICKETS as u64);
+    assert_eq!(outbox::Entity::find().count(&h.db).await.expect("count"), TICKETS as u64);
+    h.stop().await;
+}

@@ -57,6 +57,9 @@ impl Harness {
             format!("--ticket-created-exchange={}", u("test.support")),
             format!("--ticket-created-queue={}", u("test.ticket-created")),
         ];
+        // Flags given by the test replace the defaults above.
+        let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_owned();
+        args.retain(|arg| !extra.iter().any(|e| flag(e) == flag(arg)));
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = ConsumerArgs::try_parse_from(args).expect("flags").validate().expect("valid config");
         let shutdown = CancellationToken::new();
