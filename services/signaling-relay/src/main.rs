@@ -1,11 +1,30 @@
-//! `signaling-relay`: the WebSocket signaling edge (offer/answer/ice-candidate/hangup over Redis Pub/Sub).
-//!
-//! Not built yet: this binary exists so the fleet's layout is in place, and says so instead of
-//! pretending to work. See the project's issue tracker for its progress.
+//! `signaling-relay` binary: configuration, telemetry, build, run.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "signaling-relay: not implemented yet (the WebSocket signaling edge (offer/answer/ice-candidate/hangup over Redis Pub/Sub)); nothing was started"
-    );
-    std::process::ExitCode::from(78) // EX_CONFIG: a supervisor should not restart it in a loop
+use clap::Parser;
+use videocall_platform::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match signaling_relay::RelayArgs::parse().validate() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("signaling-relay: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.common.log_format);
+    let shutdown = shutdown::on_signal();
+    let result = async {
+        let app = signaling_relay::Application::build(config, &shutdown).await?;
+        tracing::info!(addr = %app.local_addr(), "signaling-relay ready");
+        app.run_until_stopped(shutdown).await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "signaling-relay failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,162 @@
+//! signaling-relay configuration: environment variables, each also a `--flag`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use videocall_platform::{
+    config::{Checker, Common, CommonArgs, ConfigError, Secret, split_list},
+    signal_bus::SignalBusConfig,
+};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "signaling-relay", version, about = "WebSocket signaling edge of Videocall")]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Where HTTP (`/ws`, `/healthz`, `/readyz`) listens.
+    #[arg(long, env = "HTTP_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_listen_addr: String,
+    /// The api-gateway's gRPC URL; call control is forwarded there.
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:50051")]
+    pub gateway_url: String,
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// HS256 secret of the bearer tokens (the gateway's).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Comma separated browser origins allowed to connect (`*` for any). Same-origin pages and
+    /// clients that send no Origin are always allowed.
+    #[arg(long, env = "ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "20000")]
+    pub max_connections: String,
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value = "5")]
+    pub max_connections_per_user: String,
+    /// Largest WebSocket message (and frame) accepted; larger ones close the socket with 1009.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value = "65536")]
+    pub max_message_bytes: String,
+    /// Messages per second a connection may send on average; more closes it with 1008.
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value = "50")]
+    pub rate_limit_per_sec: String,
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value = "200")]
+    pub rate_limit_burst: String,
+    /// Ping period; a peer silent for three periods is closed.
+    #[arg(long, env = "HEARTBEAT_SECS", default_value = "20")]
+    pub heartbeat_secs: String,
+    #[arg(long, env = "SIGNAL_LOG_CAPACITY", default_value = "256")]
+    pub signal_log_capacity: String,
+    #[arg(long, env = "SIGNAL_LOG_TTL_SECS", default_value = "3600")]
+    pub signal_log_ttl_secs: String,
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "10")]
+    pub shutdown_grace_secs: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub common: Common,
+    pub http_listen_addr: SocketAddr,
+    pub gateway_url: String,
+    pub jwt_secret: Secret,
+    pub allowed_origins: Vec<String>,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_message_bytes: usize,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub heartbeat: Duration,
+    pub signal_bus: SignalBusConfig,
+    pub shutdown_grace: Duration,
+}
+
+impl RelayArgs {
+    pub fn validate(&self) -> Result<RelayConfig, ConfigError> {
+        let mut c = Checker::new();
+        let common = self.common.check("signaling-relay", &mut c);
+        let addr = c.parse::<SocketAddr>("HTTP_LISTEN_ADDR", &self.http_listen_addr);
+        let gateway_ok = self.gateway_url.starts_with("http://") || self.gateway_url.starts_with("https://");
+        c.check("GATEWAY_URL", gateway_ok, "must start with http:// or https://");
+        let redis_url = match (&self.redis_url, &self.redis_host) {
+            (Some(url), _) => {
+                c.check(
+                    "REDIS_URL",
+                    url.starts_with("redis://") || url.starts_with("rediss://"),
+                    "must start with redis://",
+                );
+                url.clone()
+            }
+            (None, Some(host)) => format!("redis://{host}"),
+            (None, None) => "redis://127.0.0.1:6379".to_owned(),
+        };
+        let jwt = c.require("JWT_SECRET", &self.jwt_secret);
+        if let Some(j) = &jwt {
+            c.check("JWT_SECRET", j.len() >= 16, "must be at least 16 bytes");
+        }
+        let mut number = |var: &str, raw: &str, range: std::ops::RangeInclusive<u64>| {
+            let v = c.parse::<u64>(var, raw)?;
+            c.check(var, range.contains(&v), &format!("must be between {} and {}", range.start(), range.end()))
+                .then_some(v)
+        };
+        let max_connections = number("MAX_CONNECTIONS", &self.max_connections, 1..=1_000_000);
+        let per_user = number("MAX_CONNECTIONS_PER_USER", &self.max_connections_per_user, 1..=100);
+        let max_message = number("MAX_MESSAGE_BYTES", &self.max_message_bytes, 1024..=1024 * 1024);
+        let rate = number("RATE_LIMIT_PER_SEC", &self.rate_limit_per_sec, 1..=10_000);
+        let burst = number("RATE_LIMIT_BURST", &self.rate_limit_burst, 1..=100_000);
+        let heartbeat = number("HEARTBEAT_SECS", &self.heartbeat_secs, 1..=300);
+        let log_capacity = number("SIGNAL_LOG_CAPACITY", &self.signal_log_capacity, 1..=10_000);
+        let log_ttl = number("SIGNAL_LOG_TTL_SECS", &self.signal_log_ttl_secs, 1..=86_400);
+        let grace = number("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs, 0..=600);
+        c.finish()?;
+        let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
+        let common = common.ok_or_else(missing)?;
+        Ok(RelayConfig {
+            http_listen_addr: addr.ok_or_else(missing)?,
+            gateway_url: self.gateway_url.clone(),
+            jwt_secret: Secret::new(jwt.ok_or_else(missing)?),
+            allowed_origins: split_list(&self.allowed_origins),
+            max_connections: max_connections.ok_or_else(missing)? as usize,
+            max_connections_per_user: per_user.ok_or_else(missing)? as usize,
+            max_message_bytes: max_message.ok_or_else(missing)? as usize,
+            rate_limit_per_sec: rate.ok_or_else(missing)? as u32,
+            rate_limit_burst: burst.ok_or_else(missing)? as u32,
+            heartbeat: Duration::from_secs(heartbeat.ok_or_else(missing)?),
+            signal_bus: SignalBusConfig {
+                redis_url,
+                cell_id: common.cell_id.clone(),
+                log_capacity: log_capacity.ok_or_else(missing)? as usize,
+                log_ttl: Duration::from_secs(log_ttl.ok_or_else(missing)?),
+            },
+            shutdown_grace: Duration::from_secs(grace.ok_or_else(missing)?),
+            common,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_are_all_named() {
+        let args = RelayArgs::try_parse_from([
+            "signaling-relay",
+            "--jwt-secret=short",
+            "--gateway-url=grpc://x",
+            "--max-message-bytes=10",
+            "--rate-limit-per-sec=zero",
+        ])
+        .expect("flags");
+        let err = args.validate().unwrap_err();
+        let vars: Vec<_> = err.0.iter().filter_map(|l| l.split(':').next()).collect();
+        assert_eq!(vars, ["GATEWAY_URL", "JWT_SECRET", "MAX_MESSAGE_BYTES", "RATE_LIMIT_PER_SEC"]);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let args = RelayArgs::try_parse_from(["signaling-relay", "--jwt-secret=0123456789abcdef"]).expect("flags");
+        let config = args.validate().expect("valid");
+        assert_eq!(config.max_message_bytes, 64 * 1024);
+        assert_eq!(config.http_listen_addr.port(), 8080);
+    }
+}

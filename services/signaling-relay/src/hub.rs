@@ -1,0 +1,233 @@
+//! The hub: which local connections belong to which user, and one Redis Pub/Sub connection
+//! subscribed to the channel of every user with a connection here. A message on a user's channel
+//! goes to each of that user's local connections. When Redis comes back after a failure, the hub
+//! resubscribes and tells every connection to resync (replay from its last sequence numbers).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use videocall_platform::{backoff::Backoff, redis_keys::user_channel};
+
+/// Frames queued per connection before it counts as too slow and is closed.
+pub const CONNECTION_BUFFER: usize = 512;
+
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A JSON frame from the user's channel.
+    Frame(Arc<str>),
+    /// Redis was reconnected: replay what may have been missed.
+    Resync,
+}
+
+enum Command {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+type Conns = HashMap<String, HashMap<u64, mpsc::Sender<Outbound>>>;
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cell_id: String,
+    conns: Mutex<Conns>,
+    commands: mpsc::UnboundedSender<Command>,
+    next_id: AtomicU64,
+    connected: AtomicBool,
+}
+
+/// A connection's place in the hub; dropping it unregisters the connection.
+pub struct Registration {
+    pub id: u64,
+    pub user_id: String,
+    pub rx: mpsc::Receiver<Outbound>,
+    hub: Hub,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.user_id, self.id);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("user has {0} connections already")]
+    TooManyForUser(usize),
+    #[error("the signal bus is not subscribed yet")]
+    NotSubscribed,
+}
+
+impl Hub {
+    /// Starts the hub's Redis task; it runs until `shutdown`.
+    pub fn start(
+        redis_url: String,
+        cell_id: String,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Hub {
+            inner: Arc::new(Inner {
+                cell_id,
+                conns: Mutex::new(HashMap::new()),
+                commands: tx,
+                next_id: AtomicU64::new(1),
+                connected: AtomicBool::new(false),
+            }),
+        };
+        let task = tokio::spawn(hub.clone().run(redis_url, rx, shutdown));
+        (hub, task)
+    }
+
+    /// Whether the Pub/Sub connection is up (readiness).
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.lock().values().map(HashMap::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.inner.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a connection of `user_id` and waits until its channel is subscribed, so nothing
+    /// published after this returns is missed.
+    pub async fn register(&self, user_id: &str, max_per_user: usize) -> Result<Registration, RegisterError> {
+        let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut conns = self.lock();
+            let mine = conns.entry(user_id.to_owned()).or_default();
+            if mine.len() >= max_per_user {
+                return Err(RegisterError::TooManyForUser(mine.len()));
+            }
+            mine.insert(id, tx);
+        }
+        let registration = Registration { id, user_id: user_id.to_owned(), rx, hub: self.clone() };
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let channel = user_channel(&self.inner.cell_id, user_id);
+        if self.inner.commands.send(Command::Subscribe(channel, ack_tx)).is_err() {
+            return Err(RegisterError::NotSubscribed);
+        }
+        match tokio::time::timeout(Duration::from_secs(5), ack_rx).await {
+            Ok(Ok(())) => Ok(registration),
+            _ => Err(RegisterError::NotSubscribed),
+        }
+    }
+
+    /// How many connections `user_id` has here.
+    pub fn connections_of(&self, user_id: &str) -> usize {
+        self.lock().get(user_id).map_or(0, HashMap::len)
+    }
+
+    fn unregister(&self, user_id: &str, id: u64) {
+        let mut conns = self.lock();
+        if let Some(mine) = conns.get_mut(user_id) {
+            mine.remove(&id);
+            if mine.is_empty() {
+                conns.remove(user_id);
+                let _ = self.inner.commands.send(Command::Unsubscribe(user_channel(&self.inner.cell_id, user_id)));
+            }
+        }
+    }
+
+    fn deliver(&self, channel: &str, payload: Arc<str>) {
+        let prefix = user_channel(&self.inner.cell_id, "");
+        let Some(user) = channel.strip_prefix(&prefix) else { return };
+        let conns = self.lock();
+        if let Some(mine) = conns.get(user) {
+            for tx in mine.values() {
+                // A full queue means a stalled client; it notices the missing seq and resumes.
+                let _ = tx.try_send(Outbound::Frame(payload.clone()));
+            }
+        }
+    }
+
+    fn broadcast_resync(&self) {
+        for tx in self.lock().values().flat_map(HashMap::values) {
+            let _ = tx.try_send(Outbound::Resync);
+        }
+    }
+
+    async fn run(self, redis_url: String, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut first = true;
+        while !shutdown.is_cancelled() {
+            let pubsub = match redis::Client::open(redis_url.as_str()) {
+                Ok(client) => client.get_async_pubsub().await,
+                Err(e) => Err(e),
+            };
+            let mut pubsub = match pubsub {
+                Ok(p) => p,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis pub/sub unreachable");
+                    // Acknowledge nothing while down: registrations time out and are refused.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            let users: Vec<String> = self.lock().keys().map(|u| user_channel(&self.inner.cell_id, u)).collect();
+            let mut ok = true;
+            for channel in &users {
+                if pubsub.subscribe(channel).await.is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            backoff.reset();
+            self.inner.connected.store(true, Ordering::Relaxed);
+            if !first {
+                tracing::info!(users = users.len(), "redis pub/sub reconnected; resyncing connections");
+                self.broadcast_resync();
+            }
+            first = false;
+            let (mut sink, mut stream) = pubsub.split();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    command = commands.recv() => match command {
+                        None => return,
+                        Some(Command::Subscribe(channel, ack)) => {
+                            if sink.subscribe(&channel).await.is_err() { break; }
+                            let _ = ack.send(());
+                        }
+                        Some(Command::Unsubscribe(channel)) => {
+                            if sink.unsubscribe(&channel).await.is_err() { break; }
+                        }
+                    },
+                    message = stream.next() => match message {
+                        None => break,
+                        Some(message) => {
+                            if let Ok(payload) = message.get_payload::<String>() {
+                                self.deliver(message.get_channel_name(), Arc::from(payload));
+                            }
+                        }
+                    },
+                }
+            }
+            self.inner.connected.store(false, Ordering::Relaxed);
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The WebSocket protocol: JSON text frames with a `type`. See docs/protocol.md.
+//!
+//! Client → server: call control `call.initiate`, `call.ring`, `call.answer`, `call.reject`,
+//! `call.end`, `call.quality`; signals `offer`, `answer`, `ice-candidate`, `hangup`; `resume`
+//! and `ping`. Server → client: `hello`, `ack`, `error`, `call_state`, the signals (with `seq`),
+//! `pong`, and notices such as `video_support_offered`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use videocall_proto::v1 as pb;
+
+/// Every client frame has a `type`; `id` (optional) comes back in the ack or error.
+#[derive(Debug, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub frame_type: String,
+    #[serde(default)]
+    pub id: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Initiate {
+    pub callee_id: String,
+    pub call_type: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallCommand {
+    pub call_id: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Quality {
+    pub call_id: String,
+    #[serde(default)]
+    pub rtt_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    #[serde(default)]
+    pub packet_loss_percent: f64,
+    #[serde(default)]
+    pub bitrate_kbps: f64,
+    #[serde(default)]
+    pub width: u32,
+    #[serde(default)]
+    pub height: u32,
+    #[serde(default)]
+    pub fps: f64,
+    #[serde(default)]
+    pub direction: String,
+}
+
+/// A signal from the client. SDP and candidates are kept as sent.
+#[derive(Debug, Deserialize)]
+pub struct SignalIn<'a> {
+    pub call_id: String,
+    #[serde(default, borrow)]
+    pub sdp: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub candidate: Option<&'a RawValue>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Resume {
+    pub call_id: String,
+    #[serde(default)]
+    pub after_seq: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Error<'a> {
+    #[serde(rename = "type")]
+    pub frame_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a serde_json::Value>,
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+pub fn error(id: Option<&serde_json::Value>, code: &str, message: &str) -> String {
+    serde_json::to_string(&Error { frame_type: "error", id, code, message }).unwrap_or_default()
+}
+
+/// The snake_case name of a gRPC code, as error frames carry it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        InvalidArgument | OutOfRange => "invalid_argument",
+        Unauthenticated => "unauthenticated",
+        PermissionDenied => "permission_denied",
+        NotFound => "not_found",
+        FailedPrecondition | Aborted => "failed_precondition",
+        AlreadyExists => "already_exists",
+        ResourceExhausted => "resource_exhausted",
+        Unimplemented => "unimplemented",
+        Unavailable | DeadlineExceeded | Cancelled => "unavailable",
+        _ => "internal",
+    }
+}
+
+pub fn call_json(c: &pb::Call) -> serde_json::Value {
+    let ts = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
+    let name = |s: &str, prefix: &str| s.strip_prefix(prefix).unwrap_or(s).to_ascii_lowercase();
+    let call_type =
+        pb::CallType::try_from(c.call_type).map(|t| name(t.as_str_name(), "CALL_TYPE_")).unwrap_or_default();
+    let status = pb::CallStatus::try_from(c.status).map(|s| name(s.as_str_name(), "CALL_STATUS_")).unwrap_or_default();
+    let end_reason = pb::EndReason::try_from(c.end_reason)
+        .ok()
+        .filter(|r| *r != pb::EndReason::Unspecified)
+        .map(|r| name(r.as_str_name(), "END_REASON_"));
+    serde_json::json!({
+        "id": c.id,
+        "caller_id": c.caller_id,
+        "callee_id": c.callee_id,
+        "call_type": call_type,
+        "status": status,
+        "end_reason": end_reason,
+        "ended_by": (!c.ended_by.is_empty()).then_some(&c.ended_by),
+        "version": c.version,
+        "ring_timeout_secs": c.ring_timeout_secs,
+        "created_at": ts(&c.created_at),
+        "ringing_at": ts(&c.ringing_at),
+        "answered_at": ts(&c.answered_at),
+        "ended_at": ts(&c.ended_at),
+        "duration_ms": (c.ended_at.is_some() && c.answered_at.is_some()).then_some(c.duration_ms),
+        "metadata": c.metadata,
+    })
+}
+
+/// `RTCIceServer`-shaped JSON for the browser.
+pub fn ice_json(servers: &[pb::IceServer]) -> serde_json::Value {
+    servers
+        .iter()
+        .map(|s| {
+            if s.username.is_empty() {
+                serde_json::json!({ "urls": s.urls })
+            } else {
+                serde_json::json!({ "urls": s.urls, "username": s.username, "credential": s.credential })
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,215 @@
+//! Building (connect, bind) and running (serve HTTP + WebSocket until shutdown) the relay.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    extract::{Query, State, WebSocketUpgrade},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use videocall_platform::{
+    auth::{JwtKeys, bearer},
+    backoff::Backoff,
+    signal_bus::SignalBus,
+};
+use videocall_proto::v1::call_service_client::CallServiceClient;
+
+use crate::{
+    config::RelayConfig,
+    connection::{Connection, Limits},
+    hub::Hub,
+};
+
+/// The subprotocol the relay speaks; clients offer it (and may carry their token as
+/// `bearer.<token>` beside it).
+pub const SUBPROTOCOL: &str = "videocall.v1";
+
+#[derive(Clone)]
+struct AppState {
+    config: Arc<RelayConfig>,
+    keys: JwtKeys,
+    hub: Hub,
+    bus: SignalBus,
+    gateway: CallServiceClient<tonic::transport::Channel>,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+pub struct Application {
+    config: RelayConfig,
+    listener: TcpListener,
+    bus: SignalBus,
+}
+
+impl Application {
+    pub async fn build(config: RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let bus = loop {
+            match SignalBus::connect(config.signal_bus.clone()).await {
+                Ok(bus) => break bus,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unreachable");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Redis"),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        };
+        let listener = TcpListener::bind(config.http_listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.http_listen_addr))?;
+        Ok(Self { config, listener, bus })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.http_listen_addr)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { config, listener, bus } = self;
+        let gateway_channel = Endpoint::from_shared(config.gateway_url.clone())
+            .context("GATEWAY_URL")?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let (hub, hub_task) =
+            Hub::start(config.signal_bus.redis_url.clone(), config.common.cell_id.clone(), shutdown.clone());
+        let grace = config.shutdown_grace;
+        let max_connections = config.max_connections;
+        let connections = Arc::new(Semaphore::new(max_connections));
+        let state = AppState {
+            keys: JwtKeys::new(config.jwt_secret.clone()),
+            config: Arc::new(config),
+            hub: hub.clone(),
+            bus,
+            gateway: CallServiceClient::new(gateway_channel),
+            connections: connections.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let app = Router::new()
+            .route("/ws", get(upgrade))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
+            .with_state(state);
+        tracing::info!(addr = ?listener.local_addr().ok(), "signaling relay listening");
+        let stop = shutdown.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("http server")?;
+        // Open sockets were told to close (1001); give them the grace period to finish.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, connections.acquire_many(all)).await.is_err() {
+            tracing::warn!(open = hub.connection_count(), "grace period over with sockets still open");
+        }
+        hub_task.abort();
+        tracing::info!("signaling relay stopped");
+        Ok(())
+    }
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.hub.is_connected() && !state.shutdown.is_cancelled() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({"error": message}).to_string())
+        .into_response()
+}
+
+/// Token from `?token=` or from a `bearer.<token>` subprotocol.
+fn token_of(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    if let Some(token) = query.get("token").filter(|t| !t.is_empty()) {
+        return Some(token.clone());
+    }
+    if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer) {
+        return Some(auth.to_owned());
+    }
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer.").map(str::to_owned))
+}
+
+/// Browsers send `Origin`; a page of the relay's own host, or one in ALLOWED_ORIGINS, may connect.
+fn origin_allowed(config: &RelayConfig, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    if config.allowed_origins.iter().any(|o| o == "*" || o == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    origin.split_once("://").is_some_and(|(_, rest)| !host.is_empty() && rest == host)
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if !origin_allowed(&state.config, &headers) {
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let Some(token) = token_of(&query, &headers) else {
+        return refuse(StatusCode::UNAUTHORIZED, "missing token: use ?token= or the bearer.<token> subprotocol");
+    };
+    let principal = match state.keys.verify(&token, chrono::Utc::now().timestamp()) {
+        Ok(p) => p,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &e.to_string()),
+    };
+    if state.hub.connections_of(&principal.user_id) >= state.config.max_connections_per_user {
+        return refuse(StatusCode::TOO_MANY_REQUESTS, "too many connections for this user");
+    }
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "relay is full");
+    };
+    let limits = Limits {
+        rate_per_sec: state.config.rate_limit_per_sec,
+        burst: state.config.rate_limit_burst,
+        heartbeat: state.config.heartbeat,
+    };
+    let max = state.config.max_message_bytes;
+    ws.max_message_size(max).max_frame_size(max).protocols([SUBPROTOCOL]).on_upgrade(move |mut socket| async move {
+        let _permit = permit;
+        match state.hub.register(&principal.user_id, state.config.max_connections_per_user).await {
+            Ok(registration) => {
+                let connection = Connection {
+                    socket,
+                    registration,
+                    token,
+                    gateway: state.gateway.clone(),
+                    bus: state.bus.clone(),
+                    limits,
+                };
+                connection.run(state.shutdown.clone()).await;
+            }
+            Err(error) => {
+                use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+                tracing::warn!(%error, user_id = %principal.user_id, "connection refused after upgrade");
+                let reason = if matches!(error, crate::hub::RegisterError::TooManyForUser(_)) {
+                    "too many connections for this user"
+                } else {
+                    "signal bus unavailable, retry"
+                };
+                let frame = CloseFrame { code: 1013, reason: Utf8Bytes::from_static(reason) };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+            }
+        }
+    })
+}

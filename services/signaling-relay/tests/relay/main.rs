@@ -1,0 +1,5 @@
+//! Black-box tests of the signaling relay: real api-gateway, real Redis, two relay instances,
+//! WebSocket clients (and, in `webrtc`, real webrtc-rs peers).
+
+mod helpers;
+mod ws;
