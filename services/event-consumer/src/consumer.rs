@@ -122,9 +122,8 @@ impl QueueConsumer {
                 }
             }
         }
-        // Prefetched messages not yet handled go back to the queue when the channel closes.
+        // Prefetched messages not yet handled go back to the queue when the connection closes.
         let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-        let _ = channel.close(200, "shutting down".into()).await;
         Ok(())
     }
 

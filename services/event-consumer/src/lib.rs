@@ -75,14 +75,12 @@ async fn session(
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let setup = connection.create_channel().await.context("opening a channel")?;
+    let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
     for binding in [&config.user_offline, &config.ticket_created] {
-        consumer::declare(&setup, binding, &config.dlx_exchange)
+        consumer::declare(&publisher, binding, &config.dlx_exchange)
             .await
             .with_context(|| format!("declaring queue {} on exchange {}", binding.queue, binding.exchange))?;
     }
-    let _ = setup.close(200, "declared".into()).await;
-    let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
     let consumers = [(Kind::UserOffline, &config.user_offline), (Kind::TicketCreated, &config.ticket_created)].map(
         |(kind, binding)| QueueConsumer {
             binding: binding.clone(),
@@ -94,6 +92,7 @@ async fn session(
     );
     let [offline, tickets] = &consumers;
     tokio::try_join!(offline.run(connection, shutdown), tickets.run(connection, shutdown))?;
+    let _ = publisher.close(200, "shutting down".into()).await;
     Ok(())
 }
 
