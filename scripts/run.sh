@@ -34,9 +34,12 @@ trap stop EXIT INT TERM
 
 "$bins/api-gateway" & pids+=($!)
 "$bins/missed-call-sweeper" & pids+=($!)
+"$bins/event-consumer" & pids+=($!)
+HTTP_LISTEN_ADDR="${HTTP_LISTEN_ADDR:-127.0.0.1:8080}" GATEWAY_URL="http://$GRPC_LISTEN_ADDR" "$bins/signaling-relay" & pids+=($!)
 
 cat >&2 <<MSG
-==> Videocall is starting: gRPC on $GRPC_LISTEN_ADDR (health, reflection, videocall.v1.CallService)
+==> Videocall is starting: gRPC on $GRPC_LISTEN_ADDR (health, reflection, videocall.v1.CallService),
+    WebSocket signaling on ws://${HTTP_LISTEN_ADDR:-127.0.0.1:8080}/ws?token=... (docs/protocol.md)
     A token for a user:   JWT_SECRET=$JWT_SECRET $bins/vc-token alice user
     Events go to the RabbitMQ topic exchange videocall.events. Ctrl-C stops.
 MSG

@@ -134,12 +134,14 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub user_id: String,
     next_id: u64,
+    /// Frames read while waiting for a reply, handed out by `next` in order.
+    pending: std::collections::VecDeque<Value>,
 }
 
 impl Client {
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut client = Self { ws, user_id: String::new(), next_id: 0 };
+        let mut client = Self { ws, user_id: String::new(), next_id: 0, pending: Default::default() };
         let hello = client.next_of("hello").await;
         client.user_id = hello["user_id"].as_str().unwrap_or_default().to_owned();
         Ok(client)
@@ -156,10 +158,11 @@ impl Client {
         frame["id"] = id.clone().into();
         self.send_raw(frame.to_string()).await;
         loop {
-            let reply = self.next().await.expect("a reply");
+            let reply = self.read(Duration::from_secs(10)).await.expect("a reply");
             if reply["id"] == id.as_str() && (reply["type"] == "ack" || reply["type"] == "error") {
                 return reply;
             }
+            self.pending.push_back(reply);
         }
     }
 
@@ -169,6 +172,13 @@ impl Client {
     }
 
     pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        match self.pending.pop_front() {
+            Some(frame) => Some(frame),
+            None => self.read(wait).await,
+        }
+    }
+
+    async fn read(&mut self, wait: Duration) -> Option<Value> {
         loop {
             let message = tokio::time::timeout(wait, self.ws.next()).await.ok()??.ok()?;
             match message {

@@ -2,4 +2,5 @@
 //! WebSocket clients (and, in `webrtc`, real webrtc-rs peers).
 
 mod helpers;
+mod webrtc;
 mod ws;
