@@ -1,4 +1,5 @@
-//! The signal bus on Redis: a signal gets the call's next sequence number, lands in the call's
+//! The signal bus on Redis: a signal gets the call's next sequence number (consecutive within a
+//! call, and still increasing after a Redis restart), lands in the call's
 //! capped, expiring log (for replay) and is published on the receiver's user channel — all in one
 //! Lua script, so log order is sequence order. Pub/Sub loses what a disconnected subscriber
 //! missed; the log is how it catches up.
@@ -13,10 +14,16 @@ use crate::{
     signals::{FrameHead, SignalError, SignalType, frame_tail},
 };
 
+/// A call's counter starts at Redis' clock in microseconds (rounded to the millisecond), so
+/// sequence numbers keep growing even if Redis loses its data and the counter starts again.
 const PUBLISH_SIGNAL: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000)
+end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-local frame = '{"seq":' .. seq .. ',' .. ARGV[1]
+local frame = '{"seq":' .. string.format('%d', seq) .. ',' .. ARGV[1]
 redis.call('RPUSH', KEYS[2], frame)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 redis.call('EXPIRE', KEYS[2], ARGV[3])

@@ -2,5 +2,6 @@
 //! WebSocket clients (and, in `webrtc`, real webrtc-rs peers).
 
 mod helpers;
+mod redis_restart;
 mod webrtc;
 mod ws;
