@@ -96,6 +96,19 @@ impl Checker {
         self.check(var, ok, "must start with postgres://, postgresql:// or sqlite:").then_some(url)
     }
 
+    /// The Redis URL from REDIS_URL, else `redis://REDIS_HOST`, else the local default.
+    pub fn redis_url(&mut self, url: &Option<String>, host: &Option<String>) -> String {
+        match (url, host) {
+            (Some(url), _) => {
+                let ok = url.starts_with("redis://") || url.starts_with("rediss://");
+                self.check("REDIS_URL", ok, "must start with redis:// or rediss://");
+                url.clone()
+            }
+            (None, Some(host)) => format!("redis://{host}"),
+            (None, None) => "redis://127.0.0.1:6379".to_owned(),
+        }
+    }
+
     /// Every error so far, or `Ok` when there were none.
     pub fn finish(self) -> Result<(), ConfigError> {
         if self.errors.is_empty() { Ok(()) } else { Err(ConfigError(self.errors)) }

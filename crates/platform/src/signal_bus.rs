@@ -81,6 +81,27 @@ impl SignalBus {
         Ok(Self { conn, config, script: Script::new(PUBLISH_SIGNAL) })
     }
 
+    /// Connects, waiting (with backoff) while Redis is unreachable, until `shutdown`.
+    pub async fn connect_with_retry(
+        config: SignalBusConfig,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            match Self::connect(config.clone()).await {
+                Ok(bus) => return Ok(bus),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unreachable");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Redis"),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
     pub fn cell_id(&self) -> &str {
         &self.config.cell_id
     }

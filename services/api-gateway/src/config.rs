@@ -123,15 +123,7 @@ impl GatewayArgs {
         let database_url = c.database_url("DATABASE_URL", &self.database_url);
         let amqp_ok = self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://");
         c.check("AMQP_URL", amqp_ok, "must start with amqp:// or amqps://");
-        let redis_url = match (&self.redis_url, &self.redis_host) {
-            (Some(url), _) => {
-                let ok = url.starts_with("redis://") || url.starts_with("rediss://");
-                c.check("REDIS_URL", ok, "must start with redis:// or rediss://");
-                Some(url.clone())
-            }
-            (None, Some(host)) => Some(format!("redis://{host}")),
-            (None, None) => Some("redis://127.0.0.1:6379".to_owned()),
-        };
+        let redis_url = Some(c.redis_url(&self.redis_url, &self.redis_host));
         let log_capacity = c.parse::<usize>("SIGNAL_LOG_CAPACITY", &self.signal_log_capacity);
         if let Some(cap) = log_capacity {
             c.check("SIGNAL_LOG_CAPACITY", (1..=10_000).contains(&cap), "must be between 1 and 10000");

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use videocall_platform::{
     auth::JwtKeys,
-    backoff::Backoff,
     call_store::CallStore,
     db,
     events::event_source,
@@ -41,7 +40,7 @@ impl Application {
     /// Connects to the database (waiting for it), runs migrations and binds the gRPC port.
     pub async fn build(config: GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
         let db = db::connect_and_migrate(&config.database_url, shutdown).await?;
-        let bus = connect_bus(&config, shutdown).await?;
+        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
         let listener = TcpListener::bind(config.grpc_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_listen_addr))?;
@@ -147,24 +146,6 @@ impl Application {
         db.close_by_ref().await.ok();
         tracing::info!("api-gateway stopped");
         result
-    }
-}
-
-/// Connects to the signal bus, waiting while Redis is unreachable.
-async fn connect_bus(config: &GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<SignalBus> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match SignalBus::connect(config.signal_bus.clone()).await {
-            Ok(bus) => return Ok(bus),
-            Err(error) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unreachable");
-                tokio::select! {
-                    _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Redis"),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
     }
 }
 

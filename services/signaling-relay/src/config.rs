@@ -77,18 +77,7 @@ impl RelayArgs {
         let addr = c.parse::<SocketAddr>("HTTP_LISTEN_ADDR", &self.http_listen_addr);
         let gateway_ok = self.gateway_url.starts_with("http://") || self.gateway_url.starts_with("https://");
         c.check("GATEWAY_URL", gateway_ok, "must start with http:// or https://");
-        let redis_url = match (&self.redis_url, &self.redis_host) {
-            (Some(url), _) => {
-                c.check(
-                    "REDIS_URL",
-                    url.starts_with("redis://") || url.starts_with("rediss://"),
-                    "must start with redis://",
-                );
-                url.clone()
-            }
-            (None, Some(host)) => format!("redis://{host}"),
-            (None, None) => "redis://127.0.0.1:6379".to_owned(),
-        };
+        let redis_url = c.redis_url(&self.redis_url, &self.redis_host);
         let jwt = c.require("JWT_SECRET", &self.jwt_secret);
         if let Some(j) = &jwt {
             c.check("JWT_SECRET", j.len() >= 16, "must be at least 16 bytes");

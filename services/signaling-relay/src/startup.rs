@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use videocall_platform::{
     auth::{JwtKeys, bearer},
-    backoff::Backoff,
     signal_bus::SignalBus,
 };
 use videocall_proto::v1::call_service_client::CallServiceClient;
@@ -49,20 +48,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let bus = loop {
-            match SignalBus::connect(config.signal_bus.clone()).await {
-                Ok(bus) => break bus,
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unreachable");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Redis"),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        };
+        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
         let listener = TcpListener::bind(config.http_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http_listen_addr))?;
