@@ -14,6 +14,9 @@ pub struct SweeperArgs {
     /// Cron expression with seconds; the default sweeps every 5 seconds.
     #[arg(long, env = "SWEEP_SCHEDULE", default_value = "*/5 * * * * *")]
     pub sweep_schedule: String,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9091")]
+    pub ops_listen_addr: String,
     /// Calls claimed per transaction.
     #[arg(long, env = "SWEEP_BATCH_SIZE", default_value = "200")]
     pub sweep_batch_size: String,
@@ -25,6 +28,7 @@ pub struct SweeperConfig {
     pub database_url: String,
     pub schedule: cron::Schedule,
     pub batch_size: u64,
+    pub ops_listen_addr: std::net::SocketAddr,
 }
 
 impl SweeperArgs {
@@ -44,13 +48,14 @@ impl SweeperArgs {
             }
         };
         let batch_size = c.parse::<u64>("SWEEP_BATCH_SIZE", &self.sweep_batch_size);
+        let ops = c.parse::<std::net::SocketAddr>("OPS_LISTEN_ADDR", &self.ops_listen_addr);
         if let Some(b) = batch_size {
             c.check("SWEEP_BATCH_SIZE", (1..=5000).contains(&b), "must be between 1 and 5000");
         }
         c.finish()?;
-        match (common, database_url, schedule, batch_size) {
-            (Some(common), Some(database_url), Some(schedule), Some(batch_size)) => {
-                Ok(SweeperConfig { common, database_url, schedule, batch_size })
+        match (common, database_url, schedule, batch_size, ops) {
+            (Some(common), Some(database_url), Some(schedule), Some(batch_size), Some(ops_listen_addr)) => {
+                Ok(SweeperConfig { common, database_url, schedule, batch_size, ops_listen_addr })
             }
             _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
         }

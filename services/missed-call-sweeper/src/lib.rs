@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod metrics;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use prometheus_client::registry::Registry;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Statement, TransactionTrait,
@@ -23,7 +25,10 @@ use videocall_platform::{
     call_store::{CallRecord, CallStore, StoreError},
     db,
     events::event_source,
+    ops::{OpsServer, Readiness},
 };
+
+use crate::metrics::{ResultLabel, SweeperMetrics};
 
 pub use config::{SweeperArgs, SweeperConfig};
 
@@ -98,8 +103,14 @@ impl Sweeper {
     }
 
     /// Sweeps at every tick of `schedule` until `shutdown`. A failed sweep is logged and retried at
-    /// the next tick.
-    pub async fn run(self, schedule: cron::Schedule, shutdown: CancellationToken) {
+    /// the next tick; readiness follows whether the last sweep reached the database.
+    pub async fn run(
+        self,
+        schedule: cron::Schedule,
+        metrics: SweeperMetrics,
+        ready: Readiness,
+        shutdown: CancellationToken,
+    ) {
         tracing::info!(%schedule, "missed-call sweeper running");
         loop {
             let Some(next) = schedule.upcoming(Utc).next() else {
@@ -111,9 +122,20 @@ impl Sweeper {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            if let Err(error) = self.sweep_once().await {
-                tracing::warn!(%error, "sweep failed; retrying at the next tick");
+            let started = std::time::Instant::now();
+            match self.sweep_once().await {
+                Ok(report) => {
+                    metrics.missed.inc_by(report.missed);
+                    metrics.sweeps.get_or_create(&ResultLabel { result: "ok" }).inc();
+                    ready.set(true);
+                }
+                Err(error) => {
+                    metrics.sweeps.get_or_create(&ResultLabel { result: "error" }).inc();
+                    ready.set(false);
+                    tracing::warn!(%error, "sweep failed; retrying at the next tick");
+                }
             }
+            metrics.duration.observe(started.elapsed().as_secs_f64());
         }
     }
 }
@@ -131,12 +153,19 @@ pub async fn database_now(db: &DatabaseConnection) -> Result<DateTime<Utc>, Stor
     Ok(row.try_get::<DateTime<Utc>>("", "now")?)
 }
 
-/// Connects and runs the sweeper until `shutdown`.
+/// Serves `/healthz`, `/readyz`, `/metrics`, connects, and runs the sweeper until `shutdown`.
 pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ops = OpsServer::bind(config.ops_listen_addr).await?;
+    let mut registry = Registry::default();
+    let metrics = SweeperMetrics::new(&mut registry);
+    let ready = Readiness::default();
+    let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
+    ready.set(true);
     let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size);
-    sweeper.run(config.schedule, shutdown).await;
+    sweeper.run(config.schedule, metrics, ready, shutdown).await;
     db.close_by_ref().await.ok();
+    ops_task.await??;
     Ok(())
 }
 

@@ -1,0 +1,34 @@
+//! What the sweeper exposes on `/metrics`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// Counters and timings of the sweeps. Cheap to clone (shared handles).
+#[derive(Debug, Clone)]
+pub struct SweeperMetrics {
+    pub sweeps: Family<ResultLabel, Counter>,
+    pub missed: Counter,
+    pub duration: Histogram,
+}
+
+impl SweeperMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            sweeps: Family::default(),
+            missed: Counter::default(),
+            duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+        };
+        registry.register("videocall_sweeps", "Sweeps run, by result (ok, error)", metrics.sweeps.clone());
+        registry.register("videocall_calls_missed", "Calls this sweeper marked missed", metrics.missed.clone());
+        registry.register("videocall_sweep_duration_seconds", "Time one sweep took", metrics.duration.clone());
+        metrics
+    }
+}
