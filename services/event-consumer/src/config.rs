@@ -48,6 +48,9 @@ pub struct ConsumerArgs {
     /// How long a support offer stays open.
     #[arg(long, env = "SUPPORT_OFFER_TTL_SECS", default_value = "900")]
     pub support_offer_ttl_secs: String,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9092")]
+    pub ops_listen_addr: String,
 }
 
 /// One consumed queue: where it is bound and what it is called.
@@ -70,6 +73,7 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     pub max_retries: u32,
     pub support_offer_ttl: Duration,
+    pub ops_listen_addr: std::net::SocketAddr,
 }
 
 /// AMQP names are short strings (at most 255 bytes); we also refuse blanks.
@@ -139,7 +143,11 @@ impl ConsumerArgs {
         if let Some(t) = ttl {
             c.check("SUPPORT_OFFER_TTL_SECS", (60..=7 * 86_400).contains(&t), "must be between 60 and 604800");
         }
+        let ops = c.parse::<std::net::SocketAddr>("OPS_LISTEN_ADDR", &self.ops_listen_addr);
         c.finish()?;
+        let Some(ops_listen_addr) = ops else {
+            return Err(ConfigError(vec!["internal: a checked value is missing".into()]));
+        };
         match (common, database_url, redis_url, user_offline, ticket_created, dlx_exchange, prefetch, max_retries, ttl)
         {
             (
@@ -163,6 +171,7 @@ impl ConsumerArgs {
                 prefetch,
                 max_retries,
                 support_offer_ttl: Duration::from_secs(ttl),
+                ops_listen_addr,
             }),
             _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
         }

@@ -2,6 +2,11 @@
 //! acks, and decides each message's fate: ack after the effect committed, dead-letter with the
 //! reason when it can never apply, republish with an attempt count after a transient fault.
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -90,6 +95,31 @@ pub struct QueueConsumer {
     pub effects: Effects,
     pub settings: Settings,
     pub publisher: Channel,
+    pub metrics: ConsumerMetrics,
+}
+
+/// Messages handled, by queue and outcome (`applied`, `dead_lettered`, `retried`).
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerMetrics {
+    pub messages: Family<MessageLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub queue: String,
+    pub outcome: &'static str,
+}
+
+impl ConsumerMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "videocall_consumer_messages",
+            "Messages handled, by queue and outcome (applied, dead_lettered, retried)",
+            metrics.messages.clone(),
+        );
+        metrics
+    }
 }
 
 impl QueueConsumer {
@@ -127,6 +157,10 @@ impl QueueConsumer {
         Ok(())
     }
 
+    fn count(&self, outcome: &'static str) {
+        self.metrics.messages.get_or_create(&MessageLabels { queue: self.binding.queue.clone(), outcome }).inc();
+    }
+
     /// Applies one delivery and acknowledges it; only broker failures are returned.
     async fn settle(&self, delivery: Delivery, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
@@ -137,17 +171,20 @@ impl QueueConsumer {
             Ok(outcome) => {
                 tracing::debug!(parent: &span, ?outcome, "applied");
                 delivery.acker.ack(BasicAckOptions::default()).await?;
+                self.count("applied");
             }
             Err(failure @ (Failure::Malformed(_) | Failure::Permanent(_))) => {
                 tracing::warn!(parent: &span, reason = %failure, "dead-lettering");
                 self.dead_letter(&delivery, &failure.to_string(), attempt).await?;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
+                self.count("dead_lettered");
             }
             Err(Failure::Transient(reason)) if attempt >= self.settings.max_retries => {
                 let reason = format!("gave up after {} attempts: {reason}", attempt + 1);
                 tracing::warn!(parent: &span, %reason, "dead-lettering");
                 self.dead_letter(&delivery, &reason, attempt).await?;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
+                self.count("dead_lettered");
             }
             Err(Failure::Transient(reason)) => {
                 let delay = Backoff::new(Duration::from_millis(200), Duration::from_secs(10)).ceiling(attempt);
@@ -166,6 +203,7 @@ impl QueueConsumer {
                 // Through the default exchange straight back to this queue, at its tail.
                 self.publish("", &self.binding.queue, &delivery.data, properties).await?;
                 delivery.acker.ack(BasicAckOptions::default()).await?;
+                self.count("retried");
             }
         }
         Ok(())

@@ -13,7 +13,9 @@ pub mod consumer;
 pub mod effects;
 pub mod messages;
 
+use prometheus_client::registry::Registry;
 use std::time::{Duration, Instant};
+use videocall_platform::ops::{OpsServer, Readiness};
 
 use anyhow::Context;
 use lapin::Connection;
@@ -22,13 +24,18 @@ use tokio_util::sync::CancellationToken;
 use videocall_platform::{amqp, backoff::Backoff, db};
 
 pub use config::{ConsumerArgs, ConsumerConfig, QueueBinding};
-use consumer::{QueueConsumer, Settings};
+use consumer::{ConsumerMetrics, QueueConsumer, Settings};
 pub use effects::{Effects, Kind, Outcome};
 
 /// Connects to PostgreSQL, Redis (lazily: it is only for best-effort notices) and RabbitMQ, and
 /// consumes until `shutdown`; the broker connection is re-established with backoff whenever it
 /// fails. On shutdown the consumers stop, the message in flight is settled, connections close.
 pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ops = OpsServer::bind(config.ops_listen_addr).await?;
+    let mut registry = Registry::default();
+    let metrics = ConsumerMetrics::new(&mut registry);
+    let ready = Readiness::default();
+    let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
     let redis = redis_manager(&config.redis_url)?;
     let effects =
@@ -44,7 +51,8 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
             break;
         };
         let started = Instant::now();
-        let result = session(&connection, &config, &effects, &settings, &shutdown).await;
+        let result = session(&connection, &config, &effects, &settings, &metrics, &ready, &shutdown).await;
+        ready.set(false);
         let _ = connection.close(200, "shutting down".into()).await;
         if let Err(error) = result {
             if started.elapsed() > Duration::from_secs(30) {
@@ -64,6 +72,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
     }
     tracing::info!("event-consumer stopped");
     db.close_by_ref().await.ok();
+    ops_task.await??;
     Ok(())
 }
 
@@ -73,6 +82,8 @@ async fn session(
     config: &ConsumerConfig,
     effects: &Effects,
     settings: &Settings,
+    metrics: &ConsumerMetrics,
+    ready: &Readiness,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
@@ -88,8 +99,10 @@ async fn session(
             effects: effects.clone(),
             settings: settings.clone(),
             publisher: publisher.clone(),
+            metrics: metrics.clone(),
         },
     );
+    ready.set(true);
     let [offline, tickets] = &consumers;
     tokio::try_join!(offline.run(connection, shutdown), tickets.run(connection, shutdown))?;
     let _ = publisher.close(200, "shutting down".into()).await;

@@ -368,3 +368,24 @@ async fn a_burst_of_tickets_makes_exactly_one_offer_each() {
     assert_eq!(outbox::Entity::find().count(&h.db).await.expect("count"), TICKETS as u64);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_and_metrics_follow_the_messages() {
+    let port = videocall_testkit::free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let h = Harness::start(&[&format!("--ops-listen-addr={addr}")]).await;
+    eventually("ready", || async { (videocall_testkit::http_get(addr, "/readyz").await?.0 == 200).then_some(()) })
+        .await;
+    h.user_offline(Some("m-ok"), &json!({"user_id": "nobody"})).await;
+    h.user_offline(Some("m-bad"), &json!({"user": "nobody"})).await;
+    let queue = h.config.user_offline.queue.clone();
+    let metrics = eventually("both messages counted", || async {
+        let (_, body) = videocall_testkit::http_get(addr, "/metrics").await?;
+        let applied = format!("videocall_consumer_messages_total{{queue=\"{queue}\",outcome=\"applied\"}} 1");
+        let dead = format!("videocall_consumer_messages_total{{queue=\"{queue}\",outcome=\"dead_lettered\"}} 1");
+        (body.contains(&applied) && body.contains(&dead)).then_some(body)
+    })
+    .await;
+    assert!(metrics.contains("# TYPE videocall_consumer_messages counter"), "{metrics}");
+    h.stop().await;
+}

@@ -56,6 +56,7 @@ impl Harness {
             format!("--user-offline-queue={}", u("test.user-offline")),
             format!("--ticket-created-exchange={}", u("test.support")),
             format!("--ticket-created-queue={}", u("test.ticket-created")),
+            "--ops-listen-addr=127.0.0.1:0".to_owned(),
         ];
         // Flags given by the test replace the defaults above.
         let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_owned();
