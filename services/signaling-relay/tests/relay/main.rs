@@ -3,5 +3,6 @@
 
 mod helpers;
 mod redis_restart;
+mod turn_hardening;
 mod webrtc;
 mod ws;
