@@ -1,8 +1,10 @@
 //! sea-orm entities, one module per table. Rules live in `videocall-domain`; queries in the services.
 
+pub mod call_quality;
 pub mod call_transitions;
 pub mod calls;
 pub mod live_call_parties;
 pub mod outbox;
 pub mod processed_messages;
+pub mod quality_samples;
 pub mod support_offers;

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_create_call_tables;
 mod m20261125_000002_create_support_offers;
+mod m20261125_000003_create_quality_tables;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_call_tables::Migration),
             Box::new(m20261125_000002_create_support_offers::Migration),
+            Box::new(m20261125_000003_create_quality_tables::Migration),
         ]
     }
 }

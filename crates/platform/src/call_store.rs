@@ -17,7 +17,10 @@ use uuid::Uuid;
 use videocall_domain::{CallStatus, CallType, Command, Decision, Effect, EndReason, Party, decide};
 use videocall_entities::{call_transitions, calls, live_call_parties, outbox};
 
-use crate::events::{CloudEvent, call_event_names};
+use crate::{
+    events::{CloudEvent, call_event_names},
+    quality_sample::{CALL_QUALITY_REPORTED, QualityReported, QualitySample},
+};
 
 /// A call as the services see it: the row with its enums parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,6 +386,40 @@ impl CallStore {
         .exec_without_returning(txn)
         .await?;
         Ok(())
+    }
+
+    /// Writes one CallQualityReported outbox row (routing key `call.quality`, subject = the call)
+    /// for a sample `reporter_id` measured in call `call_id`, and wakes the relay. The caller has
+    /// checked the sample and that the reporter is a party of the active call. Returns the event id.
+    #[tracing::instrument(skip_all, fields(call_id = %call_id, reporter_id = %reporter_id), err)]
+    pub async fn record_quality_sample(
+        &self,
+        call_id: Uuid,
+        reporter_id: &str,
+        sample: &QualitySample,
+    ) -> Result<Uuid, StoreError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let (event_type, routing_key) = CALL_QUALITY_REPORTED;
+        let event_id = Uuid::now_v7();
+        let data = QualityReported::new(call_id, reporter_id, sample, now);
+        let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &call_id.to_string(), now, data);
+        let payload = serde_json::to_string(&envelope).map_err(|e| DbErr::Custom(format!("event encoding: {e}")))?;
+        outbox::Entity::insert(outbox::ActiveModel {
+            id: Set(event_id),
+            aggregate_id: Set(call_id),
+            event_type: Set(event_type.to_owned()),
+            routing_key: Set(routing_key.to_owned()),
+            payload: Set(payload),
+            created_at: Set(now),
+            available_at: Set(now),
+            attempts: Set(0),
+            last_error: Set(None),
+            published_at: Set(None),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        self.wake_outbox();
+        Ok(event_id)
     }
 
     /// One page of a user's calls (as caller or callee), newest first.

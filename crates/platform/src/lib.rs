@@ -12,6 +12,7 @@ pub mod events;
 pub mod ice;
 pub mod ops;
 pub mod outbox_relay;
+pub mod quality_sample;
 pub mod redis_keys;
 pub mod shutdown;
 pub mod signal_bus;

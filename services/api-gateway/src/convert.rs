@@ -119,6 +119,8 @@ pub fn call(c: &CallRecord) -> pb::Call {
         version: c.version,
         request_id: c.request_id.clone(),
         ring_timeout_secs: c.ring_timeout_secs,
+        // Filled in by the queries that load summaries (crate::quality).
+        quality: None,
     }
 }
 

@@ -16,7 +16,7 @@ use videocall_proto::v1::{self as pb, call_service_server::CallService};
 
 use videocall_platform::signal_bus::SignalBus;
 
-use crate::{config::RingTimeouts, convert, error::ApiError, signaling};
+use crate::{config::RingTimeouts, convert, error::ApiError, quality, signaling};
 
 const MAX_USER_ID_BYTES: usize = 128;
 const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -144,8 +144,14 @@ impl CallApi {
             limit,
         };
         let page = self.store.history(&query).await?;
+        let ids: Vec<Uuid> = page.calls.iter().map(|c| c.id).collect();
+        let mut summaries = quality::summaries(self.store.db(), &ids).await?;
         Ok(pb::GetUserCallsResponse {
-            calls: page.calls.iter().map(convert::call).collect(),
+            calls: page
+                .calls
+                .iter()
+                .map(|c| pb::Call { quality: summaries.remove(&c.id), ..convert::call(c) })
+                .collect(),
             next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
         })
     }
@@ -204,9 +210,10 @@ impl CallService for CallApi {
 
     async fn update_call_quality(
         &self,
-        _: Request<pb::UpdateCallQualityRequest>,
+        request: Request<pb::UpdateCallQualityRequest>,
     ) -> Result<Response<pb::UpdateCallQualityResponse>, Status> {
-        Err(Status::unimplemented("UpdateCallQuality is not available yet: it arrives with the quality aggregator"))
+        let p = principal(&request)?;
+        Ok(Response::new(quality::report(&self.store, &actor(&p), request.into_inner()).await?))
     }
 
     async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
@@ -216,7 +223,9 @@ impl CallService for CallApi {
         if call.party_of(&actor(&p)).is_none() {
             return Err(Status::permission_denied("you are not a party of this call"));
         }
-        Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
+        let mut view = convert::call(&call);
+        view.quality = quality::summary(self.store.db(), call.id).await?;
+        Ok(Response::new(pb::CallResponse { call: Some(view) }))
     }
 
     async fn get_user_calls(

@@ -1,4 +1,4 @@
-//! Health, reflection, honest UNIMPLEMENTED answers, SQLite, configuration errors and shutdown.
+//! Health, reflection, SQLite, configuration errors and shutdown.
 
 use std::time::Duration;
 
@@ -46,19 +46,6 @@ async fn health_reports_serving_and_reflection_lists_the_service() {
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"videocall.v1.CallService".to_owned()), "{names:?}");
-    app.stop().await.expect("clean stop");
-}
-
-#[tokio::test]
-async fn quality_reports_say_they_are_not_available_yet() {
-    let app = spawn_app().await;
-    let mut client = app.client().await;
-    let status = client
-        .update_call_quality(app.as_user("alice", pb::UpdateCallQualityRequest::default()))
-        .await
-        .expect_err("unimplemented");
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(status.message().contains("quality aggregator"), "{}", status.message());
     app.stop().await.expect("clean stop");
 }
 
