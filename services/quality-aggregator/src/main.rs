@@ -1,9 +1,23 @@
-//! `quality-aggregator`: the per-call quality aggregator.
-//!
-//! Not built yet: this binary exists so the fleet's layout is in place, and says so instead of
-//! pretending to work. See the project's issue tracker for its progress.
+//! `quality-aggregator` binary: configuration, telemetry, run.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("quality-aggregator: not implemented yet (the per-call quality aggregator); nothing was started");
-    std::process::ExitCode::from(78) // EX_CONFIG: a supervisor should not restart it in a loop
+use clap::Parser;
+use videocall_platform::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match quality_aggregator::AggregatorArgs::parse().validate() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("quality-aggregator: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.common.log_format);
+    match quality_aggregator::run(config, shutdown::on_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "quality-aggregator failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

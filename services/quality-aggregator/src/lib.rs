@@ -1,0 +1,132 @@
+//! quality-aggregator: consumes `call.quality` samples (CallQualityReported, written by the
+//! gateway's UpdateCallQuality) and call endings from the events exchange, stores every sample in
+//! `quality_samples`, keeps a per-call summary in `call_quality` (both directions together and
+//! each apart: averages, max loss, resolution, stability, E-model MOS) and finalizes it when the
+//! call ends. Each message is applied at most once (its id is recorded in `processed_messages` in
+//! the effect's transaction) and acknowledged after the commit; malformed ones go to a dead-letter
+//! queue with the reason; transient faults are retried a bounded number of times.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod consumer;
+pub mod messages;
+pub mod quality_math;
+pub mod summaries;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use lapin::Connection;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use videocall_platform::{
+    amqp,
+    backoff::Backoff,
+    db,
+    ops::{OpsServer, Readiness},
+};
+
+pub use config::{AggregatorArgs, AggregatorConfig};
+use consumer::{ConsumerMetrics, QueueConsumer, Settings};
+pub use summaries::{Aggregator, Outcome};
+
+/// A bound aggregator: the operations endpoint listens; `run` does the rest.
+pub struct Application {
+    config: AggregatorConfig,
+    ops: OpsServer,
+}
+
+impl Application {
+    /// Binds the operations endpoint (port 0 in tests; read it back with [`Self::ops_addr`]).
+    pub async fn build(config: AggregatorConfig) -> anyhow::Result<Self> {
+        let ops = OpsServer::bind(config.ops_listen_addr).await?;
+        Ok(Self { config, ops })
+    }
+
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.local_addr()
+    }
+
+    /// Connects to PostgreSQL (migrating it) and RabbitMQ, and consumes until `shutdown`; the
+    /// broker connection is re-established with backoff whenever it fails. On shutdown the
+    /// consumer stops, the message in flight is settled, connections close.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { config, ops } = self;
+        let mut registry = Registry::default();
+        let metrics = ConsumerMetrics::new(&mut registry);
+        let ready = Readiness::default();
+        let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
+        let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
+        let aggregator = Aggregator::new(db.clone());
+        let settings = Settings {
+            exchange: config.events_exchange.clone(),
+            queue: config.queue.clone(),
+            dlx_exchange: config.dlx_exchange.clone(),
+            prefetch: config.prefetch,
+            max_retries: config.max_retries,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        while !shutdown.is_cancelled() {
+            let Some(connection) = amqp::connect(&config.amqp_url, &config.common.service_name, &shutdown).await else {
+                break;
+            };
+            let started = Instant::now();
+            let result = session(&connection, &aggregator, &settings, &metrics, &ready, &shutdown).await;
+            ready.set(false);
+            let _ = connection.close(200, "shutting down".into()).await;
+            if let Err(error) = result {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset(); // it worked for a while: this is a fresh failure
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "broker session ended; reconnecting"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        tracing::info!("quality-aggregator stopped");
+        db.close_by_ref().await.ok();
+        ops_task.await??;
+        Ok(())
+    }
+}
+
+/// Builds and runs: what `main` calls.
+pub async fn run(config: AggregatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Application::build(config).await?.run_until_stopped(shutdown).await
+}
+
+/// One broker connection's life: declare, then consume until shutdown or a failure.
+async fn session(
+    connection: &Connection,
+    aggregator: &Aggregator,
+    settings: &Settings,
+    metrics: &ConsumerMetrics,
+    ready: &Readiness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
+    consumer::declare(&publisher, settings)
+        .await
+        .with_context(|| format!("declaring queue {} on exchange {}", settings.queue, settings.exchange))?;
+    let consumer = QueueConsumer {
+        aggregator: aggregator.clone(),
+        settings: settings.clone(),
+        publisher: publisher.clone(),
+        metrics: metrics.clone(),
+    };
+    ready.set(true);
+    consumer.run(connection, shutdown).await?;
+    let _ = publisher.close(200, "shutting down".into()).await;
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! What each message does to the database, in one transaction with its `processed_messages` row:
+//! a sample is stored and folded into the call's `all` row and its direction's row (locked, so
+//! replicas serialise per call); an ending finalizes the call's summary.
+
+use std::collections::BTreeMap;
+
+use chrono::{SubsecRound, Utc};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult,
+    sea_query::{Expr, ExprTrait, LockType},
+};
+use uuid::Uuid;
+use videocall_entities::{call_quality, processed_messages, quality_samples};
+use videocall_platform::quality_sample::QualityReported;
+
+use crate::{
+    messages::{self, Event, Malformed},
+    quality_math::Totals,
+};
+
+/// `processed_messages.consumer` of this service: fixed, so replicas share one inbox.
+pub const CONSUMER: &str = "quality-aggregator";
+/// Scope of the row that covers both directions.
+pub const ALL: &str = "all";
+
+/// What applying a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sample was stored and changed the summary.
+    Applied,
+    /// The sample was stored, but the summary was final already and stays as it was.
+    Late,
+    /// The call's summary is now final.
+    Finalized,
+    /// This message id was applied before; nothing changed.
+    Duplicate,
+}
+
+/// Why a message was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The message can never be applied: dead-letter it.
+    #[error("malformed: {0}")]
+    Malformed(#[from] Malformed),
+    /// It could be applied later (the database failed): retry, boundedly.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying will not help (stored data is unreadable): dead-letter it.
+    #[error("cannot apply: {0}")]
+    Permanent(String),
+}
+
+impl From<DbErr> for Failure {
+    fn from(e: DbErr) -> Self {
+        Failure::Transient(format!("database: {e}"))
+    }
+}
+
+/// Applies messages. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    db: DatabaseConnection,
+}
+
+impl Aggregator {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Parses and applies one message body.
+    pub async fn apply(&self, message_id: Option<&str>, body: &[u8]) -> Result<Outcome, Failure> {
+        let incoming = messages::parse(message_id, body)?;
+        match incoming.event {
+            Event::Sample(sample) => self.sample(&incoming.message_id, &sample).await,
+            Event::Finalize { call_id } => self.finalize(&incoming.message_id, call_id).await,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(call_id = %s.call_id, direction = %s.direction), err)]
+    async fn sample(&self, message_id: &str, s: &QualityReported) -> Result<Outcome, Failure> {
+        let txn = self.db.begin().await?;
+        if !record_message(&txn, message_id).await? {
+            txn.rollback().await?;
+            return Ok(Outcome::Duplicate);
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        let direction = s.direction.as_str();
+        // The `all` row first (every transaction of a call locks it first: one lock order), and the
+        // direction's row only while the summary is open, so a late sample creates nothing.
+        let mut rows = lock_rows(&txn, s.call_id, &[ALL]).await?;
+        let finalized = rows.iter().any(|r| r.finalized_at.is_some());
+        if !finalized {
+            rows.extend(lock_rows(&txn, s.call_id, &[direction]).await?);
+        }
+        quality_samples::Entity::insert(quality_samples::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            call_id: Set(s.call_id),
+            reporter_id: Set(s.reporter_id.clone()),
+            direction: Set(direction.to_owned()),
+            rtt_ms: Set(s.rtt_ms),
+            jitter_ms: Set(s.jitter_ms),
+            packet_loss_percent: Set(s.packet_loss_percent),
+            bitrate_kbps: Set(s.bitrate_kbps),
+            width: Set(i32::try_from(s.width).unwrap_or(i32::MAX)),
+            height: Set(i32::try_from(s.height).unwrap_or(i32::MAX)),
+            fps: Set(s.fps),
+            applied: Set(!finalized),
+            reported_at: Set(s.reported_at),
+            received_at: Set(now),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        if finalized {
+            call_quality::Entity::update_many()
+                .col_expr(call_quality::Column::LateSamples, Expr::col(call_quality::Column::LateSamples).add(1))
+                .filter(call_quality::Column::CallId.eq(s.call_id))
+                .filter(call_quality::Column::Scope.eq(ALL))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+            tracing::info!("sample after finalization: stored, summary unchanged");
+            return Ok(Outcome::Late);
+        }
+        let sample = s.sample();
+        for row in rows.drain(..) {
+            let mut totals = totals_of(&row)?;
+            totals.add(&sample);
+            write(&txn, row, &totals, now).await?;
+        }
+        txn.commit().await?;
+        Ok(Outcome::Applied)
+    }
+
+    #[tracing::instrument(skip_all, fields(call_id = %call_id), err)]
+    async fn finalize(&self, message_id: &str, call_id: Uuid) -> Result<Outcome, Failure> {
+        let txn = self.db.begin().await?;
+        if !record_message(&txn, message_id).await? {
+            txn.rollback().await?;
+            return Ok(Outcome::Duplicate);
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        // The `all` row exists afterwards even for a call without samples: an empty, final summary.
+        lock_rows(&txn, call_id, &[ALL]).await?;
+        call_quality::Entity::update_many()
+            .col_expr(call_quality::Column::FinalizedAt, Expr::value(now))
+            .col_expr(call_quality::Column::UpdatedAt, Expr::value(now))
+            .filter(call_quality::Column::CallId.eq(call_id))
+            .filter(call_quality::Column::FinalizedAt.is_null())
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(Outcome::Finalized)
+    }
+}
+
+/// Inserts the inbox row; false when this message id was processed already. A replica racing on
+/// the same id waits on the primary key until the first commits or rolls back.
+async fn record_message(txn: &DatabaseTransaction, message_id: &str) -> Result<bool, DbErr> {
+    let inserted = processed_messages::Entity::insert(processed_messages::ActiveModel {
+        consumer: Set(CONSUMER.to_owned()),
+        message_id: Set(message_id.to_owned()),
+        processed_at: Set(Utc::now()),
+    })
+    .on_conflict_do_nothing()
+    .exec_without_returning(txn)
+    .await?;
+    Ok(matches!(inserted, TryInsertResult::Inserted(n) if n > 0))
+}
+
+fn empty_row(call_id: Uuid, scope: &str) -> call_quality::ActiveModel {
+    call_quality::ActiveModel {
+        call_id: Set(call_id),
+        scope: Set(scope.to_owned()),
+        sample_count: Set(0),
+        sum_rtt_ms: Set(0.0),
+        sum_jitter_ms: Set(0.0),
+        sum_jitter_sq: Set(0.0),
+        sum_packet_loss: Set(0.0),
+        max_packet_loss: Set(0.0),
+        sum_bitrate_kbps: Set(0.0),
+        disconnects: Set(0),
+        resolutions: Set(serde_json::json!({})),
+        avg_rtt_ms: Set(0.0),
+        avg_jitter_ms: Set(0.0),
+        avg_packet_loss: Set(0.0),
+        avg_bitrate_kbps: Set(0.0),
+        resolution: Set(String::new()),
+        stability: Set(0.0),
+        mos: Set(0.0),
+        late_samples: Set(0),
+        finalized_at: Set(None),
+        updated_at: Set(Utc::now().trunc_subsecs(6)),
+    }
+}
+
+/// Makes sure the call's rows of `scopes` exist, then reads them locked (`FOR UPDATE` on
+/// PostgreSQL), in scope order so that concurrent transactions lock in one order.
+async fn lock_rows(
+    txn: &DatabaseTransaction,
+    call_id: Uuid,
+    scopes: &[&str],
+) -> Result<Vec<call_quality::Model>, DbErr> {
+    call_quality::Entity::insert_many(scopes.iter().map(|scope| empty_row(call_id, scope)))
+        .on_conflict_do_nothing()
+        .exec_without_returning(txn)
+        .await?;
+    let mut select = call_quality::Entity::find()
+        .filter(call_quality::Column::CallId.eq(call_id))
+        .filter(call_quality::Column::Scope.is_in(scopes.iter().copied()))
+        .order_by_asc(call_quality::Column::Scope);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        select = select.lock(LockType::Update);
+    }
+    select.all(txn).await
+}
+
+fn totals_of(row: &call_quality::Model) -> Result<Totals, Failure> {
+    let resolutions: BTreeMap<String, i64> = serde_json::from_value(row.resolutions.clone()).map_err(|e| {
+        Failure::Permanent(format!("call_quality {}/{}: resolutions unreadable: {e}", row.call_id, row.scope))
+    })?;
+    Ok(Totals {
+        count: row.sample_count,
+        sum_rtt_ms: row.sum_rtt_ms,
+        sum_jitter_ms: row.sum_jitter_ms,
+        sum_jitter_sq: row.sum_jitter_sq,
+        sum_packet_loss: row.sum_packet_loss,
+        max_packet_loss: row.max_packet_loss,
+        sum_bitrate_kbps: row.sum_bitrate_kbps,
+        disconnects: row.disconnects,
+        resolutions,
+    })
+}
+
+async fn write(
+    txn: &DatabaseTransaction,
+    row: call_quality::Model,
+    t: &Totals,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), Failure> {
+    let summary = t.summary();
+    let resolutions = serde_json::to_value(&t.resolutions).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let mut active = row.into_active_model();
+    active.sample_count = Set(t.count);
+    active.sum_rtt_ms = Set(t.sum_rtt_ms);
+    active.sum_jitter_ms = Set(t.sum_jitter_ms);
+    active.sum_jitter_sq = Set(t.sum_jitter_sq);
+    active.sum_packet_loss = Set(t.sum_packet_loss);
+    active.max_packet_loss = Set(t.max_packet_loss);
+    active.sum_bitrate_kbps = Set(t.sum_bitrate_kbps);
+    active.disconnects = Set(t.disconnects);
+    active.resolutions = Set(resolutions);
+    active.avg_rtt_ms = Set(summary.avg_rtt_ms);
+    active.avg_jitter_ms = Set(summary.avg_jitter_ms);
+    active.avg_packet_loss = Set(summary.avg_packet_loss);
+    active.avg_bitrate_kbps = Set(summary.avg_bitrate_kbps);
+    active.resolution = Set(summary.resolution);
+    active.stability = Set(summary.stability);
+    active.mos = Set(summary.mos);
+    active.updated_at = Set(now);
+    active.update(txn).await?;
+    Ok(())
+}
