@@ -29,6 +29,11 @@ use crate::{
 /// `bearer.<token>` beside it).
 pub const SUBPROTOCOL: &str = "videocall.v1";
 
+/// Initial read buffer of a socket. tungstenite zero-fills its whole read buffer on the first
+/// read, so its 128 KiB default costs 128 KiB of RSS per idle socket; signals are small, and the
+/// buffer grows for larger messages (up to `MAX_MESSAGE_BYTES`). docs/benchmarks.md, scenario 4.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 #[derive(Clone)]
 struct AppState {
     config: Arc<RelayConfig>,
@@ -171,6 +176,7 @@ async fn upgrade(
         heartbeat: state.config.heartbeat,
     };
     let max = state.config.max_message_bytes;
+    let ws = ws.read_buffer_size(READ_BUFFER_BYTES);
     ws.max_message_size(max).max_frame_size(max).protocols([SUBPROTOCOL]).on_upgrade(move |mut socket| async move {
         let _permit = permit;
         match state.hub.register(&principal.user_id, state.config.max_connections_per_user).await {

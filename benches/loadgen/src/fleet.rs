@@ -1,0 +1,227 @@
+//! The fleet under load: one api-gateway and N signaling relays in this process on loopback
+//! (port 0), sharing a fresh PostgreSQL database, a unique cell id and a unique exchange with a
+//! queue bound to it (so the outbox relay publishes instead of retrying unroutable events).
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use lapin::{
+    Connection, ConnectionProperties, ExchangeKind,
+    options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use tokio_util::sync::CancellationToken;
+use videocall_platform::{
+    auth::{JwtKeys, Role},
+    config::{Common, Secret},
+    ice::IceConfig,
+    signal_bus::SignalBusConfig,
+    telemetry::LogFormat,
+};
+
+pub const JWT_SECRET: &str = "loadgen-secret-0123456789abcdef";
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Relay limits for load: the per-socket rate limit is lifted (a benchmark sender is one socket
+/// sending far more than a browser would), everything else as shipped.
+pub fn relay_config(
+    index: usize,
+    cell: &str,
+    gateway: SocketAddr,
+    max_connections: usize,
+) -> signaling_relay::RelayConfig {
+    signaling_relay::RelayConfig {
+        common: Common {
+            service_name: format!("signaling-relay-{index}"),
+            cell_id: cell.to_owned(),
+            log_format: LogFormat::Text,
+        },
+        http_listen_addr: "127.0.0.1:0".parse().expect("addr"),
+        gateway_url: format!("http://{gateway}"),
+        jwt_secret: Secret::new(JWT_SECRET),
+        allowed_origins: vec![],
+        max_connections,
+        max_connections_per_user: 5,
+        max_message_bytes: 64 * 1024,
+        rate_limit_per_sec: 1_000_000,
+        rate_limit_burst: 1_000_000,
+        heartbeat: Duration::from_secs(20),
+        signal_bus: bus_config(cell),
+        shutdown_grace: Duration::from_secs(2),
+    }
+}
+
+/// No STUN/TURN: everything is on loopback.
+pub fn no_ice() -> IceConfig {
+    IceConfig { stun_urls: vec![], turn_urls: vec![], turn_secret: None, turn_ttl: Duration::from_secs(3600) }
+}
+
+pub fn bus_config(cell: &str) -> SignalBusConfig {
+    SignalBusConfig {
+        redis_url: redis_url(),
+        cell_id: cell.to_owned(),
+        log_capacity: 256,
+        log_ttl: Duration::from_secs(600),
+    }
+}
+
+pub struct Fleet {
+    pub gateway: SocketAddr,
+    pub relays: Vec<SocketAddr>,
+    pub cell: String,
+    pub database_url: String,
+    pub exchange: String,
+    keys: JwtKeys,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    sink: EventSink,
+}
+
+impl Fleet {
+    /// Starts the gateway (fresh database, migrations) and `relays` relays.
+    pub async fn spawn(relays: usize, ice: IceConfig) -> anyhow::Result<Self> {
+        let cell = videocall_testkit::unique_name("loadgen").replace('.', "-");
+        let exchange = videocall_testkit::unique_name("videocall.events.loadgen");
+        let sink = EventSink::bind(&exchange).await?;
+        let shutdown = CancellationToken::new();
+        let database_url = videocall_testkit::fresh_database().await;
+        let config = api_gateway::GatewayConfig {
+            common: Common { service_name: "api-gateway".into(), cell_id: cell.clone(), log_format: LogFormat::Text },
+            database_url: database_url.clone(),
+            amqp_url: videocall_testkit::amqp_url(),
+            signal_bus: bus_config(&cell),
+            grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
+            jwt_secret: Secret::new(JWT_SECRET),
+            ice,
+            ring_timeouts: api_gateway::RingTimeouts::uniform(45),
+            events_exchange: exchange.clone(),
+            outbox_batch_size: 100,
+            outbox_poll_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(2),
+        };
+        let app = api_gateway::Application::build(config, &shutdown).await.context("gateway builds")?;
+        let gateway = app.local_addr();
+        let mut tasks = vec![tokio::spawn(app.run_until_stopped(shutdown.clone()))];
+        let mut addrs = Vec::new();
+        for i in 0..relays {
+            let app = signaling_relay::Application::build(relay_config(i, &cell, gateway, 20_000), &shutdown)
+                .await
+                .context("relay builds")?;
+            addrs.push(app.local_addr());
+            tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
+        }
+        Ok(Self {
+            gateway,
+            relays: addrs,
+            cell,
+            database_url,
+            exchange,
+            keys: JwtKeys::new(Secret::new(JWT_SECRET)),
+            shutdown,
+            tasks,
+            sink,
+        })
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        token(&self.keys, user)
+    }
+
+    pub fn relay_url(&self, i: usize, user: &str) -> String {
+        format!("ws://{}/ws?token={}", self.relays[i], self.token(user))
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        self.sink.delete(&self.exchange).await;
+    }
+}
+
+pub fn token(keys: &JwtKeys, user: &str) -> String {
+    keys.mint(user, Role::User, chrono::Utc::now().timestamp() + 3600)
+}
+
+/// A topic exchange with a queue bound to `#`, so published events are routable. The queue is
+/// exclusive: it goes away with this connection.
+pub struct EventSink {
+    connection: Connection,
+    pub queue: String,
+}
+
+impl EventSink {
+    pub async fn bind(exchange: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(&videocall_testkit::amqp_url(), ConnectionProperties::default())
+            .await
+            .context("RabbitMQ reachable")?;
+        let channel = connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { connection, queue: queue.name().to_string() })
+    }
+
+    /// Messages waiting in the queue.
+    pub async fn depth(&self) -> anyhow::Result<u32> {
+        let channel = self.connection.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "".into()).await;
+        Ok(q.message_count())
+    }
+
+    pub async fn delete(&self, exchange: &str) {
+        if let Ok(channel) = self.connection.create_channel().await {
+            let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// The hidden `serve-relay` subcommand: one relay in this (child) process, the same library code
+/// the `signaling-relay` binary runs. Prints `listening <addr>` on stdout; stops when stdin closes.
+pub async fn serve_relay(cell: String, gateway: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let shutdown = CancellationToken::new();
+    let app = signaling_relay::Application::build(relay_config(0, &cell, gateway, 20_000), &shutdown).await?;
+    println!("listening {}", app.local_addr());
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut sink = [0u8; 64];
+        let mut stdin = tokio::io::stdin();
+        while matches!(stdin.read(&mut sink).await, Ok(n) if n > 0) {}
+        stop.cancel();
+    });
+    app.run_until_stopped(shutdown).await
+}

@@ -1,0 +1,141 @@
+//! `loadgen` binary: parse the command, run the scenarios, print and record the results.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use loadgen::{SCENARIOS, Scale, report};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", about = "Benchmarks the Videocall fleet in-process on loopback beside raw baselines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Small counts, a few seconds per scenario.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Do not write docs/benchmarks.md.
+    #[arg(long, global = true)]
+    no_doc: bool,
+    /// The results document to update.
+    #[arg(long, global = true, default_value = "docs/benchmarks.md")]
+    doc: PathBuf,
+    /// Concurrent call pairs (signal, peerjs) or gRPC clients (lifecycle).
+    #[arg(long, global = true)]
+    pairs: Option<usize>,
+    /// Messages per pair.
+    #[arg(long, global = true)]
+    messages: Option<usize>,
+    /// Messages in flight per pair, end to end.
+    #[arg(long, global = true)]
+    window: Option<usize>,
+    /// Lifecycles per client.
+    #[arg(long, global = true)]
+    lifecycles: Option<usize>,
+    /// Outbox rows.
+    #[arg(long, global = true)]
+    rows: Option<usize>,
+    /// Idle sockets.
+    #[arg(long, global = true)]
+    idle: Option<usize>,
+    /// WebRTC calls.
+    #[arg(long, global = true)]
+    calls: Option<usize>,
+    /// Longest a measured run may take, in seconds.
+    #[arg(long, global = true)]
+    deadline_secs: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// 1. Signals through two relays vs raw Redis Pub/Sub.
+    Signal,
+    /// 2. Call lifecycles through gRPC vs raw SQL.
+    Lifecycle,
+    /// 3. Outbox relay vs raw confirmed publishing.
+    Outbox,
+    /// 4. Idle sockets on one relay (child process) and its memory per socket.
+    Idle,
+    /// 5. Call setup time with webrtc-rs peers.
+    Setup,
+    /// 6. Signal load against PeerJS server beside our relay.
+    Peerjs,
+    /// Every scenario, in order.
+    All,
+    /// (internal) one relay in this process, for scenario 4.
+    #[command(hide = true)]
+    ServeRelay {
+        #[arg(long)]
+        cell: String,
+        #[arg(long)]
+        gateway: SocketAddr,
+    },
+}
+
+impl Cli {
+    fn scale(&self) -> Scale {
+        let mut s = if self.quick { Scale::quick() } else { Scale::full() };
+        s.pairs = self.pairs.unwrap_or(s.pairs).max(1);
+        s.messages = self.messages.unwrap_or(s.messages).max(1);
+        s.window = self.window.unwrap_or(s.window).max(1);
+        s.lifecycles = self.lifecycles.unwrap_or(s.lifecycles);
+        s.rows = self.rows.unwrap_or(s.rows);
+        s.idle = self.idle.unwrap_or(s.idle);
+        s.calls = self.calls.unwrap_or(s.calls);
+        s.deadline = self.deadline_secs.map(Duration::from_secs).unwrap_or(s.deadline);
+        s
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let names: Vec<&str> = match &cli.command {
+        Cmd::ServeRelay { cell, gateway } => return loadgen::fleet::serve_relay(cell.clone(), *gateway).await,
+        Cmd::Signal => vec!["signal"],
+        Cmd::Lifecycle => vec!["lifecycle"],
+        Cmd::Outbox => vec!["outbox"],
+        Cmd::Idle => vec!["idle"],
+        Cmd::Setup => vec!["setup"],
+        Cmd::Peerjs => vec!["peerjs"],
+        Cmd::All => SCENARIOS.to_vec(),
+    };
+    let scale = cli.scale();
+    // Other work on the machine skews numbers: record the load average when the run started.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let exe = std::env::current_exe()?;
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let command = format!("$CARGO_TARGET_DIR/{profile}/loadgen {args}");
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for name in names {
+        match loadgen::run_scenario(name, &scale, &exe).await {
+            Ok(r) => {
+                r.print();
+                failed |= !r.problems.is_empty();
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("[{name}] failed: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    if !cli.no_doc && !reports.is_empty() {
+        let when = format!(
+            "{}; {} build; {cores} cores; 1-min load average {load} when the run started (other engineers' builds and tests share this machine)",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            if cfg!(debug_assertions) { "debug" } else { "release" }
+        );
+        report::write(&cli.doc, &reports, &command, &when)?;
+        eprintln!("updated {}", cli.doc.display());
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
