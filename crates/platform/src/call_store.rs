@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use videocall_domain::{CallStatus, CallType, Command, Decision, Effect, EndReason, Party, decide};
-use videocall_entities::{call_transitions, calls, live_call_parties, outbox};
+use videocall_entities::{call_transitions, calls, live_call_parties, outbox, support_offers};
 
 use crate::{
     events::{CloudEvent, call_event_names},
@@ -111,6 +111,8 @@ pub enum StoreError {
     Busy(String),
     #[error("end reason `{0}` cannot be given here")]
     BadReason(EndReason),
+    #[error("support offer {0} is not available: unknown, expired, taken, or not this caller's")]
+    OfferUnavailable(Uuid),
     #[error("stored call {id} is unreadable: {detail}")]
     Corrupt { id: Uuid, detail: String },
     #[error("database: {0}")]
@@ -195,6 +197,40 @@ impl CallStore {
     /// Refuses with `Busy` when either party is in a live call; the database decides that race.
     #[tracing::instrument(skip_all, fields(caller_id = %new.caller_id, callee_id = %new.callee_id), err)]
     pub async fn initiate(&self, new: NewCall, actor_id: &str) -> Result<Initiated, StoreError> {
+        self.initiate_inner(new, None, actor_id).await
+    }
+
+    /// Like [`initiate`](Self::initiate), taking up a video support offer in the same
+    /// transaction: the offer must be the caller's, unexpired and not yet taken, and ends up
+    /// `accepted` with this call's id.
+    #[tracing::instrument(skip_all, fields(caller_id = %new.caller_id, offer_id = %offer_id), err)]
+    pub async fn initiate_for_offer(
+        &self,
+        new: NewCall,
+        offer_id: Uuid,
+        actor_id: &str,
+    ) -> Result<Initiated, StoreError> {
+        self.initiate_inner(new, Some(offer_id), actor_id).await
+    }
+
+    /// A support offer, to read its ticket and agent before taking it up.
+    pub async fn support_offer(&self, id: Uuid) -> Result<Option<support_offers::Model>, StoreError> {
+        Ok(support_offers::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    /// Records activity on an active call (a signal or a quality report), which keeps the
+    /// sweeper from ending it as a zombie.
+    pub async fn touch_activity(&self, id: Uuid) -> Result<(), StoreError> {
+        calls::Entity::update_many()
+            .col_expr(calls::Column::UpdatedAt, Expr::value(Utc::now().trunc_subsecs(6)))
+            .filter(calls::Column::Id.eq(id))
+            .filter(calls::Column::Status.eq(CallStatus::Active.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    async fn initiate_inner(&self, new: NewCall, offer: Option<Uuid>, actor_id: &str) -> Result<Initiated, StoreError> {
         if let Some(call) = self.find_by_request(&new.caller_id, &new.request_id).await? {
             return Ok(Initiated { call, created: false });
         }
@@ -216,7 +252,7 @@ impl CallStore {
             answered_at: None,
             ended_at: None,
         };
-        match self.insert_new(&call, actor_id, now).await {
+        match self.insert_new(&call, offer, actor_id, now).await {
             Ok(()) => {
                 self.wake_outbox();
                 Ok(Initiated { call, created: true })
@@ -234,8 +270,29 @@ impl CallStore {
         }
     }
 
-    async fn insert_new(&self, call: &CallRecord, actor_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn insert_new(
+        &self,
+        call: &CallRecord,
+        offer: Option<Uuid>,
+        actor_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
+        if let Some(offer_id) = offer {
+            let taken = support_offers::Entity::update_many()
+                .col_expr(support_offers::Column::Status, Expr::value("accepted"))
+                .col_expr(support_offers::Column::CallId, Expr::value(call.id))
+                .filter(support_offers::Column::Id.eq(offer_id))
+                .filter(support_offers::Column::CustomerId.eq(&call.caller_id))
+                .filter(support_offers::Column::Status.eq("offered"))
+                .filter(support_offers::Column::ExpiresAt.gt(now))
+                .exec(&txn)
+                .await?;
+            if taken.rows_affected == 0 {
+                txn.rollback().await?;
+                return Err(StoreError::OfferUnavailable(offer_id));
+            }
+        }
         let parties = [&call.caller_id, &call.callee_id].map(|user| live_call_parties::ActiveModel {
             user_id: Set(user.clone()),
             call_id: Set(call.id),

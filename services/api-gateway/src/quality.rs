@@ -49,6 +49,10 @@ pub async fn report(
         return Err(StoreError::WrongState(call.status).into());
     }
     store.record_quality_sample(call.id, &actor.id, &sample).await?;
+    // A report is activity: it keeps the sweeper from ending the call as connection_lost.
+    if let Err(error) = store.touch_activity(call.id).await {
+        tracing::warn!(%error, call_id = %call.id, "could not record call activity");
+    }
     Ok(pb::UpdateCallQualityResponse {})
 }
 

@@ -6,10 +6,10 @@ use chrono::Utc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
-use videocall_domain::{Command, MAX_REQUEST_ID_BYTES, validate_metadata};
+use videocall_domain::{CallType, Command, MAX_REQUEST_ID_BYTES, validate_metadata};
 use videocall_platform::{
     auth::{JwtKeys, Principal, bearer},
-    call_store::{Actor, CallRecord, CallStore, HistoryQuery, NewCall},
+    call_store::{Actor, CallRecord, CallStore, HistoryQuery, NewCall, StoreError},
     ice::IceConfig,
 };
 use videocall_proto::v1::{self as pb, call_service_server::CallService};
@@ -86,25 +86,58 @@ impl CallApi {
         if caller_id != p.user_id && !p.is_service() {
             return Err(ApiError::denied("only a service may start a call for another user"));
         }
-        let callee_id = user_id("callee_id", &req.callee_id)?;
+        let offer = match req.support_offer_id.as_str() {
+            "" => None,
+            raw => {
+                let id = Uuid::parse_str(raw).map_err(|_| {
+                    ApiError::invalid(format!(
+                        "support_offer_id `{}` is not a UUID",
+                        raw.chars().take(64).collect::<String>()
+                    ))
+                })?;
+                let offer = self.store.support_offer(id).await?.ok_or(StoreError::OfferUnavailable(id))?;
+                Some(offer)
+            }
+        };
+        let callee_raw = match (&offer, req.callee_id.is_empty()) {
+            (Some(offer), true) => offer
+                .agent_id
+                .clone()
+                .ok_or_else(|| ApiError::invalid("callee_id is required: the offer names no agent"))?,
+            _ => req.callee_id.clone(),
+        };
+        let callee_id = user_id("callee_id", &callee_raw)?;
         if callee_id == caller_id {
             return Err(ApiError::invalid("a user cannot call themselves"));
         }
-        let call_type = convert::call_type(req.call_type)?.ok_or_else(|| ApiError::invalid("call_type is required"))?;
+        let call_type = match (convert::call_type(req.call_type)?, &offer) {
+            (None | Some(CallType::Support), Some(_)) => CallType::Support,
+            (Some(_), Some(_)) => return Err(ApiError::invalid("a call taking up a support offer is of type support")),
+            (Some(t), None) => t,
+            (None, None) => return Err(ApiError::invalid("call_type is required")),
+        };
         validate_metadata(req.metadata.iter()).map_err(|e| ApiError::invalid(e.to_string()))?;
         if req.request_id.len() > MAX_REQUEST_ID_BYTES {
             return Err(ApiError::invalid(format!("request_id is longer than {MAX_REQUEST_ID_BYTES} bytes")));
         }
         let request_id = if req.request_id.is_empty() { Uuid::now_v7().to_string() } else { req.request_id };
+        let mut metadata = req.metadata.into_iter().collect::<BTreeMap<_, _>>();
+        if let Some(offer) = &offer {
+            metadata.insert("ticket_id".into(), offer.ticket_id.clone());
+            metadata.insert("support_offer_id".into(), offer.id.to_string());
+        }
         let new = NewCall {
             request_id,
             caller_id,
             callee_id,
             call_type,
-            metadata: req.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            metadata,
             ring_timeout_secs: self.ring_timeouts.for_type(call_type),
         };
-        let initiated = self.store.initiate(new, &p.user_id).await?;
+        let initiated = match &offer {
+            Some(offer) => self.store.initiate_for_offer(new, offer.id, &p.user_id).await?,
+            None => self.store.initiate(new, &p.user_id).await?,
+        };
         if initiated.created {
             signaling::push_call_state(&self.bus, &initiated.call).await;
         }

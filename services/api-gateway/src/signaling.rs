@@ -60,6 +60,11 @@ pub async fn send(
         .publish_signal(Outgoing { call_id: &call_id, from: &actor.id, to: &to, signal_type, payload: &req.payload })
         .await
         .map_err(bus_status)?;
+    if call.status == videocall_domain::CallStatus::Active
+        && let Err(error) = store.touch_activity(call.id).await
+    {
+        tracing::warn!(%error, call_id = %call.id, "could not record call activity");
+    }
     Ok(pb::SendSignalResponse { seq })
 }
 

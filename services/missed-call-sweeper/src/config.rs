@@ -14,6 +14,10 @@ pub struct SweeperArgs {
     /// Cron expression with seconds; the default sweeps every 5 seconds.
     #[arg(long, env = "SWEEP_SCHEDULE", default_value = "*/5 * * * * *")]
     pub sweep_schedule: String,
+    /// Active calls with no activity (state change, signal through the gateway, quality report)
+    /// for this long end with reason connection_lost; 0 turns this off.
+    #[arg(long, env = "ZOMBIE_TIMEOUT_SECS", default_value = "600")]
+    pub zombie_timeout_secs: String,
     /// `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9091")]
     pub ops_listen_addr: String,
@@ -29,6 +33,7 @@ pub struct SweeperConfig {
     pub schedule: cron::Schedule,
     pub batch_size: u64,
     pub ops_listen_addr: std::net::SocketAddr,
+    pub zombie_timeout: Option<std::time::Duration>,
 }
 
 impl SweeperArgs {
@@ -49,13 +54,22 @@ impl SweeperArgs {
         };
         let batch_size = c.parse::<u64>("SWEEP_BATCH_SIZE", &self.sweep_batch_size);
         let ops = c.parse::<std::net::SocketAddr>("OPS_LISTEN_ADDR", &self.ops_listen_addr);
+        let zombie = c.parse::<u64>("ZOMBIE_TIMEOUT_SECS", &self.zombie_timeout_secs);
+        if let Some(z) = zombie {
+            c.check(
+                "ZOMBIE_TIMEOUT_SECS",
+                z == 0 || (60..=86_400).contains(&z),
+                "must be 0 (off) or between 60 and 86400",
+            );
+        }
         if let Some(b) = batch_size {
             c.check("SWEEP_BATCH_SIZE", (1..=5000).contains(&b), "must be between 1 and 5000");
         }
         c.finish()?;
-        match (common, database_url, schedule, batch_size, ops) {
-            (Some(common), Some(database_url), Some(schedule), Some(batch_size), Some(ops_listen_addr)) => {
-                Ok(SweeperConfig { common, database_url, schedule, batch_size, ops_listen_addr })
+        match (common, database_url, schedule, batch_size, ops, zombie) {
+            (Some(common), Some(database_url), Some(schedule), Some(batch_size), Some(ops_listen_addr), Some(z)) => {
+                let zombie_timeout = (z > 0).then(|| std::time::Duration::from_secs(z));
+                Ok(SweeperConfig { common, database_url, schedule, batch_size, ops_listen_addr, zombie_timeout })
             }
             _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
         }

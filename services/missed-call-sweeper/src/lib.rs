@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use videocall_domain::{CallStatus, Command, Decision, Party, decide};
+use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::calls;
 use videocall_platform::{
     call_store::{CallRecord, CallStore, StoreError},
@@ -36,7 +36,18 @@ pub use config::{SweeperArgs, SweeperConfig};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub missed: u64,
+    /// Active calls ended as `connection_lost` for lack of activity.
+    pub zombies: u64,
     pub batches: u64,
+}
+
+/// What a sweep looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Unanswered past the ring deadline: missed.
+    Overdue,
+    /// Active with no activity (transition, signal, quality report) since the cut-off: ended.
+    Zombie,
 }
 
 /// Marks overdue calls missed. Cheap to clone; replicas may run side by side.
@@ -45,42 +56,72 @@ pub struct Sweeper {
     store: CallStore,
     actor: String,
     batch_size: u64,
+    /// Active calls silent this long end with `connection_lost`; None leaves them alone.
+    zombie_timeout: Option<Duration>,
 }
 
 impl Sweeper {
     pub fn new(db: DatabaseConnection, cell_id: &str, service_name: &str, batch_size: u64) -> Self {
         let store = CallStore::new(db, event_source(cell_id, service_name), Arc::new(Notify::new()));
-        Self { store, actor: service_name.to_owned(), batch_size }
+        Self { store, actor: service_name.to_owned(), batch_size, zombie_timeout: None }
     }
 
-    /// Sweeps until no call is overdue, batch by batch.
+    /// Also end active calls with no activity for `timeout` (reason `connection_lost`).
+    pub fn with_zombie_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.zombie_timeout = timeout;
+        self
+    }
+
+    /// Sweeps until no call is overdue (or a zombie), batch by batch.
     #[tracing::instrument(skip_all, fields(actor = %self.actor), err)]
     pub async fn sweep_once(&self) -> Result<SweepReport, StoreError> {
         let now = database_now(self.store.db()).await?;
         let mut report = SweepReport::default();
-        loop {
-            let (claimed, missed) = self.sweep_batch(now).await?;
-            report.batches += 1;
-            report.missed += missed;
-            if claimed < self.batch_size {
-                break;
+        let mut targets = vec![(Target::Overdue, now)];
+        if let Some(timeout) = self.zombie_timeout {
+            targets.push((Target::Zombie, now - chrono::Duration::from_std(timeout).unwrap_or_default()));
+        }
+        for (target, cutoff) in targets {
+            loop {
+                let (claimed, changed) = self.sweep_batch(target, cutoff).await?;
+                report.batches += 1;
+                match target {
+                    Target::Overdue => report.missed += changed,
+                    Target::Zombie => report.zombies += changed,
+                }
+                if claimed < self.batch_size {
+                    break;
+                }
             }
         }
-        if report.missed > 0 {
-            tracing::info!(missed = report.missed, batches = report.batches, "calls marked missed");
+        if report.missed + report.zombies > 0 {
+            tracing::info!(missed = report.missed, zombies = report.zombies, batches = report.batches, "calls swept");
         }
         Ok(report)
     }
 
-    /// One transaction: claim up to `batch_size` overdue calls no other replica holds, miss them.
-    async fn sweep_batch(&self, now: DateTime<Utc>) -> Result<(u64, u64), StoreError> {
+    /// One transaction: claim up to `batch_size` calls due before `cutoff` that no other replica
+    /// holds, and move each (missed, or ended as connection_lost).
+    async fn sweep_batch(&self, target: Target, cutoff: DateTime<Utc>) -> Result<(u64, u64), StoreError> {
         let db = self.store.db();
         let txn = db.begin().await?;
-        let mut due = calls::Entity::find()
-            .filter(calls::Column::Status.is_in([CallStatus::Initiated.as_str(), CallStatus::Ringing.as_str()]))
-            .filter(calls::Column::RingDeadlineAt.lte(now))
-            .order_by_asc(calls::Column::RingDeadlineAt)
-            .limit(self.batch_size);
+        let (mut due, command) = match target {
+            Target::Overdue => (
+                calls::Entity::find()
+                    .filter(calls::Column::Status.is_in([CallStatus::Initiated.as_str(), CallStatus::Ringing.as_str()]))
+                    .filter(calls::Column::RingDeadlineAt.lte(cutoff))
+                    .order_by_asc(calls::Column::RingDeadlineAt),
+                Command::Miss,
+            ),
+            Target::Zombie => (
+                calls::Entity::find()
+                    .filter(calls::Column::Status.eq(CallStatus::Active.as_str()))
+                    .filter(calls::Column::UpdatedAt.lte(cutoff))
+                    .order_by_asc(calls::Column::UpdatedAt),
+                Command::End(Some(EndReason::ConnectionLost)),
+            ),
+        };
+        due = due.limit(self.batch_size);
         if db.get_database_backend() == DbBackend::Postgres {
             due = due.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
@@ -89,7 +130,7 @@ impl Sweeper {
         let mut missed = 0;
         for row in rows {
             let call = CallRecord::from_model(row)?;
-            if let Decision::Apply(effect) = decide(call.status, Command::Miss, Party::Service)
+            if let Decision::Apply(effect) = decide(call.status, command, Party::Service)
                 && self.store.transition_in(&txn, &call, effect, &self.actor).await?.is_some()
             {
                 missed += 1;
@@ -126,6 +167,7 @@ impl Sweeper {
             match self.sweep_once().await {
                 Ok(report) => {
                     metrics.missed.inc_by(report.missed);
+                    metrics.zombies.inc_by(report.zombies);
                     metrics.sweeps.get_or_create(&ResultLabel { result: "ok" }).inc();
                     ready.set(true);
                 }
@@ -162,7 +204,8 @@ pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::
     let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
     ready.set(true);
-    let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size);
+    let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size)
+        .with_zombie_timeout(config.zombie_timeout);
     sweeper.run(config.schedule, metrics, ready, shutdown).await;
     db.close_by_ref().await.ok();
     ops_task.await??;

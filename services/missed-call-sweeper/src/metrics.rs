@@ -16,6 +16,7 @@ pub struct ResultLabel {
 pub struct SweeperMetrics {
     pub sweeps: Family<ResultLabel, Counter>,
     pub missed: Counter,
+    pub zombies: Counter,
     pub duration: Histogram,
 }
 
@@ -24,10 +25,16 @@ impl SweeperMetrics {
         let metrics = Self {
             sweeps: Family::default(),
             missed: Counter::default(),
+            zombies: Counter::default(),
             duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
         };
         registry.register("videocall_sweeps", "Sweeps run, by result (ok, error)", metrics.sweeps.clone());
         registry.register("videocall_calls_missed", "Calls this sweeper marked missed", metrics.missed.clone());
+        registry.register(
+            "videocall_calls_ended_inactive",
+            "Active calls this sweeper ended as connection_lost",
+            metrics.zombies.clone(),
+        );
         registry.register("videocall_sweep_duration_seconds", "Time one sweep took", metrics.duration.clone());
         metrics
     }

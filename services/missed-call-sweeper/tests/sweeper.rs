@@ -180,3 +180,41 @@ enum Outcome {
     Swept(u64),
     Answered(Vec<Uuid>),
 }
+
+/// Moves a call's last activity `secs` into the past, as if nothing happened since.
+async fn age(db: &DatabaseConnection, id: Uuid, secs: i64) {
+    use sea_orm::ConnectionTrait;
+    let sql = format!("UPDATE calls SET updated_at = now() - interval '{secs} seconds' WHERE id = '{id}'");
+    db.execute_unprepared(&sql).await.expect("age the call");
+}
+
+#[tokio::test]
+async fn silent_active_calls_end_as_connection_lost_and_activity_keeps_them() {
+    let (db, store) = setup().await;
+    let silent = call(&store, 0, 30).await;
+    let talking = call(&store, 1, 30).await;
+    let ringing = call(&store, 2, 30).await;
+    for (i, id) in [(0, silent), (1, talking)] {
+        store.apply(id, Command::Answer, &callee(i)).await.expect("answer");
+    }
+    age(&db, silent, 700).await;
+    age(&db, talking, 700).await;
+    age(&db, ringing, 700).await;
+    store.touch_activity(talking).await.expect("a quality report or signal arrives");
+
+    let sweeper = Sweeper::new(db.clone(), "test", "missed-call-sweeper", 100)
+        .with_zombie_timeout(Some(Duration::from_secs(600)));
+    let report = sweeper.sweep_once().await.expect("sweep");
+    assert_eq!((report.zombies, report.missed), (1, 0));
+    let ended = store.get(silent).await.expect("call");
+    assert_eq!((ended.status, ended.end_reason), (CallStatus::Ended, Some(EndReason::ConnectionLost)));
+    assert_eq!(store.get(talking).await.expect("call").status, CallStatus::Active, "recent activity keeps a call");
+    assert_eq!(store.get(ringing).await.expect("call").status, CallStatus::Initiated, "only active calls are zombies");
+    assert_eq!(events_by_call(&db).await[&silent], ["call.initiated", "call.answered", "call.ended"]);
+
+    // Without a zombie timeout the sweeper leaves active calls alone.
+    age(&db, talking, 700).await;
+    let plain = Sweeper::new(db.clone(), "test", "missed-call-sweeper", 100);
+    assert_eq!(plain.sweep_once().await.expect("sweep").zombies, 0);
+    assert_eq!(store.get(talking).await.expect("call").status, CallStatus::Active);
+}
