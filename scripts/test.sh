@@ -11,6 +11,8 @@ ensure_redis
 ensure_rabbitmq
 # The WebRTC tests run a real coturn (Debian's package; installing it starts no daemon).
 command -v turnserver >/dev/null || apt_install coturn
+# The web client's end-to-end test runs Debian's headless Chromium with a fake camera.
+command -v chromium >/dev/null || apt_install chromium
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://$(id -un)@127.0.0.1:5432/postgres}"
 export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"

@@ -281,6 +281,7 @@ impl State {
             "call.initiate" => self.initiate(text).await,
             "call.ring" | "call.answer" | "call.reject" | "call.end" => self.control(&envelope.frame_type, text).await,
             "call.quality" => self.quality(text).await,
+            "call.history" => self.history().await,
             "resume" => return self.resume(text, id).await,
             signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => self.signal(signal, text).await,
             other => Err(Failure::new(
@@ -303,17 +304,22 @@ impl State {
     async fn initiate(&mut self, text: &str) -> Result<serde_json::Value, Failure> {
         let frame: Initiate = parse(text)?;
         let call_type = match frame.call_type.as_str() {
+            "" => pb::CallType::Unspecified,
             "support" => pb::CallType::Support,
             "sales" => pb::CallType::Sales,
             "consult" => pb::CallType::Consult,
             other => return Err(Failure::new("invalid_argument", format!("unknown call_type `{other}`"))),
         };
+        if call_type == pb::CallType::Unspecified && frame.support_offer_id.is_none() {
+            return Err(Failure::new("invalid_argument", "call_type is required".into()));
+        }
         let request = self.request(pb::InitiateCallRequest {
             request_id: frame.request_id.unwrap_or_default(),
             caller_id: String::new(),
             callee_id: frame.callee_id,
             call_type: call_type as i32,
             metadata: frame.metadata.into_iter().collect(),
+            support_offer_id: frame.support_offer_id.unwrap_or_default(),
         });
         let reply = self.gateway.clone().initiate_call(request).await.map_err(Failure::from)?.into_inner();
         Ok(self.call_ack(reply.call, &reply.ice_servers))
@@ -369,6 +375,13 @@ impl State {
             }
         };
         Ok(self.call_ack(call, &ice))
+    }
+
+    async fn history(&mut self) -> Result<serde_json::Value, Failure> {
+        let request = self.request(pb::GetUserCallsRequest { page_size: 20, ..Default::default() });
+        let reply = self.gateway.clone().get_user_calls(request).await.map_err(Failure::from)?.into_inner();
+        let calls: Vec<_> = reply.calls.iter().map(protocol::call_json).collect();
+        Ok(serde_json::json!({"calls": calls}))
     }
 
     async fn quality(&mut self, text: &str) -> Result<serde_json::Value, Failure> {

@@ -22,12 +22,17 @@ pub struct Envelope {
 
 #[derive(Debug, Deserialize)]
 pub struct Initiate {
+    #[serde(default)]
     pub callee_id: String,
+    #[serde(default)]
     pub call_type: String,
     #[serde(default)]
     pub request_id: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Takes up a video support offer (see `video_support_offered`).
+    #[serde(default)]
+    pub support_offer_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +143,18 @@ pub fn call_json(c: &pb::Call) -> serde_json::Value {
         "ended_at": ts(&c.ended_at),
         "duration_ms": (c.ended_at.is_some() && c.answered_at.is_some()).then_some(c.duration_ms),
         "metadata": c.metadata,
+        "quality": c.quality.as_ref().map(|q| serde_json::json!({
+            "sample_count": q.sample_count,
+            "avg_rtt_ms": q.avg_rtt_ms,
+            "avg_jitter_ms": q.avg_jitter_ms,
+            "avg_packet_loss_percent": q.avg_packet_loss_percent,
+            "max_packet_loss_percent": q.max_packet_loss_percent,
+            "avg_bitrate_kbps": q.avg_bitrate_kbps,
+            "resolution": q.resolution,
+            "stability": q.stability,
+            "mos": q.mos,
+            "finalized": q.finalized,
+        })),
     })
 }
 

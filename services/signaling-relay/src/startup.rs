@@ -86,6 +86,8 @@ impl Application {
         };
         let app = Router::new()
             .route("/ws", get(upgrade))
+            .route("/", get(|| web("index.html")))
+            .route("/{file}", get(|axum::extract::Path(file): axum::extract::Path<String>| web(file)))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .with_state(state);
@@ -104,6 +106,20 @@ impl Application {
         tracing::info!("signaling relay stopped");
         Ok(())
     }
+}
+
+/// The browser client (`web/`), built into the binary so a relay needs no files beside it.
+async fn web(file: impl AsRef<str>) -> Response {
+    let (body, content_type) = match file.as_ref() {
+        "index.html" => (include_str!("../../../web/index.html"), "text/html; charset=utf-8"),
+        "agent.html" => (include_str!("../../../web/agent.html"), "text/html; charset=utf-8"),
+        "customer.html" => (include_str!("../../../web/customer.html"), "text/html; charset=utf-8"),
+        "videocall.js" => (include_str!("../../../web/videocall.js"), "text/javascript; charset=utf-8"),
+        "page.js" => (include_str!("../../../web/page.js"), "text/javascript; charset=utf-8"),
+        "style.css" => (include_str!("../../../web/style.css"), "text/css; charset=utf-8"),
+        _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
+    };
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

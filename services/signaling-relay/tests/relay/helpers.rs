@@ -211,3 +211,21 @@ impl Client {
         }
     }
 }
+
+/// Waits until a STUN/TURN server on `addr` answers a Binding request (coturn binds its port a
+/// little before it serves). Panics after 10 s.
+pub fn wait_until_stun_answers(addr: std::net::SocketAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    // Binding request: type 0x0001, length 0, magic cookie, 12-byte transaction id.
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    request.extend_from_slice(&uuid::Uuid::now_v7().as_bytes()[..12]);
+    let mut buf = [0u8; 512];
+    for _ in 0..50 {
+        let _ = socket.send_to(&request, addr);
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("no STUN answer from {addr}");
+}

@@ -78,6 +78,7 @@ impl Coturn {
             .expect("turnserver is installed (scripts/test.sh installs Debian's coturn)");
         for _ in 0..100 {
             if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                crate::helpers::wait_until_stun_answers(([127, 0, 0, 1], port).into());
                 return Self { child, addr: ([127, 0, 0, 1], port).into(), secret, dir };
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -100,7 +101,7 @@ async fn transact(sock: &UdpSocket, server: SocketAddr, setters: Vec<Box<dyn Set
     let mut request = Message::new();
     request.build(&setters).expect("request");
     let mut buf = vec![0u8; 2048];
-    for _ in 0..3 {
+    for _ in 0..5 {
         sock.send_to(&request.raw, server).await.expect("send");
         if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
             let mut response = Message::new();

@@ -29,10 +29,10 @@ use webrtc::{
 use crate::helpers::{Client, FleetOptions, spawn_fleet};
 
 /// A coturn on loopback for one test, configured as docs/adr/0007 describes.
-struct Coturn {
+pub struct Coturn {
     child: Child,
     port: u16,
-    secret: String,
+    pub secret: String,
     _dir: std::path::PathBuf,
 }
 
@@ -41,7 +41,7 @@ fn free_udp_port() -> u16 {
 }
 
 impl Coturn {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let port = free_udp_port();
         let secret = format!("coturn-secret-{}", uuid::Uuid::now_v7().simple());
         let dir = std::env::temp_dir().join(format!("coturn-{}", uuid::Uuid::now_v7().simple()));
@@ -68,6 +68,7 @@ impl Coturn {
         // Ready once it holds its UDP port.
         for _ in 0..100 {
             if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                crate::helpers::wait_until_stun_answers(([127, 0, 0, 1], port).into());
                 return Self { child, port, secret, _dir: dir };
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -77,7 +78,7 @@ impl Coturn {
         panic!("turnserver did not start on port {port}");
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("turn:127.0.0.1:{}?transport=udp", self.port)
     }
 }
