@@ -101,6 +101,7 @@ impl Fleet {
             outbox_batch_size: 100,
             outbox_poll_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(2),
+            ops_listen_addr: None,
         };
         let app = api_gateway::Application::build(config, &shutdown).await.context("gateway builds")?;
         let gateway = app.local_addr();

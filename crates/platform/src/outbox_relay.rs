@@ -10,6 +10,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::FieldTable,
 };
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, TransactionTrait,
@@ -45,6 +46,8 @@ pub struct OutboxRelay {
     config: OutboxRelayConfig,
     wake: Arc<Notify>,
     state: watch::Sender<RelayState>,
+    published: Counter,
+    postponed: Counter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,24 @@ enum RelayError {
 
 impl OutboxRelay {
     pub fn new(db: DatabaseConnection, config: OutboxRelayConfig, wake: Arc<Notify>) -> Self {
-        Self { db, config, wake, state: watch::Sender::new(RelayState::Connecting) }
+        Self {
+            db,
+            config,
+            wake,
+            state: watch::Sender::new(RelayState::Connecting),
+            published: Counter::default(),
+            postponed: Counter::default(),
+        }
+    }
+
+    /// Registers `videocall_outbox_published_total` and `videocall_outbox_postponed_total`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register("videocall_outbox_published", "Events the broker confirmed", self.published.clone());
+        registry.register(
+            "videocall_outbox_postponed",
+            "Publish attempts that failed (unroutable, nacked, broker error) and were postponed",
+            self.postponed.clone(),
+        );
     }
 
     pub fn state(&self) -> watch::Receiver<RelayState> {
@@ -195,6 +215,8 @@ impl OutboxRelay {
             self.postpone(&txn, row.id, row.attempts, reason).await?;
         }
         txn.commit().await?;
+        self.published.inc_by(sent.len() as u64);
+        self.postponed.inc_by(failed.len() as u64);
         if !failed.is_empty() {
             tracing::warn!(sent = sent.len(), failed = failed.len(), first_error = %failed[0].1, "some events were not published; will retry");
         } else {

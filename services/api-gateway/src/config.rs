@@ -71,6 +71,9 @@ pub struct GatewayArgs {
     /// How often the outbox is polled for rows other replicas wrote.
     #[arg(long, env = "OUTBOX_POLL_MS", default_value = "500")]
     pub outbox_poll_ms: String,
+    /// `/healthz`, `/readyz` and `/metrics` over HTTP; empty turns it off.
+    #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
+    pub ops_listen_addr: String,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "20")]
     pub shutdown_grace_secs: String,
@@ -113,6 +116,8 @@ pub struct GatewayConfig {
     pub outbox_batch_size: u64,
     pub outbox_poll_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Where the operations endpoint listens; None: not served.
+    pub ops_listen_addr: Option<SocketAddr>,
 }
 
 impl GatewayArgs {
@@ -165,6 +170,10 @@ impl GatewayArgs {
         }
         let poll = c.parse::<u64>("OUTBOX_POLL_MS", &self.outbox_poll_ms);
         let grace = c.parse::<u64>("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs);
+        let ops_listen_addr = match self.ops_listen_addr.trim() {
+            "" => None,
+            raw => c.parse::<SocketAddr>("OPS_LISTEN_ADDR", raw),
+        };
         c.finish()?;
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         Ok(GatewayConfig {
@@ -194,6 +203,7 @@ impl GatewayArgs {
             outbox_batch_size: batch.ok_or_else(missing)?,
             outbox_poll_interval: Duration::from_millis(poll.ok_or_else(missing)?.max(10)),
             shutdown_grace: Duration::from_secs(grace.ok_or_else(missing)?),
+            ops_listen_addr,
         })
     }
 }

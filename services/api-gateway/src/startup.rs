@@ -4,17 +4,26 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use sea_orm::DatabaseConnection;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use videocall_domain::CallStatus;
+use videocall_entities::calls;
 use videocall_platform::{
     auth::JwtKeys,
     call_store::CallStore,
     db,
     events::event_source,
-    outbox_relay::{OutboxRelay, OutboxRelayConfig},
+    ops::{OpsServer, Readiness},
+    outbox_relay::{self, OutboxRelay, OutboxRelayConfig},
     signal_bus::SignalBus,
 };
 use videocall_proto::{FILE_DESCRIPTOR_SET, v1::call_service_server::CallServiceServer};
@@ -31,6 +40,7 @@ const READINESS_PERIOD: Duration = Duration::from_secs(5);
 pub struct Application {
     config: GatewayConfig,
     listener: TcpListener,
+    ops: Option<OpsServer>,
     db: DatabaseConnection,
     bus: SignalBus,
     outbox_wake: Arc<Notify>,
@@ -44,11 +54,20 @@ impl Application {
         let listener = TcpListener::bind(config.grpc_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_listen_addr))?;
-        Ok(Self { config, listener, db, bus, outbox_wake: Arc::new(Notify::new()) })
+        let ops = match config.ops_listen_addr {
+            Some(addr) => Some(OpsServer::bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { config, listener, ops, db, bus, outbox_wake: Arc::new(Notify::new()) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.grpc_listen_addr)
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, if they are.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(OpsServer::local_addr)
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -58,7 +77,7 @@ impl Application {
     /// Serves until `shutdown`: health turns NOT_SERVING first, in-flight requests get
     /// `shutdown_grace` to finish. Returns an error naming the task that failed, if one did.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, listener, db, bus, outbox_wake } = self;
+        let Self { config, listener, ops, db, bus, outbox_wake } = self;
         let source = event_source(&config.common.cell_id, &config.common.service_name);
         let store = CallStore::new(db.clone(), source, outbox_wake.clone());
         let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts, bus };
@@ -86,8 +105,20 @@ impl Application {
             outbox_wake,
         );
 
+        let mut registry = Registry::default();
+        relay.register_metrics(&mut registry);
+        let gauges = Gauges::new(&mut registry);
+        let ready = Readiness::default();
+
         let mut tasks = JoinSet::new();
         let stop_serving = CancellationToken::new();
+        if let Some(ops) = ops {
+            let (ready, stop) = (ready.clone(), stop_serving.clone());
+            tasks.spawn(async move {
+                ops.serve(registry, ready, stop).await?;
+                Ok("operations endpoint")
+            });
+        }
         {
             let stop = stop_serving.clone();
             let addr = listener.local_addr().ok();
@@ -112,9 +143,9 @@ impl Application {
             });
         }
         {
-            let (stop, health, db) = (shutdown.clone(), health.clone(), db.clone());
+            let (stop, health, db, ready) = (shutdown.clone(), health.clone(), db.clone(), ready.clone());
             tasks.spawn(async move {
-                readiness(db, health, stop).await;
+                readiness(db, health, ready, gauges, stop).await;
                 Ok("readiness")
             });
         }
@@ -128,6 +159,7 @@ impl Application {
             }
         }
         // NOT_SERVING first, so load balancers stop sending before the listener closes.
+        ready.set(false);
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_not_serving::<CallServiceServer<CallApi>>().await;
         stop_serving.cancel();
@@ -157,17 +189,61 @@ fn describe_early_exit(finished: Result<anyhow::Result<&'static str>, tokio::tas
     }
 }
 
-/// Keeps health SERVING while the database answers, NOT_SERVING while it does not.
-async fn readiness(db: DatabaseConnection, health: tonic_health::server::HealthReporter, stop: CancellationToken) {
+/// Gauges read from the database at each readiness check.
+struct Gauges {
+    outbox_backlog: Gauge,
+    live_calls: Family<StatusLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+impl Gauges {
+    fn new(registry: &mut Registry) -> Self {
+        let gauges = Self { outbox_backlog: Gauge::default(), live_calls: Family::default() };
+        registry.register(
+            "videocall_outbox_backlog",
+            "Events not yet confirmed by the broker",
+            gauges.outbox_backlog.clone(),
+        );
+        registry.register("videocall_live_calls", "Calls initiated, ringing or active", gauges.live_calls.clone());
+        gauges
+    }
+
+    async fn refresh(&self, db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+        let backlog = outbox_relay::backlog(db).await?;
+        self.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        for status in [CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active] {
+            let n = calls::Entity::find().filter(calls::Column::Status.eq(status.as_str())).count(db).await?;
+            self.live_calls
+                .get_or_create(&StatusLabel { status: status.as_str() })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    }
+}
+
+/// Keeps health SERVING (and `/readyz` 200) while the database answers, NOT_SERVING while it
+/// does not; refreshes the gauges.
+async fn readiness(
+    db: DatabaseConnection,
+    health: tonic_health::server::HealthReporter,
+    ready: Readiness,
+    gauges: Gauges,
+    stop: CancellationToken,
+) {
     let mut last = None;
     loop {
-        let status = match db::ping(&db).await {
+        let status = match db::ping(&db).await.and(gauges.refresh(&db).await) {
             Ok(()) => ServingStatus::Serving,
             Err(error) => {
                 tracing::warn!(%error, "database ping failed; reporting NOT_SERVING");
                 ServingStatus::NotServing
             }
         };
+        ready.set(status == ServingStatus::Serving);
         if last != Some(status) {
             health.set_service_status("", status).await;
             health.set_service_status("videocall.v1.CallService", status).await;

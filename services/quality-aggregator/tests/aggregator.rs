@@ -367,6 +367,7 @@ mod end_to_end {
             outbox_batch_size: 100,
             outbox_poll_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
+            ops_listen_addr: None,
         }
     }
 

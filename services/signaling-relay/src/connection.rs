@@ -16,6 +16,7 @@ use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 
 use crate::{
     hub::{Outbound, Registration},
+    metrics::{RelayMetrics, TypeLabel},
     protocol::{self, CallCommand, Envelope, Initiate, Quality, Resume, SignalIn},
 };
 
@@ -74,6 +75,7 @@ pub struct Connection {
     pub gateway: CallServiceClient<Channel>,
     pub bus: SignalBus,
     pub limits: Limits,
+    pub metrics: RelayMetrics,
 }
 
 struct State {
@@ -82,12 +84,20 @@ struct State {
     gateway: CallServiceClient<Channel>,
     bus: SignalBus,
     calls: HashMap<String, KnownCall>,
+    metrics: RelayMetrics,
 }
 
 impl Connection {
     pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
-        let Connection { mut socket, mut registration, token, gateway, bus, limits } = self;
-        let mut state = State { user_id: registration.user_id.clone(), token, gateway, bus, calls: HashMap::new() };
+        let Connection { mut socket, mut registration, token, gateway, bus, limits, metrics } = self;
+        let mut state = State {
+            user_id: registration.user_id.clone(),
+            token,
+            gateway,
+            bus,
+            calls: HashMap::new(),
+            metrics: metrics.clone(),
+        };
         let hello = serde_json::json!({"type": "hello", "user_id": state.user_id, "connection_id": registration.id});
         if send(&mut socket, hello.to_string()).await.is_err() {
             return;
@@ -151,6 +161,7 @@ impl Connection {
             }
         };
         let (code, reason): (u16, &'static str) = flow;
+        metrics.closes.get_or_create(&TypeLabel { r#type: code.to_string() }).inc();
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         let _ = socket.send(Message::Close(Some(frame))).await;
     }
@@ -297,7 +308,10 @@ impl State {
                 }
                 vec![ack.to_string()]
             }
-            Err(f) => vec![protocol::error(id, &f.code, &f.message)],
+            Err(f) => {
+                self.metrics.errors.get_or_create(&TypeLabel { r#type: f.code.clone() }).inc();
+                vec![protocol::error(id, &f.code, &f.message)]
+            }
         }
     }
 
@@ -460,6 +474,7 @@ impl State {
         if !known.live {
             return Err(Failure::new("failed_precondition", "call is over".into()));
         }
+        let started = Instant::now();
         let seq = self
             .bus
             .publish_signal(Outgoing {
@@ -477,6 +492,8 @@ impl State {
                     Failure::new("unavailable", "signaling is unavailable, retry".into())
                 }
             })?;
+        self.metrics.signal_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics.signals.get_or_create(&TypeLabel { r#type: signal_type.as_str().to_owned() }).inc();
         Ok(serde_json::json!({"seq": seq}))
     }
 }

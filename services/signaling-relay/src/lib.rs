@@ -8,6 +8,7 @@
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod startup;
 

@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
@@ -23,6 +24,7 @@ use crate::{
     config::RelayConfig,
     connection::{Connection, Limits},
     hub::Hub,
+    metrics::RelayMetrics,
 };
 
 /// The subprotocol the relay speaks; clients offer it (and may carry their token as
@@ -43,6 +45,8 @@ struct AppState {
     gateway: CallServiceClient<tonic::transport::Channel>,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
+    metrics: RelayMetrics,
+    registry: Arc<Registry>,
 }
 
 pub struct Application {
@@ -75,7 +79,11 @@ impl Application {
         let grace = config.shutdown_grace;
         let max_connections = config.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
+        let mut registry = Registry::default();
+        let metrics = RelayMetrics::new(&mut registry);
         let state = AppState {
+            metrics,
+            registry: Arc::new(registry),
             keys: JwtKeys::new(config.jwt_secret.clone()),
             config: Arc::new(config),
             hub: hub.clone(),
@@ -90,6 +98,7 @@ impl Application {
             .route("/{file}", get(|axum::extract::Path(file): axum::extract::Path<String>| web(file)))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
+            .route("/metrics", get(serve_metrics))
             .with_state(state);
         tracing::info!(addr = ?listener.local_addr().ok(), "signaling relay listening");
         let stop = shutdown.clone();
@@ -120,6 +129,15 @@ async fn web(file: impl AsRef<str>) -> Response {
         _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
     };
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn serve_metrics(State(state): State<AppState>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
@@ -204,8 +222,11 @@ async fn upgrade(
                     gateway: state.gateway.clone(),
                     bus: state.bus.clone(),
                     limits,
+                    metrics: state.metrics.clone(),
                 };
+                state.metrics.connections.inc();
                 connection.run(state.shutdown.clone()).await;
+                state.metrics.connections.dec();
             }
             Err(error) => {
                 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};

@@ -43,6 +43,7 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
         outbox_batch_size: 100,
         outbox_poll_interval: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(5),
+        ops_listen_addr: None,
     }
 }
 

@@ -123,3 +123,44 @@ fn the_binary_names_every_bad_variable_and_exits_2() {
     }
     assert!(!stderr.contains("short"), "secrets are never printed:\n{stderr}");
 }
+
+#[tokio::test]
+async fn the_operations_endpoint_reports_readiness_and_metrics() {
+    let exchange = videocall_testkit::unique_name("videocall.events.test");
+    let mut tap = crate::helpers::EventTap::bind(&exchange).await;
+    let mut cfg = config(videocall_testkit::fresh_database().await, &exchange);
+    cfg.ops_listen_addr = Some("127.0.0.1:0".parse().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let app = api_gateway::Application::build(cfg, &shutdown).await.expect("builds");
+    let (addr, ops) = (app.local_addr(), app.ops_addr().expect("ops endpoint bound"));
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let mut client = videocall_proto::v1::call_service_client::CallServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let keys =
+        videocall_platform::auth::JwtKeys::new(videocall_platform::config::Secret::new(crate::helpers::JWT_SECRET));
+    let token = keys.mint("alice", videocall_platform::auth::Role::User, chrono::Utc::now().timestamp() + 60);
+    let req =
+        pb::InitiateCallRequest { callee_id: "bob".into(), call_type: CallType::Support as i32, ..Default::default() };
+    client.initiate_call(crate::helpers::with_token(&token, req)).await.expect("initiate");
+    tap.take(1).await;
+
+    let mut seen = None;
+    for _ in 0..100 {
+        if let Some((200, body)) = videocall_testkit::http_get(ops, "/metrics").await
+            && body.contains("videocall_outbox_published_total 1")
+            && body.contains("videocall_live_calls{status=\"initiated\"} 1")
+        {
+            seen = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = seen.expect("metrics show the published event and the live call");
+    assert!(body.contains("videocall_outbox_backlog 0"), "{body}");
+    assert_eq!(videocall_testkit::http_get(ops, "/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(videocall_testkit::http_get(ops, "/healthz").await.map(|r| r.0), Some(200));
+    shutdown.cancel();
+    handle.await.expect("joins").expect("clean stop");
+}

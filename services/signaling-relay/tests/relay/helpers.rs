@@ -82,6 +82,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         outbox_batch_size: 100,
         outbox_poll_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(2),
+        ops_listen_addr: None,
     };
     let gateway_app = api_gateway::Application::build(gateway_config, &shutdown).await.expect("gateway builds");
     let gateway = gateway_app.local_addr();

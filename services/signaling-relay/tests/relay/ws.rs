@@ -66,6 +66,11 @@ async fn a_call_across_two_relays_from_initiate_to_hangup() {
     }
     let late = bob.request(json!({"type": "offer", "call_id": call_id, "sdp": SDP})).await;
     assert_eq!((late["type"].as_str(), late["code"].as_str()), (Some("error"), Some("failed_precondition")), "{late}");
+    // Relay 0 holds alice's socket and relayed her offer.
+    let (status, metrics) = videocall_testkit::http_get(fleet.relays[0], "/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("videocall_relay_signals_total{type=\"offer\"} 1"), "{metrics}");
+    assert!(metrics.contains("videocall_relay_connections 1"), "{metrics}");
     fleet.stop().await;
 }
 

@@ -1,0 +1,45 @@
+//! What the relay exposes on `/metrics`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+/// Shared handles; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    pub connections: Gauge,
+    pub signals: Family<TypeLabel, Counter>,
+    pub errors: Family<TypeLabel, Counter>,
+    pub closes: Family<TypeLabel, Counter>,
+    /// Time from a signal frame's arrival to its publication on Redis.
+    pub signal_latency: Histogram,
+}
+
+impl RelayMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            connections: Gauge::default(),
+            signals: Family::default(),
+            errors: Family::default(),
+            closes: Family::default(),
+            signal_latency: Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+        };
+        registry.register("videocall_relay_connections", "Open WebSocket connections", m.connections.clone());
+        registry.register("videocall_relay_signals", "Signals relayed, by type", m.signals.clone());
+        registry.register("videocall_relay_errors", "Error frames sent, by code", m.errors.clone());
+        registry.register("videocall_relay_closes", "Sockets the relay closed, by close code", m.closes.clone());
+        registry.register(
+            "videocall_relay_signal_publish_seconds",
+            "From a signal frame's arrival to its publication on the signal bus",
+            m.signal_latency.clone(),
+        );
+        m
+    }
+}
