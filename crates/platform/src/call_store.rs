@@ -230,10 +230,10 @@ impl CallStore {
         Ok(())
     }
 
+    /// Inserts first and looks the request id up only when a unique constraint fails: a repeat
+    /// of a live call collides on the caller's live-party row, a repeat of a finished one on
+    /// `(caller_id, request_id)`. One query less on the common path.
     async fn initiate_inner(&self, new: NewCall, offer: Option<Uuid>, actor_id: &str) -> Result<Initiated, StoreError> {
-        if let Some(call) = self.find_by_request(&new.caller_id, &new.request_id).await? {
-            return Ok(Initiated { call, created: false });
-        }
         let now = Utc::now().trunc_subsecs(6);
         let call = CallRecord {
             id: Uuid::now_v7(),
@@ -278,21 +278,6 @@ impl CallStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
-        if let Some(offer_id) = offer {
-            let taken = support_offers::Entity::update_many()
-                .col_expr(support_offers::Column::Status, Expr::value("accepted"))
-                .col_expr(support_offers::Column::CallId, Expr::value(call.id))
-                .filter(support_offers::Column::Id.eq(offer_id))
-                .filter(support_offers::Column::CustomerId.eq(&call.caller_id))
-                .filter(support_offers::Column::Status.eq("offered"))
-                .filter(support_offers::Column::ExpiresAt.gt(now))
-                .exec(&txn)
-                .await?;
-            if taken.rows_affected == 0 {
-                txn.rollback().await?;
-                return Err(StoreError::OfferUnavailable(offer_id));
-            }
-        }
         let parties = [&call.caller_id, &call.callee_id].map(|user| live_call_parties::ActiveModel {
             user_id: Set(user.clone()),
             call_id: Set(call.id),
@@ -320,6 +305,22 @@ impl CallStore {
         })
         .exec_without_returning(&txn)
         .await?;
+        // After the inserts, so a repeated request collides on them and returns its call.
+        if let Some(offer_id) = offer {
+            let taken = support_offers::Entity::update_many()
+                .col_expr(support_offers::Column::Status, Expr::value("accepted"))
+                .col_expr(support_offers::Column::CallId, Expr::value(call.id))
+                .filter(support_offers::Column::Id.eq(offer_id))
+                .filter(support_offers::Column::CustomerId.eq(&call.caller_id))
+                .filter(support_offers::Column::Status.eq("offered"))
+                .filter(support_offers::Column::ExpiresAt.gt(now))
+                .exec(&txn)
+                .await?;
+            if taken.rows_affected == 0 {
+                txn.rollback().await?;
+                return Err(StoreError::OfferUnavailable(offer_id));
+            }
+        }
         self.record_change(&txn, call, None, actor_id, now).await?;
         txn.commit().await?;
         Ok(())

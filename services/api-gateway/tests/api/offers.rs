@@ -101,3 +101,16 @@ async fn expired_foreign_and_malformed_offers_are_refused_and_change_nothing() {
     assert_eq!(call.callee_id, "agent-9");
     app.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn retrying_the_same_request_returns_the_offer_call() {
+    let app = spawn_app().await;
+    let mut client = app.client().await;
+    let id = offer(&app, "carol", Some("agent-7"), Duration::minutes(15)).await;
+    let request = pb::InitiateCallRequest { request_id: "retry-1".into(), ..take(id) };
+    let first = client.initiate_call(app.as_user("carol", request.clone())).await.expect("first").into_inner().call;
+    let again = client.initiate_call(app.as_user("carol", request)).await.expect("retry").into_inner().call;
+    assert_eq!(first, again, "a retry of the same request is the same call, not a refusal");
+    assert_eq!(app.count(calls::Entity).await, 1);
+    app.stop().await.expect("clean stop");
+}
