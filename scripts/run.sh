@@ -35,6 +35,7 @@ trap stop EXIT INT TERM
 "$bins/api-gateway" & pids+=($!)
 "$bins/missed-call-sweeper" & pids+=($!)
 "$bins/event-consumer" & pids+=($!)
+"$bins/quality-aggregator" & pids+=($!)
 HTTP_LISTEN_ADDR="${HTTP_LISTEN_ADDR:-127.0.0.1:8080}" GATEWAY_URL="http://$GRPC_LISTEN_ADDR" "$bins/signaling-relay" & pids+=($!)
 
 cat >&2 <<MSG
