@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use videocall_migrations::{Migrator, MigratorTrait};
 
@@ -31,8 +31,24 @@ pub async fn connect_and_migrate(url: &str, shutdown: &CancellationToken) -> any
             }
         }
     };
-    Migrator::up(&db, None).await.map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
+    migrate(&db).await.map_err(|e| anyhow::anyhow!("migrations failed: {e}"))?;
     Ok(db)
+}
+
+/// Key of the PostgreSQL advisory lock that serialises migrations.
+const MIGRATION_LOCK: i64 = 0x5643_4d49_4752; // "VCMIGR"
+
+/// Brings the schema current. On PostgreSQL several services starting at once against a fresh
+/// database would race on `CREATE TABLE`; a transaction-scoped advisory lock lets one migrate
+/// while the others wait and then find nothing to do.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")).await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
 }
 
 /// Cheap readiness probe.
