@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod ice;
+pub mod inbox_worker;
 pub mod ops;
 pub mod outbox_relay;
 pub mod quality_sample;
