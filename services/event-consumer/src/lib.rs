@@ -14,14 +14,14 @@ pub mod effects;
 pub mod messages;
 
 use prometheus_client::registry::Registry;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use videocall_platform::ops::{OpsServer, Readiness};
 
 use anyhow::Context;
 use lapin::Connection;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{amqp, backoff::Backoff, db};
+use videocall_platform::{amqp, db};
 
 pub use config::{ConsumerArgs, ConsumerConfig, QueueBinding};
 use consumer::{ConsumerMetrics, QueueConsumer, Settings};
@@ -45,31 +45,11 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
         prefetch: config.prefetch,
         max_retries: config.max_retries,
     };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    while !shutdown.is_cancelled() {
-        let Some(connection) = amqp::connect(&config.amqp_url, &config.common.service_name, &shutdown).await else {
-            break;
-        };
-        let started = Instant::now();
+    amqp::run_sessions(&config.amqp_url, &config.common.service_name, &shutdown, &ready, |connection| async {
         let result = session(&connection, &config, &effects, &settings, &metrics, &ready, &shutdown).await;
-        ready.set(false);
-        let _ = connection.close(200, "shutting down".into()).await;
-        if let Err(error) = result {
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff.reset(); // it worked for a while: this is a fresh failure
-            }
-            let delay = backoff.next_delay();
-            tracing::warn!(
-                error = format!("{error:#}"),
-                retry_in_ms = delay.as_millis() as u64,
-                "broker session ended; reconnecting"
-            );
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
+        (connection, result)
+    })
+    .await;
     tracing::info!("event-consumer stopped");
     db.close_by_ref().await.ok();
     ops_task.await??;
