@@ -1,5 +1,10 @@
 //! Helpers for black-box tests against the real PostgreSQL and RabbitMQ: a fresh database per
-//! test, and a tap that sees every event published on an exchange.
+//! test, and a tap that sees every event published on an exchange; a coturn, headless Chromium
+//! and a WebSocket client for the signaling tests.
+
+pub mod browser;
+pub mod coturn;
+pub mod ws;
 
 use std::time::Duration;
 
@@ -191,4 +196,30 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
 /// A TCP port that was free a moment ago, for child processes that must be told their port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A plain HTTP/1.1 POST on loopback with extra `headers`: status code and body.
+pub async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
 }

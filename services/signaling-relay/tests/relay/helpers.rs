@@ -1,13 +1,9 @@
-//! A fleet for tests: one gateway and N relays sharing a fresh database and a unique cell, plus a
-//! small WebSocket client.
+//! A fleet for tests: one gateway and N relays sharing a fresh database and a unique cell (the
+//! WebSocket client is the testkit's).
 
 use std::{net::SocketAddr, time::Duration};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use signaling_relay::RelayConfig;
-use tokio::net::TcpStream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 use tokio_util::sync::CancellationToken;
 use videocall_platform::{
     auth::{JwtKeys, Role},
@@ -16,6 +12,7 @@ use videocall_platform::{
     signal_bus::SignalBusConfig,
     telemetry::LogFormat,
 };
+pub use videocall_testkit::ws::Client;
 
 pub const JWT_SECRET: &str = "relay-test-secret-0123456789";
 
@@ -129,104 +126,4 @@ impl Fleet {
             task.await.expect("joins").expect("clean stop");
         }
     }
-}
-
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub user_id: String,
-    next_id: u64,
-    /// Frames read while waiting for a reply, handed out by `next` in order.
-    pending: std::collections::VecDeque<Value>,
-}
-
-impl Client {
-    pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut client = Self { ws, user_id: String::new(), next_id: 0, pending: Default::default() };
-        let hello = client.next_of("hello").await;
-        client.user_id = hello["user_id"].as_str().unwrap_or_default().to_owned();
-        Ok(client)
-    }
-
-    pub async fn send_raw(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.expect("send");
-    }
-
-    /// Sends `frame` with a fresh `id` and returns the ack or error that carries it.
-    pub async fn request(&mut self, mut frame: Value) -> Value {
-        self.next_id += 1;
-        let id = format!("m{}", self.next_id);
-        frame["id"] = id.clone().into();
-        self.send_raw(frame.to_string()).await;
-        loop {
-            let reply = self.read(Duration::from_secs(10)).await.expect("a reply");
-            if reply["id"] == id.as_str() && (reply["type"] == "ack" || reply["type"] == "error") {
-                return reply;
-            }
-            self.pending.push_back(reply);
-        }
-    }
-
-    /// The next JSON frame, or None after 10 s or on close.
-    pub async fn next(&mut self) -> Option<Value> {
-        self.next_within(Duration::from_secs(10)).await
-    }
-
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
-        match self.pending.pop_front() {
-            Some(frame) => Some(frame),
-            None => self.read(wait).await,
-        }
-    }
-
-    async fn read(&mut self, wait: Duration) -> Option<Value> {
-        loop {
-            let message = tokio::time::timeout(wait, self.ws.next()).await.ok()??.ok()?;
-            match message {
-                Message::Text(text) => return serde_json::from_str(text.as_str()).ok(),
-                Message::Close(_) => return None,
-                _ => continue,
-            }
-        }
-    }
-
-    /// Skips frames until one of `frame_type` arrives.
-    pub async fn next_of(&mut self, frame_type: &str) -> Value {
-        loop {
-            let frame = self.next().await.unwrap_or_else(|| panic!("no `{frame_type}` frame arrived"));
-            if frame["type"] == frame_type {
-                return frame;
-            }
-        }
-    }
-
-    /// The close code the server sends, reading past other frames.
-    pub async fn close_code(&mut self) -> Option<u16> {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.ok()?? {
-                Ok(Message::Close(Some(frame))) => return Some(u16::from(frame.code)),
-                Ok(Message::Close(None)) => return None,
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    }
-}
-
-/// Waits until a STUN/TURN server on `addr` answers a Binding request (coturn binds its port a
-/// little before it serves). Panics after 10 s.
-pub fn wait_until_stun_answers(addr: std::net::SocketAddr) {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
-    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-    // Binding request: type 0x0001, length 0, magic cookie, 12-byte transaction id.
-    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
-    request.extend_from_slice(&uuid::Uuid::now_v7().as_bytes()[..12]);
-    let mut buf = [0u8; 512];
-    for _ in 0..50 {
-        let _ = socket.send_to(&request, addr);
-        if socket.recv_from(&mut buf).is_ok() {
-            return;
-        }
-    }
-    panic!("no STUN answer from {addr}");
 }

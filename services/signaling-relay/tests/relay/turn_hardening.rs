@@ -78,7 +78,7 @@ impl Coturn {
             .expect("turnserver is installed (scripts/test.sh installs Debian's coturn)");
         for _ in 0..100 {
             if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
-                crate::helpers::wait_until_stun_answers(([127, 0, 0, 1], port).into());
+                videocall_testkit::coturn::wait_until_stun_answers(([127, 0, 0, 1], port).into());
                 return Self { child, addr: ([127, 0, 0, 1], port).into(), secret, dir };
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -2,12 +2,7 @@
 //! over host candidates, and relay-only through a real coturn with the ICE servers the gateway
 //! minted. coturn also proves that an expired credential is refused.
 
-use std::{
-    net::UdpSocket,
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -26,69 +21,9 @@ use webrtc::{
     },
 };
 
+use videocall_testkit::coturn::Coturn;
+
 use crate::helpers::{Client, FleetOptions, spawn_fleet};
-
-/// A coturn on loopback for one test, configured as docs/adr/0007 describes.
-pub struct Coturn {
-    child: Child,
-    port: u16,
-    pub secret: String,
-    _dir: std::path::PathBuf,
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-impl Coturn {
-    pub fn start() -> Self {
-        let port = free_udp_port();
-        let secret = format!("coturn-secret-{}", uuid::Uuid::now_v7().simple());
-        let dir = std::env::temp_dir().join(format!("coturn-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let empty = dir.join("turnserver.conf");
-        std::fs::write(&empty, "").expect("empty config");
-        let min_port = 20_000 + (port % 20_000);
-        let child = Command::new("turnserver")
-            .arg("-c")
-            .arg(&empty)
-            .args(["--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--use-auth-secret", "--realm=videocall.test"])
-            .arg(format!("--listening-port={port}"))
-            .arg(format!("--static-auth-secret={secret}"))
-            .arg(format!("--min-port={min_port}"))
-            .arg(format!("--max-port={}", min_port + 200))
-            .args(["--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--no-stdout-log"])
-            .arg(format!("--log-file={}", dir.join("turn.log").display()))
-            .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("turnserver is installed (scripts/test.sh installs Debian's coturn)");
-        let mut child = child;
-        // Ready once it holds its UDP port.
-        for _ in 0..100 {
-            if UdpSocket::bind(("127.0.0.1", port)).is_err() {
-                crate::helpers::wait_until_stun_answers(([127, 0, 0, 1], port).into());
-                return Self { child, port, secret, _dir: dir };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("turnserver did not start on port {port}");
-    }
-
-    pub fn url(&self) -> String {
-        format!("turn:127.0.0.1:{}?transport=udp", self.port)
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn ice_servers(json: &Value) -> Vec<RTCIceServer> {
     json.as_array()

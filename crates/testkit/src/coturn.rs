@@ -1,0 +1,88 @@
+//! A coturn on loopback for one test (Debian's `turnserver`, REST-API secret, relaying only to
+//! loopback peers), and a STUN probe that tells when a server answers.
+
+use std::{
+    net::UdpSocket,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// A coturn on loopback for one test, configured as docs/adr/0007 describes.
+pub struct Coturn {
+    child: Child,
+    port: u16,
+    pub secret: String,
+    _dir: std::path::PathBuf,
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl Coturn {
+    pub fn start() -> Self {
+        let port = free_udp_port();
+        let secret = format!("coturn-secret-{}", uuid::Uuid::now_v7().simple());
+        let dir = std::env::temp_dir().join(format!("coturn-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let empty = dir.join("turnserver.conf");
+        std::fs::write(&empty, "").expect("empty config");
+        let min_port = 20_000 + (port % 20_000);
+        let child = Command::new("turnserver")
+            .arg("-c")
+            .arg(&empty)
+            .args(["--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--use-auth-secret", "--realm=videocall.test"])
+            .arg(format!("--listening-port={port}"))
+            .arg(format!("--static-auth-secret={secret}"))
+            .arg(format!("--min-port={min_port}"))
+            .arg(format!("--max-port={}", min_port + 200))
+            .args(["--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--no-stdout-log"])
+            .arg(format!("--log-file={}", dir.join("turn.log").display()))
+            .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnserver is installed (scripts/test.sh installs Debian's coturn)");
+        let mut child = child;
+        // Ready once it holds its UDP port.
+        for _ in 0..100 {
+            if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                wait_until_stun_answers(([127, 0, 0, 1], port).into());
+                return Self { child, port, secret, _dir: dir };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("turnserver did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("turn:127.0.0.1:{}?transport=udp", self.port)
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a STUN/TURN server on `addr` answers a Binding request (coturn binds its port a
+/// little before it serves). Panics after 10 s.
+pub fn wait_until_stun_answers(addr: std::net::SocketAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    // Binding request: type 0x0001, length 0, magic cookie, 12-byte transaction id.
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    request.extend_from_slice(&uuid::Uuid::now_v7().as_bytes()[..12]);
+    let mut buf = [0u8; 512];
+    for _ in 0..50 {
+        let _ = socket.send_to(&request, addr);
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("no STUN answer from {addr}");
+}
