@@ -8,7 +8,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
-use crate::config::Secret;
+use crate::config::{Checker, Secret, split_list};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IceServer {
@@ -57,6 +57,51 @@ pub fn turn_password(secret: &Secret, username: &str) -> String {
 }
 
 /// A URL list entry is usable as an ICE server URL.
+/// The ICE settings shared by the gateway and the standalone binary (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IceArgs {
+    /// Comma separated STUN URLs handed to clients, e.g. `stun:stun.example.com:3478`.
+    #[arg(long, env = "STUN_SERVERS", default_value = "")]
+    pub stun_servers: String,
+    /// Comma separated TURN URLs, e.g. `turn:turn.example.com:3478?transport=udp`.
+    #[arg(long, env = "TURN_SERVER", default_value = "")]
+    pub turn_server: String,
+    /// coturn `static-auth-secret`; required with TURN_SERVER.
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of minted TURN credentials.
+    #[arg(long, env = "TURN_TTL_SECS", default_value = "3600")]
+    pub turn_ttl_secs: String,
+}
+
+impl IceArgs {
+    /// Checks every setting, reporting each bad one to `c`; `None` when one was bad.
+    pub fn check(&self, c: &mut Checker) -> Option<IceConfig> {
+        let stun_urls = split_list(&self.stun_servers);
+        let stun_ok = stun_urls.iter().all(|u| is_ice_url(u, &["stun", "stuns"]));
+        c.check("STUN_SERVERS", stun_ok, "every entry must be a stun: or stuns: URL");
+        let turn_urls = split_list(&self.turn_server);
+        let turn_ok = turn_urls.iter().all(|u| is_ice_url(u, &["turn", "turns"]));
+        c.check("TURN_SERVER", turn_ok, "every entry must be a turn: or turns: URL");
+        let turn_secret = self.turn_secret.clone().filter(|s| !s.is_empty());
+        let secret_ok = c.check(
+            "TURN_SECRET",
+            turn_urls.is_empty() || turn_secret.is_some(),
+            "is required when TURN_SERVER is set",
+        );
+        let turn_ttl = c
+            .parse::<u64>("TURN_TTL_SECS", &self.turn_ttl_secs)
+            .filter(|ttl| c.check("TURN_TTL_SECS", (60..=86_400).contains(ttl), "must be between 60 and 86400"));
+        let turn_ttl = Duration::from_secs(turn_ttl?);
+        (stun_ok && turn_ok && secret_ok).then(|| IceConfig {
+            stun_urls,
+            turn_urls,
+            turn_secret: turn_secret.map(Secret::new),
+            turn_ttl,
+        })
+    }
+}
+
 pub fn is_ice_url(url: &str, schemes: &[&str]) -> bool {
     schemes.iter().any(|s| url.strip_prefix(s).and_then(|rest| rest.strip_prefix(':')).is_some_and(|h| !h.is_empty()))
 }

@@ -11,6 +11,8 @@ pub mod db;
 pub mod events;
 pub mod ice;
 pub mod inbox_worker;
+pub mod local_events;
+pub mod local_signal_bus;
 pub mod ops;
 pub mod outbox_relay;
 pub mod quality_sample;

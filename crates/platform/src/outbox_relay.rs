@@ -1,6 +1,7 @@
 //! The outbox relay: publishes committed outbox rows to RabbitMQ with publisher confirms and marks
 //! them sent only after a clean ack. Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number
 //! of replicas can run it; an unroutable or refused message is retried later with backoff.
+//! In the standalone mode it hands the rows to in-process consumers instead ([`LocalEvents`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,8 +13,8 @@ use lapin::{
 };
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
     sea_query::{Expr, LockBehavior, LockType},
 };
 use tokio::sync::{Notify, watch};
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use videocall_entities::outbox;
 
-use crate::{amqp, backoff::Backoff};
+use crate::{amqp, backoff::Backoff, local_events::LocalEvents};
 
 #[derive(Debug, Clone)]
 pub struct OutboxRelayConfig {
@@ -48,6 +49,8 @@ pub struct OutboxRelay {
     state: watch::Sender<RelayState>,
     published: Counter,
     postponed: Counter,
+    /// Deliver to these in-process consumers instead of RabbitMQ.
+    local: Option<Arc<LocalEvents>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +70,16 @@ impl OutboxRelay {
             state: watch::Sender::new(RelayState::Connecting),
             published: Counter::default(),
             postponed: Counter::default(),
+            local: None,
         }
+    }
+
+    /// Delivers to in-process consumers instead of RabbitMQ (the standalone mode; one relay per
+    /// database, as a SQLite file has one writer). `amqp_url` is not used; events nobody in the
+    /// process listens to count as sent, since no one outside can listen.
+    pub fn deliver_in_process(mut self, events: Arc<LocalEvents>) -> Self {
+        self.local = Some(events);
+        self
     }
 
     /// Registers `videocall_outbox_published_total` and `videocall_outbox_postponed_total`.
@@ -86,6 +98,10 @@ impl OutboxRelay {
 
     /// Runs until `shutdown`; reconnects to the broker with backoff whenever the channel fails.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(events) = self.local.clone() {
+            self.run_in_process(&events, &shutdown).await;
+            return Ok(());
+        }
         let mut db_backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             self.state.send_replace(RelayState::Connecting);
@@ -130,6 +146,65 @@ impl OutboxRelay {
             let _ = connection.close(200, "shutting down".into()).await;
         }
         Ok(())
+    }
+
+    async fn run_in_process(&self, events: &LocalEvents, shutdown: &CancellationToken) {
+        self.state.send_replace(RelayState::Connected);
+        tracing::info!(exchange = %self.config.exchange, "outbox relay delivering in process");
+        let mut db_backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            match self.deliver_batch(events).await {
+                Ok(n) => {
+                    db_backoff.reset();
+                    if n as u64 >= self.config.batch_size {
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    let delay = db_backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox read failed");
+                    sleep_or_stop(delay, shutdown).await;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Hands up to `batch_size` due rows to the in-process consumers, oldest first, marking each
+    /// sent once its consumers applied it. No transaction is held while a consumer runs: the
+    /// consumers write to the same database (and a SQLite pool has one connection).
+    async fn deliver_batch(&self, events: &LocalEvents) -> Result<usize, sea_orm::DbErr> {
+        let rows = outbox::Entity::find()
+            .filter(outbox::Column::PublishedAt.is_null())
+            .filter(outbox::Column::AvailableAt.lte(Utc::now()))
+            .order_by_asc(outbox::Column::Id)
+            .limit(self.config.batch_size)
+            .all(&self.db)
+            .await?;
+        for row in &rows {
+            let id = row.id.to_string();
+            match events.deliver(&self.config.exchange, &row.routing_key, Some(&id), row.payload.as_bytes()).await {
+                Ok(delivery) => {
+                    tracing::debug!(event_type = %row.event_type, consumers = delivery.consumers, "event delivered in process");
+                    outbox::Entity::update_many()
+                        .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
+                        .filter(outbox::Column::Id.eq(row.id))
+                        .exec(&self.db)
+                        .await?;
+                    self.published.inc();
+                }
+                Err(postponed) => {
+                    tracing::warn!(event_type = %row.event_type, reason = %postponed, "event postponed");
+                    self.postpone(&self.db, row.id, row.attempts, &postponed.to_string()).await?;
+                    self.postponed.inc();
+                }
+            }
+        }
+        Ok(rows.len())
     }
 
     async fn open_channel(&self, connection: &lapin::Connection) -> Result<Channel, lapin::Error> {
@@ -230,7 +305,7 @@ impl OutboxRelay {
 
     async fn postpone(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &impl ConnectionTrait,
         id: Uuid,
         attempts: i32,
         reason: &str,

@@ -1,11 +1,12 @@
-//! The signal bus on Redis: a signal gets the call's next sequence number (consecutive within a
+//! The signal bus (on Redis, or in-process for the standalone mode): a signal gets the call's next sequence number (consecutive within a
 //! call, and still increasing after a Redis restart), lands in the call's
 //! capped, expiring log (for replay) and is published on the receiver's user channel — all in one
 //! Lua script, so log order is sequence order. Pub/Sub loses what a disconnected subscriber
 //! missed; the log is how it catches up.
 
-use std::time::Duration;
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use futures_util::StreamExt;
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use serde::Serialize;
 
@@ -49,21 +50,31 @@ pub struct SignalBusConfig {
     pub log_ttl: Duration,
 }
 
-/// Publishes signals and notices, and reads the replay log. Cheap to clone; the connection
-/// reconnects by itself.
+/// Publishes signals and notices, reads the replay log and hands out subscribers. Two backends:
+/// Redis (the fleet: every relay and gateway replica shares it) and in-process (the standalone
+/// `videocall` binary: one process, no Redis), with the same sequencing, log and delivery rules.
+/// Cheap to clone; the Redis connection reconnects by itself.
 #[derive(Clone)]
 pub struct SignalBus {
-    conn: ConnectionManager,
     config: SignalBusConfig,
-    script: Script,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redis { conn: ConnectionManager, script: Script },
+    InProcess(Arc<crate::local_signal_bus::LocalSignalBus>),
 }
 
 impl std::fmt::Debug for SignalBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignalBus").field("config", &self.config).finish_non_exhaustive()
+        let backend = match self.backend {
+            Backend::Redis { .. } => "redis",
+            Backend::InProcess(_) => "in-process",
+        };
+        f.debug_struct("SignalBus").field("backend", &backend).field("config", &self.config).finish_non_exhaustive()
     }
 }
-
 /// One signal to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Outgoing<'a> {
@@ -78,7 +89,28 @@ impl SignalBus {
     pub async fn connect(config: SignalBusConfig) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let conn = ConnectionManager::new(client).await?;
-        Ok(Self { conn, config, script: Script::new(PUBLISH_SIGNAL) })
+        Ok(Self { config, backend: Backend::Redis { conn, script: Script::new(PUBLISH_SIGNAL) } })
+    }
+
+    /// A Redis bus that connects on first use (for services to which signals are incidental, such
+    /// as the event consumer's notices); commands time out after 2 s so a dead Redis holds nothing.
+    pub fn connect_lazy(config: SignalBusConfig) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        Ok(Self { config, backend: Backend::Redis { conn, script: Script::new(PUBLISH_SIGNAL) } })
+    }
+
+    /// A bus inside this process, for the standalone mode: every clone of it (the gateway's, the
+    /// relay's, the event consumer's) shares one log and one set of subscribers. `redis_url` is
+    /// not used.
+    pub fn in_process(config: SignalBusConfig) -> Self {
+        let local = crate::local_signal_bus::LocalSignalBus::new(config.log_capacity, config.log_ttl);
+        Self { config, backend: Backend::InProcess(Arc::new(local)) }
     }
 
     /// Connects, waiting (with backoff) while Redis is unreachable, until `shutdown`.
@@ -110,9 +142,12 @@ impl SignalBus {
     pub async fn publish_signal(&self, s: Outgoing<'_>) -> Result<u64, BusError> {
         let tail = frame_tail(s.signal_type, s.call_id, s.from, s.to, s.payload)?;
         let cell = &self.config.cell_id;
-        let mut conn = self.conn.clone();
-        let seq: u64 = self
-            .script
+        let (conn, script) = match &self.backend {
+            Backend::Redis { conn, script } => (conn, script),
+            Backend::InProcess(local) => return Ok(local.publish_signal(s.call_id, s.to, &tail)),
+        };
+        let mut conn = conn.clone();
+        let seq: u64 = script
             .key(call_seq(cell, s.call_id))
             .key(call_log(cell, s.call_id))
             .key(user_channel(cell, s.to))
@@ -127,15 +162,29 @@ impl SignalBus {
     /// Publishes any server frame (call state, notices) to a user's channel, without logging it.
     pub async fn publish_to_user<T: Serialize>(&self, user_id: &str, frame: &T) -> Result<(), BusError> {
         let json = serde_json::to_string(frame).map_err(|_| SignalError::BadCandidate)?;
-        let mut conn = self.conn.clone();
-        let _: i64 = conn.publish(user_channel(&self.config.cell_id, user_id), json).await?;
+        self.publish_json_to_user(user_id, json).await
+    }
+
+    /// Publishes an already encoded server frame to a user's channel, without logging it.
+    pub async fn publish_json_to_user(&self, user_id: &str, json: String) -> Result<(), BusError> {
+        match &self.backend {
+            Backend::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let _: i64 = conn.publish(user_channel(&self.config.cell_id, user_id), json).await?;
+            }
+            Backend::InProcess(local) => local.deliver(user_id, Arc::from(json)),
+        }
         Ok(())
     }
 
     /// The logged signals of `call_id` addressed to `user_id` with a sequence number above
     /// `after_seq`, oldest first, as the frames were published.
     pub async fn replay(&self, call_id: &str, user_id: &str, after_seq: u64) -> Result<Vec<(u64, String)>, BusError> {
-        let mut conn = self.conn.clone();
+        let conn = match &self.backend {
+            Backend::Redis { conn, .. } => conn,
+            Backend::InProcess(local) => return Ok(local.replay(call_id, user_id, after_seq)),
+        };
+        let mut conn = conn.clone();
         let frames: Vec<String> = conn.lrange(call_log(&self.config.cell_id, call_id), 0, -1).await?;
         Ok(frames
             .into_iter()
@@ -146,12 +195,91 @@ impl SignalBus {
             .collect())
     }
 
-    /// A new Pub/Sub connection (subscribers need their own).
-    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
-        redis::Client::open(self.config.redis_url.as_str())?.get_async_pubsub().await
+    /// A new subscriber (on Redis, its own Pub/Sub connection): subscribe it to users and read
+    /// the frames published to them.
+    pub async fn subscriber(&self) -> Result<Subscriber, BusError> {
+        let inner = match &self.backend {
+            Backend::Redis { .. } => {
+                let pubsub = redis::Client::open(self.config.redis_url.as_str())?.get_async_pubsub().await?;
+                let (sink, stream) = pubsub.split();
+                SubscriberInner::Redis { sink, stream }
+            }
+            Backend::InProcess(local) => SubscriberInner::InProcess { rx: local.receiver(), users: HashSet::new() },
+        };
+        Ok(Subscriber { prefix: user_channel(&self.config.cell_id, ""), inner })
     }
 
-    pub fn user_channel(&self, user_id: &str) -> String {
-        user_channel(&self.config.cell_id, user_id)
+    /// Whether this bus lives in this process (no Redis).
+    pub fn is_in_process(&self) -> bool {
+        matches!(self.backend, Backend::InProcess(_))
+    }
+}
+
+/// Reads the frames published to the users it is subscribed to.
+pub struct Subscriber {
+    /// Channel name of a user, without the user id.
+    prefix: String,
+    inner: SubscriberInner,
+}
+
+enum SubscriberInner {
+    Redis { sink: redis::aio::PubSubSink, stream: redis::aio::PubSubStream },
+    InProcess { rx: tokio::sync::broadcast::Receiver<crate::local_signal_bus::Published>, users: HashSet<Arc<str>> },
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// Frames published to `user_id` from now on are read by [`Self::next`].
+    pub async fn subscribe(&mut self, user_id: &str) -> Result<(), BusError> {
+        match &mut self.inner {
+            SubscriberInner::Redis { sink, .. } => sink.subscribe(format!("{}{user_id}", self.prefix)).await?,
+            SubscriberInner::InProcess { users, .. } => {
+                users.insert(Arc::from(user_id));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn unsubscribe(&mut self, user_id: &str) -> Result<(), BusError> {
+        match &mut self.inner {
+            SubscriberInner::Redis { sink, .. } => sink.unsubscribe(format!("{}{user_id}", self.prefix)).await?,
+            SubscriberInner::InProcess { users, .. } => {
+                users.remove(user_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next frame for a subscribed user: `(user_id, frame)`. `None` means frames may have been
+    /// lost (the Redis connection dropped, or this in-process subscriber fell too far behind):
+    /// make a new subscriber and catch up from the replay log.
+    pub async fn next(&mut self) -> Option<(String, Arc<str>)> {
+        match &mut self.inner {
+            SubscriberInner::Redis { stream, .. } => loop {
+                let message = stream.next().await?;
+                let Ok(payload) = message.get_payload::<String>() else { continue };
+                if let Some(user) = message.get_channel_name().strip_prefix(&self.prefix) {
+                    return Some((user.to_owned(), Arc::from(payload)));
+                }
+            },
+            SubscriberInner::InProcess { rx, users } => loop {
+                match rx.recv().await {
+                    Ok(published) if users.contains(&published.user_id) => {
+                        return Some((published.user_id.to_string(), published.frame));
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "in-process subscriber fell behind; it must resync");
+                        return None;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        }
     }
 }

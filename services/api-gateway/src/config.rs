@@ -5,8 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use videocall_domain::CallType;
 use videocall_platform::{
-    config::{Checker, Common, CommonArgs, ConfigError, Secret, split_list},
-    ice::{IceConfig, is_ice_url},
+    config::{Checker, Common, CommonArgs, ConfigError, Secret},
+    ice::{IceArgs, IceConfig},
     signal_bus::SignalBusConfig,
 };
 
@@ -42,18 +42,8 @@ pub struct GatewayArgs {
     /// HS256 secret of the bearer tokens (at least 16 bytes).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Comma separated STUN URLs handed to clients, e.g. `stun:stun.example.com:3478`.
-    #[arg(long, env = "STUN_SERVERS", default_value = "")]
-    pub stun_servers: String,
-    /// Comma separated TURN URLs, e.g. `turn:turn.example.com:3478?transport=udp`.
-    #[arg(long, env = "TURN_SERVER", default_value = "")]
-    pub turn_server: String,
-    /// coturn `static-auth-secret`; required with TURN_SERVER.
-    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
-    pub turn_secret: Option<String>,
-    /// Lifetime of minted TURN credentials.
-    #[arg(long, env = "TURN_TTL_SECS", default_value = "3600")]
-    pub turn_ttl_secs: String,
+    #[command(flatten)]
+    pub ice: IceArgs,
     /// Ring timeout of every call type without its own.
     #[arg(long, env = "RING_TIMEOUT_SECS", default_value = "45")]
     pub ring_timeout_secs: String,
@@ -139,18 +129,7 @@ impl GatewayArgs {
         if let Some(secret) = &jwt_secret {
             c.check("JWT_SECRET", secret.len() >= 16, "must be at least 16 bytes");
         }
-        let stun_urls = split_list(&self.stun_servers);
-        let stun_ok = stun_urls.iter().all(|u| is_ice_url(u, &["stun", "stuns"]));
-        c.check("STUN_SERVERS", stun_ok, "every entry must be a stun: or stuns: URL");
-        let turn_urls = split_list(&self.turn_server);
-        let turn_ok = turn_urls.iter().all(|u| is_ice_url(u, &["turn", "turns"]));
-        c.check("TURN_SERVER", turn_ok, "every entry must be a turn: or turns: URL");
-        let turn_secret = self.turn_secret.clone().filter(|s| !s.is_empty());
-        c.check("TURN_SECRET", turn_urls.is_empty() || turn_secret.is_some(), "is required when TURN_SERVER is set");
-        let turn_ttl = c.parse::<u64>("TURN_TTL_SECS", &self.turn_ttl_secs);
-        if let Some(ttl) = turn_ttl {
-            c.check("TURN_TTL_SECS", (60..=86_400).contains(&ttl), "must be between 60 and 86400");
-        }
+        let ice = self.ice.check(&mut c);
         let ring = |c: &mut Checker, var: &str, raw: &str| {
             let secs = c.parse::<i32>(var, raw)?;
             c.check(var, (5..=600).contains(&secs), "must be between 5 and 600 seconds").then_some(secs)
@@ -188,12 +167,7 @@ impl GatewayArgs {
             },
             grpc_listen_addr: grpc_listen_addr.ok_or_else(missing)?,
             jwt_secret: Secret::new(jwt_secret.ok_or_else(missing)?),
-            ice: IceConfig {
-                stun_urls,
-                turn_urls,
-                turn_secret: turn_secret.map(Secret::new),
-                turn_ttl: Duration::from_secs(turn_ttl.ok_or_else(missing)?),
-            },
+            ice: ice.ok_or_else(missing)?,
             ring_timeouts: RingTimeouts {
                 support: support.ok_or_else(missing)?,
                 sales: sales.ok_or_else(missing)?,

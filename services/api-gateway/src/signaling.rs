@@ -1,7 +1,6 @@
-//! SendSignal and SubscribeToSignals: signals go through the Redis signal bus, so a party on the
+//! SendSignal and SubscribeToSignals: signals go through the signal bus (Redis in the fleet), so a party on the
 //! WebSocket relay and a party on gRPC reach each other. Also pushes call state to both parties.
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -100,8 +99,8 @@ pub async fn subscribe(
 ) -> Result<ReceiverStream<Result<pb::Signal, Status>>, Status> {
     let (call, _) = live_call_for_party(store, &req.call_id, actor).await?;
     let call_id = call.id.to_string();
-    let mut pubsub = bus.pubsub().await.map_err(|e| bus_status(e.into()))?;
-    pubsub.subscribe(bus.user_channel(&actor.id)).await.map_err(|e| bus_status(e.into()))?;
+    let mut subscriber = bus.subscriber().await.map_err(bus_status)?;
+    subscriber.subscribe(&actor.id).await.map_err(bus_status)?;
     let backlog = bus.replay(&call_id, &actor.id, req.after_seq).await.map_err(bus_status)?;
 
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
@@ -115,16 +114,14 @@ pub async fn subscribe(
                 last = seq;
             }
         }
-        let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
-                message = messages.next() => {
-                    let Some(message) = message else {
+                message = subscriber.next() => {
+                    let Some((_, frame)) = message else {
                         let _ = tx.send(Err(Status::unavailable("signal bus connection lost; resubscribe with after_seq"))).await;
                         return;
                     };
-                    let Ok(frame) = message.get_payload::<String>() else { continue };
                     if ends_call(&frame, &call_id) {
                         return;
                     }

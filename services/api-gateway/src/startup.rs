@@ -22,6 +22,7 @@ use videocall_platform::{
     call_store::CallStore,
     db,
     events::event_source,
+    local_events::LocalEvents,
     ops::{OpsServer, Readiness},
     outbox_relay::{self, OutboxRelay, OutboxRelayConfig},
     signal_bus::SignalBus,
@@ -44,6 +45,15 @@ pub struct Application {
     db: DatabaseConnection,
     bus: SignalBus,
     outbox_wake: Arc<Notify>,
+    local_events: Option<Arc<LocalEvents>>,
+}
+
+/// What the standalone binary hands the gateway instead of letting it connect: its database, its
+/// in-process signal bus and events.
+pub struct InProcessParts {
+    pub db: DatabaseConnection,
+    pub bus: SignalBus,
+    pub events: Arc<LocalEvents>,
 }
 
 impl Application {
@@ -51,6 +61,21 @@ impl Application {
     pub async fn build(config: GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
         let db = db::connect_and_migrate(&config.database_url, shutdown).await?;
         let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
+        Self::bind(config, db, bus, None).await
+    }
+
+    /// Binds with the standalone binary's database, bus and events (the outbox goes to in-process
+    /// consumers instead of RabbitMQ).
+    pub async fn build_in_process(config: GatewayConfig, parts: InProcessParts) -> anyhow::Result<Self> {
+        Self::bind(config, parts.db, parts.bus, Some(parts.events)).await
+    }
+
+    async fn bind(
+        config: GatewayConfig,
+        db: DatabaseConnection,
+        bus: SignalBus,
+        local_events: Option<Arc<LocalEvents>>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.grpc_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_listen_addr))?;
@@ -58,7 +83,7 @@ impl Application {
             Some(addr) => Some(OpsServer::bind(addr).await?),
             None => None,
         };
-        Ok(Self { config, listener, ops, db, bus, outbox_wake: Arc::new(Notify::new()) })
+        Ok(Self { config, listener, ops, db, bus, outbox_wake: Arc::new(Notify::new()), local_events })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -77,7 +102,8 @@ impl Application {
     /// Serves until `shutdown`: health turns NOT_SERVING first, in-flight requests get
     /// `shutdown_grace` to finish. Returns an error naming the task that failed, if one did.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, listener, ops, db, bus, outbox_wake } = self;
+        let Self { config, listener, ops, db, bus, outbox_wake, local_events } = self;
+        let in_process = local_events.is_some();
         let source = event_source(&config.common.cell_id, &config.common.service_name);
         let store = CallStore::new(db.clone(), source, outbox_wake.clone());
         let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts, bus };
@@ -104,8 +130,14 @@ impl Application {
             },
             outbox_wake,
         );
-
         let mut registry = Registry::default();
+        let relay = match local_events {
+            Some(events) => {
+                events.register_metrics(&mut registry);
+                relay.deliver_in_process(events)
+            }
+            None => relay,
+        };
         relay.register_metrics(&mut registry);
         let gauges = Gauges::new(&mut registry);
         let ready = Readiness::default();
@@ -154,8 +186,16 @@ impl Application {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             Some(finished) = tasks.join_next() => {
-                result = describe_early_exit(finished);
-                shutdown.cancel();
+                // Both branches can be ready at once: a task that ends because shutdown began is
+                // no failure.
+                if shutdown.is_cancelled() {
+                    if let Ok(Err(error)) = finished {
+                        tracing::warn!(%error, "task failed while stopping");
+                    }
+                } else {
+                    result = describe_early_exit(finished);
+                    shutdown.cancel();
+                }
             }
         }
         // NOT_SERVING first, so load balancers stop sending before the listener closes.
@@ -175,7 +215,9 @@ impl Application {
             tracing::warn!(grace_secs = config.shutdown_grace.as_secs(), "grace period over; aborting what is left");
             tasks.abort_all();
         }
-        db.close_by_ref().await.ok();
+        if !in_process {
+            db.close_by_ref().await.ok(); // in process, the database is the binary's to close
+        }
         tracing::info!("api-gateway stopped");
         result
     }

@@ -101,6 +101,12 @@ impl ConsumerMetrics {
     }
 }
 
+/// The effects of one kind of message as a queue's handler (also what the standalone binary binds
+/// to its in-process events).
+pub fn handler(effects: Effects, kind: Kind) -> impl Handler {
+    Apply { effects, kind }
+}
+
 /// The effects of one kind of message, as the queue's handler.
 struct Apply {
     effects: Effects,

@@ -4,7 +4,6 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
-use redis::{AsyncCommands, aio::ConnectionManager};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult, sea_query::LockType,
@@ -15,9 +14,9 @@ use uuid::Uuid;
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::{calls, outbox, processed_messages, support_offers};
 use videocall_platform::{
-    call_store::{CallRecord, CallStore, StoreError},
+    call_store::{CallRecord, CallStateFrame, CallStore, StoreError},
     events::{CloudEvent, event_source},
-    redis_keys,
+    signal_bus::SignalBus,
 };
 
 use crate::messages::{self, Malformed, SupportTicketCreated, UserOffline};
@@ -87,7 +86,7 @@ pub struct Effects {
     actor: String,
     event_source: String,
     cell_id: String,
-    redis: ConnectionManager,
+    bus: SignalBus,
     offer_ttl: Duration,
 }
 
@@ -98,13 +97,7 @@ impl std::fmt::Debug for Effects {
 }
 
 impl Effects {
-    pub fn new(
-        db: DatabaseConnection,
-        cell_id: &str,
-        service_name: &str,
-        redis: ConnectionManager,
-        offer_ttl: Duration,
-    ) -> Self {
+    pub fn new(db: DatabaseConnection, cell_id: &str, service_name: &str, bus: SignalBus, offer_ttl: Duration) -> Self {
         let source = event_source(cell_id, service_name);
         // Nothing in this process relays the outbox; the gateway's relay polls it.
         let store = CallStore::new(db, source.clone(), Arc::new(Notify::new()));
@@ -113,7 +106,7 @@ impl Effects {
             actor: service_name.to_owned(),
             event_source: source,
             cell_id: cell_id.to_owned(),
-            redis,
+            bus,
             offer_ttl,
         }
     }
@@ -153,6 +146,7 @@ impl Effects {
             select = select.lock(LockType::Update);
         }
         let (mut ended, mut missed) = (0, 0);
+        let mut closed = Vec::new();
         for row in select.all(&txn).await? {
             let call = CallRecord::from_model(row)?;
             let command = match call.status {
@@ -161,8 +155,14 @@ impl Effects {
             };
             match decide(call.status, command, Party::Service) {
                 Decision::Apply(effect) => match self.store.transition_in(&txn, &call, effect, &self.actor).await? {
-                    Some(changed) if changed.status == CallStatus::Missed => missed += 1,
-                    Some(_) => ended += 1,
+                    Some(changed) => {
+                        if changed.status == CallStatus::Missed {
+                            missed += 1;
+                        } else {
+                            ended += 1;
+                        }
+                        closed.push(changed);
+                    }
                     // Impossible under the row lock; on SQLite (one process) equally so.
                     None => tracing::warn!(call_id = %call.id, "call moved under its lock; left alone"),
                 },
@@ -172,6 +172,9 @@ impl Effects {
         txn.commit().await?;
         if ended + missed > 0 {
             tracing::info!(ended, missed, "calls of an offline user closed");
+        }
+        for call in &closed {
+            self.notify_parties(call).await;
         }
         Ok(Outcome::CallsClosed { ended, missed })
     }
@@ -242,7 +245,22 @@ impl Effects {
         Ok(Outcome::Offered { offer_id: offer.offer_id })
     }
 
-    /// PUBLISHes the offer notice on the customer's channel; a failure is logged, not retried.
+    /// Tells both parties' connections the call's new state (a `call_state` frame, as the gateway
+    /// sends for its own transitions); a failure is logged, not retried: a client that missed it
+    /// sees the state on its next history or call read.
+    async fn notify_parties(&self, call: &CallRecord) {
+        let frame = CallStateFrame::new(call);
+        for party in [&call.caller_id, &call.callee_id] {
+            let publish = self.bus.publish_to_user(party, &frame);
+            match tokio::time::timeout(Duration::from_secs(3), publish).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "call state not pushed"),
+                Err(_) => tracing::warn!(call_id = %call.id, "call state not pushed (signal bus timed out)"),
+            }
+        }
+    }
+
+    /// Publishes the offer notice on the customer's signal-bus channel; a failure is logged, not retried.
     async fn notify_customer(&self, offer: &OfferData) {
         let notice = OfferNotice {
             frame_type: "video_support_offered",
@@ -255,13 +273,11 @@ impl Effects {
             tracing::warn!("offer notice not encodable");
             return;
         };
-        let channel = redis_keys::user_channel(&self.cell_id, &offer.customer_id);
-        let mut redis = self.redis.clone();
-        let publish = redis.publish::<_, _, i64>(channel, json);
+        let publish = self.bus.publish_json_to_user(&offer.customer_id, json);
         match tokio::time::timeout(Duration::from_secs(3), publish).await {
-            Ok(Ok(receivers)) => tracing::debug!(receivers, "offer notice published"),
-            Ok(Err(error)) => tracing::warn!(%error, offer_id = %offer.offer_id, "offer notice not published (Redis)"),
-            Err(_) => tracing::warn!(offer_id = %offer.offer_id, "offer notice not published (Redis timed out)"),
+            Ok(Ok(())) => tracing::debug!("offer notice published"),
+            Ok(Err(error)) => tracing::warn!(%error, offer_id = %offer.offer_id, "offer notice not published"),
+            Err(_) => tracing::warn!(offer_id = %offer.offer_id, "offer notice not published (signal bus timed out)"),
         }
     }
 }

@@ -19,9 +19,11 @@ use videocall_platform::ops::{OpsServer, Readiness};
 
 use anyhow::Context;
 use lapin::Connection;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{amqp, db};
+use videocall_platform::{
+    amqp, db,
+    signal_bus::{SignalBus, SignalBusConfig},
+};
 
 pub use config::{ConsumerArgs, ConsumerConfig, QueueBinding};
 use consumer::{ConsumerMetrics, QueueConsumer, Settings};
@@ -37,9 +39,15 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
     let ready = Readiness::default();
     let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
-    let redis = redis_manager(&config.redis_url)?;
+    let bus = SignalBus::connect_lazy(SignalBusConfig {
+        redis_url: config.redis_url.clone(),
+        cell_id: config.common.cell_id.clone(),
+        log_capacity: 1,
+        log_ttl: Duration::from_secs(1),
+    })
+    .context("REDIS_URL")?;
     let effects =
-        Effects::new(db.clone(), &config.common.cell_id, &config.common.service_name, redis, config.support_offer_ttl);
+        Effects::new(db.clone(), &config.common.cell_id, &config.common.service_name, bus, config.support_offer_ttl);
     let settings = Settings {
         dlx_exchange: config.dlx_exchange.clone(),
         prefetch: config.prefetch,
@@ -87,16 +95,4 @@ async fn session(
     tokio::try_join!(offline.run(connection, shutdown), tickets.run(connection, shutdown))?;
     let _ = publisher.close(200, "shutting down".into()).await;
     Ok(())
-}
-
-/// A Redis connection that connects on first use and reconnects by itself; commands time out so a
-/// dead Redis cannot hold a message.
-fn redis_manager(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("REDIS_URL")?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_lazy_with_config(client, config).context("Redis connection manager")
 }

@@ -37,6 +37,10 @@ async fn user_offline_ends_active_calls_and_misses_or_ends_unanswered_ones() {
     let ringing_callee_offline = h.call("carol", "dave", &[Command::Ring]).await;
     let initiated_caller_offline = h.call("erin", "frank", &[]).await;
     let bystander = h.call("gina", "hank", &[Command::Ring]).await;
+    // bob's connections (on any relay) hear at once that alice's going offline ended their call.
+    let redis = redis::Client::open(common::redis_url()).expect("redis url");
+    let mut bob = redis.get_async_pubsub().await.expect("Redis reachable");
+    bob.subscribe(videocall_platform::redis_keys::user_channel(&h.config.common.cell_id, "bob")).await.expect("sub");
 
     // CloudEvents with its id in the body only; plain objects with the message_id property.
     h.user_offline(
@@ -52,6 +56,13 @@ async fn user_offline_ends_active_calls_and_misses_or_ends_unanswered_ones() {
     let c = h.store.get(active).await.expect("call");
     assert_eq!((c.status, c.end_reason), (CallStatus::Ended, Some(EndReason::UserOffline)));
     assert_eq!(c.ended_by.as_deref(), Some("event-consumer"));
+    let pushed = first_message(&mut bob).await;
+    assert_eq!(pushed["type"], "call_state", "{pushed}");
+    assert_eq!(pushed["call"]["id"], active.to_string());
+    assert_eq!(
+        (pushed["call"]["status"].as_str(), pushed["call"]["end_reason"].as_str()),
+        (Some("ended"), Some("user_offline"))
+    );
     let c = h.store.get(ringing_callee_offline).await.expect("call");
     assert_eq!(c.status, CallStatus::Missed, "the offline callee never answered");
     assert_eq!(c.ended_by.as_deref(), Some("event-consumer"));

@@ -21,6 +21,10 @@ pub struct SweeperArgs {
     /// `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9091")]
     pub ops_listen_addr: String,
+    /// Redis URL of the signal bus: when set, the parties' connections are told at once that a call
+    /// was missed or ended (a `call_state` frame); unset, they see it on their next read.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
     /// Calls claimed per transaction.
     #[arg(long, env = "SWEEP_BATCH_SIZE", default_value = "200")]
     pub sweep_batch_size: String,
@@ -34,6 +38,7 @@ pub struct SweeperConfig {
     pub batch_size: u64,
     pub ops_listen_addr: std::net::SocketAddr,
     pub zombie_timeout: Option<std::time::Duration>,
+    pub redis_url: Option<String>,
 }
 
 impl SweeperArgs {
@@ -65,11 +70,24 @@ impl SweeperArgs {
         if let Some(b) = batch_size {
             c.check("SWEEP_BATCH_SIZE", (1..=5000).contains(&b), "must be between 1 and 5000");
         }
+        let redis_url = self.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
+        if let Some(url) = &redis_url {
+            let ok = ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| url.starts_with(p));
+            c.check("REDIS_URL", ok, "must start with redis://, rediss:// or unix://");
+        }
         c.finish()?;
         match (common, database_url, schedule, batch_size, ops, zombie) {
             (Some(common), Some(database_url), Some(schedule), Some(batch_size), Some(ops_listen_addr), Some(z)) => {
                 let zombie_timeout = (z > 0).then(|| std::time::Duration::from_secs(z));
-                Ok(SweeperConfig { common, database_url, schedule, batch_size, ops_listen_addr, zombie_timeout })
+                Ok(SweeperConfig {
+                    common,
+                    database_url,
+                    schedule,
+                    batch_size,
+                    ops_listen_addr,
+                    zombie_timeout,
+                    redis_url,
+                })
             }
             _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
         }
@@ -92,6 +110,20 @@ mod tests {
         let err = args.validate().unwrap_err();
         assert!(err.0[0].starts_with("SWEEP_SCHEDULE: `every five seconds` is not a cron expression"), "{err}");
         assert!(err.0[1].starts_with("SWEEP_BATCH_SIZE:"), "{err}");
+    }
+
+    #[test]
+    fn redis_url_is_optional_but_checked() {
+        let args = SweeperArgs::try_parse_from(["missed-call-sweeper", "--database-url=sqlite://x.db"]).expect("parse");
+        assert_eq!(args.validate().expect("valid").redis_url, None);
+        let args = SweeperArgs::try_parse_from([
+            "missed-call-sweeper",
+            "--database-url=sqlite://x.db",
+            "--redis-url=http://cache",
+        ])
+        .expect("parse");
+        let err = args.validate().unwrap_err();
+        assert!(err.0[0].starts_with("REDIS_URL: must start with redis://"), "{err}");
     }
 
     #[test]

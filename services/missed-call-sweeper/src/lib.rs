@@ -10,6 +10,7 @@ pub mod metrics;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use prometheus_client::registry::Registry;
 use sea_orm::{
@@ -22,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::calls;
 use videocall_platform::{
-    call_store::{CallRecord, CallStore, StoreError},
+    call_store::{CallRecord, CallStateFrame, CallStore, StoreError},
     db,
     events::event_source,
     ops::{OpsServer, Readiness},
+    signal_bus::{SignalBus, SignalBusConfig},
 };
 
 use crate::metrics::{ResultLabel, SweeperMetrics};
@@ -58,12 +60,19 @@ pub struct Sweeper {
     batch_size: u64,
     /// Active calls silent this long end with `connection_lost`; None leaves them alone.
     zombie_timeout: Option<Duration>,
+    bus: Option<SignalBus>,
 }
 
 impl Sweeper {
     pub fn new(db: DatabaseConnection, cell_id: &str, service_name: &str, batch_size: u64) -> Self {
         let store = CallStore::new(db, event_source(cell_id, service_name), Arc::new(Notify::new()));
-        Self { store, actor: service_name.to_owned(), batch_size, zombie_timeout: None }
+        Self { store, actor: service_name.to_owned(), batch_size, zombie_timeout: None, bus: None }
+    }
+
+    /// Tells both parties' connections through `bus` when their call is missed or ended.
+    pub fn with_bus(mut self, bus: Option<SignalBus>) -> Self {
+        self.bus = bus;
+        self
     }
 
     /// Also end active calls with no activity for `timeout` (reason `connection_lost`).
@@ -127,20 +136,37 @@ impl Sweeper {
         }
         let rows = due.all(&txn).await?;
         let claimed = rows.len() as u64;
-        let mut missed = 0;
+        let mut changed = Vec::new();
         for row in rows {
             let call = CallRecord::from_model(row)?;
             if let Decision::Apply(effect) = decide(call.status, command, Party::Service)
-                && self.store.transition_in(&txn, &call, effect, &self.actor).await?.is_some()
+                && let Some(after) = self.store.transition_in(&txn, &call, effect, &self.actor).await?
             {
-                missed += 1;
+                changed.push(after);
             }
         }
         txn.commit().await?;
-        if missed > 0 {
+        if !changed.is_empty() {
             self.store.wake_outbox();
         }
-        Ok((claimed, missed))
+        self.notify_parties(&changed).await;
+        Ok((claimed, changed.len() as u64))
+    }
+
+    /// A `call_state` frame to both parties of each changed call, best effort (a client that missed
+    /// it sees the state on its next read).
+    async fn notify_parties(&self, calls: &[CallRecord]) {
+        let Some(bus) = &self.bus else { return };
+        for call in calls {
+            let frame = CallStateFrame::new(call);
+            for party in [&call.caller_id, &call.callee_id] {
+                match tokio::time::timeout(Duration::from_secs(2), bus.publish_to_user(party, &frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "call state not pushed"),
+                    Err(_) => tracing::warn!(call_id = %call.id, "call state not pushed (signal bus timed out)"),
+                }
+            }
+        }
     }
 
     /// Sweeps at every tick of `schedule` until `shutdown`. A failed sweep is logged and retried at
@@ -204,8 +230,21 @@ pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::
     let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
     ready.set(true);
+    let bus = match &config.redis_url {
+        Some(url) => Some(
+            SignalBus::connect_lazy(SignalBusConfig {
+                redis_url: url.clone(),
+                cell_id: config.common.cell_id.clone(),
+                log_capacity: 1,
+                log_ttl: Duration::from_secs(1),
+            })
+            .context("REDIS_URL")?,
+        ),
+        None => None,
+    };
     let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size)
-        .with_zombie_timeout(config.zombie_timeout);
+        .with_zombie_timeout(config.zombie_timeout)
+        .with_bus(bus);
     sweeper.run(config.schedule, metrics, ready, shutdown).await;
     db.close_by_ref().await.ok();
     ops_task.await??;

@@ -12,6 +12,7 @@ use videocall_entities::outbox;
 use videocall_platform::{
     call_store::{Actor, CallStore, NewCall, StoreError},
     db,
+    signal_bus::{SignalBus, SignalBusConfig},
 };
 
 async fn setup() -> (DatabaseConnection, CallStore) {
@@ -56,7 +57,20 @@ async fn overdue_calls_become_missed_once_and_early_ones_stay() {
     let answered = call(&store, 3, 1).await;
     store.apply(answered, Command::Answer, &callee(3)).await.expect("answer");
 
-    let sweeper = Sweeper::new(db.clone(), "test", "missed-call-sweeper", 100);
+    // The caller's connections hear of the miss through the signal bus (Redis).
+    let cell = videocall_testkit::unique_name("sweeptest").replace('.', "-");
+    let bus = SignalBus::connect(SignalBusConfig {
+        redis_url: std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        cell_id: cell.clone(),
+        log_capacity: 16,
+        log_ttl: Duration::from_secs(60),
+    })
+    .await
+    .expect("Redis reachable");
+    let mut caller = bus.subscriber().await.expect("subscriber");
+    caller.subscribe("customer-0").await.expect("subscribe");
+
+    let sweeper = Sweeper::new(db.clone(), &cell, "missed-call-sweeper", 100).with_bus(Some(bus));
     let report = sweeper.sweep_once().await.expect("sweep");
     assert_eq!(report.missed, 0, "nothing is due before the deadline");
 
@@ -69,6 +83,14 @@ async fn overdue_calls_become_missed_once_and_early_ones_stay() {
         assert_eq!(c.end_reason, Some(EndReason::Timeout));
         assert_eq!(c.ended_by.as_deref(), Some("missed-call-sweeper"));
     }
+    let (user, frame) = tokio::time::timeout(Duration::from_secs(5), caller.next())
+        .await
+        .expect("pushed within 5 s")
+        .expect("subscriber open");
+    let frame: serde_json::Value = serde_json::from_str(&frame).expect("JSON frame");
+    assert_eq!(user, "customer-0");
+    assert_eq!((frame["type"].as_str(), frame["call"]["status"].as_str()), (Some("call_state"), Some("missed")));
+    assert_eq!(frame["call"]["id"], due_initiated.to_string());
     assert_eq!(store.get(early).await.expect("call").status, CallStatus::Initiated, "never early");
     assert_eq!(store.get(answered).await.expect("call").status, CallStatus::Active, "answered calls are not missed");
 

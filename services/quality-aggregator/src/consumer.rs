@@ -94,6 +94,12 @@ impl ConsumerMetrics {
     }
 }
 
+/// The aggregator as the queue's handler (also what the standalone binary binds to its in-process
+/// events, with [`crate::config::ROUTING_KEYS`]).
+pub fn handler(aggregator: Aggregator) -> impl Handler {
+    Apply(aggregator)
+}
+
 /// The aggregator as the queue's handler.
 struct Apply(Aggregator);
 

@@ -1,7 +1,8 @@
-//! The hub: which local connections belong to which user, and one Redis Pub/Sub connection
-//! subscribed to the channel of every user with a connection here. A message on a user's channel
-//! goes to each of that user's local connections. When Redis comes back after a failure, the hub
-//! resubscribes and tells every connection to resync (replay from its last sequence numbers).
+//! The hub: which local connections belong to which user, and one signal-bus subscriber (a Redis
+//! Pub/Sub connection, or the in-process bus in the standalone mode) subscribed to every user with
+//! a connection here. A frame for a user goes to each of that user's local connections. When the
+//! subscriber is lost (Redis restarted, or an in-process subscriber fell behind), the hub
+//! subscribes again and tells every connection to resync (replay from its last sequence numbers).
 
 use std::{
     collections::HashMap,
@@ -12,10 +13,9 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{backoff::Backoff, redis_keys::user_channel};
+use videocall_platform::{backoff::Backoff, signal_bus::SignalBus};
 
 /// Frames queued per connection before it counts as too slow and is closed.
 pub const CONNECTION_BUFFER: usize = 512;
@@ -24,7 +24,7 @@ pub const CONNECTION_BUFFER: usize = 512;
 pub enum Outbound {
     /// A JSON frame from the user's channel.
     Frame(Arc<str>),
-    /// Redis was reconnected: replay what may have been missed.
+    /// The bus subscriber was replaced: replay what may have been missed.
     Resync,
 }
 
@@ -42,7 +42,6 @@ pub struct Hub {
 }
 
 struct Inner {
-    cell_id: String,
     conns: Mutex<Conns>,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
@@ -72,27 +71,22 @@ pub enum RegisterError {
 }
 
 impl Hub {
-    /// Starts the hub's Redis task; it runs until `shutdown`.
-    pub fn start(
-        redis_url: String,
-        cell_id: String,
-        shutdown: CancellationToken,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the hub's subscriber task; it runs until `shutdown`.
+    pub fn start(bus: SignalBus, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub {
             inner: Arc::new(Inner {
-                cell_id,
                 conns: Mutex::new(HashMap::new()),
                 commands: tx,
                 next_id: AtomicU64::new(1),
                 connected: AtomicBool::new(false),
             }),
         };
-        let task = tokio::spawn(hub.clone().run(redis_url, rx, shutdown));
+        let task = tokio::spawn(hub.clone().run(bus, rx, shutdown));
         (hub, task)
     }
 
-    /// Whether the Pub/Sub connection is up (readiness).
+    /// Whether the subscriber is up (readiness).
     pub fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
     }
@@ -120,8 +114,7 @@ impl Hub {
         }
         let registration = Registration { id, user_id: user_id.to_owned(), rx, hub: self.clone() };
         let (ack_tx, ack_rx) = oneshot::channel();
-        let channel = user_channel(&self.inner.cell_id, user_id);
-        if self.inner.commands.send(Command::Subscribe(channel, ack_tx)).is_err() {
+        if self.inner.commands.send(Command::Subscribe(user_id.to_owned(), ack_tx)).is_err() {
             return Err(RegisterError::NotSubscribed);
         }
         match tokio::time::timeout(Duration::from_secs(5), ack_rx).await {
@@ -141,14 +134,12 @@ impl Hub {
             mine.remove(&id);
             if mine.is_empty() {
                 conns.remove(user_id);
-                let _ = self.inner.commands.send(Command::Unsubscribe(user_channel(&self.inner.cell_id, user_id)));
+                let _ = self.inner.commands.send(Command::Unsubscribe(user_id.to_owned()));
             }
         }
     }
 
-    fn deliver(&self, channel: &str, payload: Arc<str>) {
-        let prefix = user_channel(&self.inner.cell_id, "");
-        let Some(user) = channel.strip_prefix(&prefix) else { return };
+    fn deliver(&self, user: &str, payload: Arc<str>) {
         let conns = self.lock();
         if let Some(mine) = conns.get(user) {
             for tx in mine.values() {
@@ -164,19 +155,15 @@ impl Hub {
         }
     }
 
-    async fn run(self, redis_url: String, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
+    async fn run(self, bus: SignalBus, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut first = true;
         while !shutdown.is_cancelled() {
-            let pubsub = match redis::Client::open(redis_url.as_str()) {
-                Ok(client) => client.get_async_pubsub().await,
-                Err(e) => Err(e),
-            };
-            let mut pubsub = match pubsub {
-                Ok(p) => p,
+            let mut subscriber = match bus.subscriber().await {
+                Ok(subscriber) => subscriber,
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis pub/sub unreachable");
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "signal bus unreachable");
                     // Acknowledge nothing while down: registrations time out and are refused.
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -184,10 +171,10 @@ impl Hub {
                     }
                 }
             };
-            let users: Vec<String> = self.lock().keys().map(|u| user_channel(&self.inner.cell_id, u)).collect();
+            let users: Vec<String> = self.lock().keys().cloned().collect();
             let mut ok = true;
-            for channel in &users {
-                if pubsub.subscribe(channel).await.is_err() {
+            for user in &users {
+                if subscriber.subscribe(user).await.is_err() {
                     ok = false;
                     break;
                 }
@@ -198,36 +185,31 @@ impl Hub {
             backoff.reset();
             self.inner.connected.store(true, Ordering::Relaxed);
             if !first {
-                tracing::info!(users = users.len(), "redis pub/sub reconnected; resyncing connections");
+                tracing::info!(users = users.len(), "signal bus subscriber back; resyncing connections");
                 self.broadcast_resync();
             }
             first = false;
-            let (mut sink, mut stream) = pubsub.split();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     command = commands.recv() => match command {
                         None => return,
-                        Some(Command::Subscribe(channel, ack)) => {
-                            if sink.subscribe(&channel).await.is_err() { break; }
+                        Some(Command::Subscribe(user, ack)) => {
+                            if subscriber.subscribe(&user).await.is_err() { break; }
                             let _ = ack.send(());
                         }
-                        Some(Command::Unsubscribe(channel)) => {
-                            if sink.unsubscribe(&channel).await.is_err() { break; }
+                        Some(Command::Unsubscribe(user)) => {
+                            if subscriber.unsubscribe(&user).await.is_err() { break; }
                         }
                     },
-                    message = stream.next() => match message {
+                    message = subscriber.next() => match message {
                         None => break,
-                        Some(message) => {
-                            if let Ok(payload) = message.get_payload::<String>() {
-                                self.deliver(message.get_channel_name(), Arc::from(payload));
-                            }
-                        }
+                        Some((user, frame)) => self.deliver(&user, frame),
                     },
                 }
             }
             self.inner.connected.store(false, Ordering::Relaxed);
-            tracing::warn!("redis pub/sub connection lost; reconnecting");
+            tracing::warn!("signal bus subscriber lost; subscribing again");
         }
     }
 }

@@ -58,6 +58,11 @@ pub struct Application {
 impl Application {
     pub async fn build(config: RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
         let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
+        Self::build_with_bus(config, bus).await
+    }
+
+    /// Binds with a bus made by the caller (the standalone binary passes its in-process bus).
+    pub async fn build_with_bus(config: RelayConfig, bus: SignalBus) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.http_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http_listen_addr))?;
@@ -74,8 +79,7 @@ impl Application {
             .context("GATEWAY_URL")?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
-        let (hub, hub_task) =
-            Hub::start(config.signal_bus.redis_url.clone(), config.common.cell_id.clone(), shutdown.clone());
+        let (hub, hub_task) = Hub::start(bus.clone(), shutdown.clone());
         let grace = config.shutdown_grace;
         let max_connections = config.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));

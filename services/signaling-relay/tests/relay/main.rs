@@ -1,7 +1,6 @@
 //! Black-box tests of the signaling relay: real api-gateway, real Redis, two relay instances,
 //! WebSocket clients (and, in `webrtc`, real webrtc-rs peers).
 
-mod browser;
 mod helpers;
 mod redis_restart;
 mod turn_hardening;

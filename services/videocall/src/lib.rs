@@ -1,0 +1,381 @@
+//! The standalone mode: every Videocall service in one process on embedded defaults — a SQLite
+//! file instead of PostgreSQL, an in-process signal bus instead of Redis, in-process event
+//! delivery instead of RabbitMQ, a development token secret, loopback addresses only. The services
+//! are the fleet's own libraries (the monolithic mode of one codebase, as Grafana Mimir's `-target=all`
+//! or `livekit-server --dev`): the gateway serves gRPC, the relay serves the web client and the
+//! WebSocket, the sweeper sweeps, and the outbox relay hands each event to the quality aggregator
+//! and event consumer handlers in the same process.
+//!
+//! Upstream events (UserOffline, SupportTicketCreated) have no broker to arrive on; they can be
+//! posted to the workers' endpoint: `POST /events/{exchange}/{routing_key}` with the CloudEvents
+//! JSON as the body (and an optional `message-id` header), which runs the same handlers.
+
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use videocall_platform::{
+    auth::{JwtKeys, Role},
+    config::{Checker, Common, ConfigError, Secret},
+    db,
+    ice::{IceArgs, IceConfig},
+    local_events::LocalEvents,
+    ops::{self, Readiness},
+    signal_bus::{SignalBus, SignalBusConfig},
+    telemetry::LogFormat,
+};
+
+/// The development token secret used when none is given. Anyone can mint tokens with it, which is
+/// why the standalone binary then refuses to listen on anything but loopback.
+pub const DEV_JWT_SECRET: &str = "videocall-standalone-dev-secret";
+const CELL_ID: &str = "standalone";
+const EVENTS_EXCHANGE: &str = "videocall.events";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "videocall",
+    version,
+    about = "Runs every Videocall service in one process: SQLite, in-process buses, loopback only"
+)]
+pub struct StandaloneArgs {
+    /// Where the SQLite database lives (created if missing).
+    #[arg(long, env = "VIDEOCALL_DATA_DIR", default_value = ".videocall")]
+    pub data_dir: PathBuf,
+    /// The relay: web client, WebSocket signaling (`/ws`), `/metrics`.
+    #[arg(long, env = "HTTP_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// gRPC `videocall.v1.CallService` (with health and reflection).
+    #[arg(long, env = "GRPC_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc: SocketAddr,
+    /// The gateway's `/healthz`, `/readyz`, `/metrics`.
+    #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "127.0.0.1:9090")]
+    pub ops: SocketAddr,
+    /// The workers' `/healthz`, `/readyz`, `/metrics`, and `POST /events/{exchange}/{routing_key}`.
+    #[arg(long, env = "WORKERS_LISTEN_ADDR", default_value = "127.0.0.1:9091")]
+    pub workers: SocketAddr,
+    /// Token secret (at least 16 bytes). Without it a development secret is used and only loopback
+    /// addresses are allowed.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// STUN and TURN servers handed to clients (none: host candidates only, enough on one
+    /// machine); TURN needs a coturn with `use-auth-secret` and the same secret.
+    #[command(flatten)]
+    pub ice: IceArgs,
+    /// Seconds a call rings before it is missed.
+    #[arg(long, env = "RING_TIMEOUT_SECS", default_value = "45")]
+    pub ring_timeout_secs: i32,
+    /// Active calls silent this long end as `connection_lost`.
+    #[arg(long, env = "ZOMBIE_TIMEOUT_SECS", default_value = "600")]
+    pub zombie_timeout_secs: u64,
+    /// `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Print a bearer token for USER (`--role` user, agent or service) and exit.
+    #[arg(long, value_name = "USER")]
+    pub token: Option<String>,
+    #[arg(long, default_value = "user", requires = "token")]
+    pub role: String,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct StandaloneConfig {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub ops: SocketAddr,
+    pub workers: SocketAddr,
+    pub jwt_secret: Secret,
+    pub ice: IceConfig,
+    pub ring_timeout_secs: i32,
+    pub zombie_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+impl StandaloneArgs {
+    /// Checks every setting; the error names each bad one.
+    pub fn validate(&self) -> Result<StandaloneConfig, ConfigError> {
+        let mut c = Checker::new();
+        let dev_secret = self.jwt_secret.is_none();
+        let secret = self.jwt_secret.clone().unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+        c.check("JWT_SECRET", secret.len() >= 16, "must be at least 16 bytes");
+        for (name, addr) in [
+            ("HTTP_LISTEN_ADDR", self.http),
+            ("GRPC_LISTEN_ADDR", self.grpc),
+            ("OPS_LISTEN_ADDR", self.ops),
+            ("WORKERS_LISTEN_ADDR", self.workers),
+        ] {
+            c.check(
+                name,
+                !dev_secret || addr.ip().is_loopback(),
+                &format!(
+                    "{addr} is not a loopback address; with the development token secret only loopback is allowed \
+                     (set JWT_SECRET to listen elsewhere)"
+                ),
+            );
+        }
+        let ice = self.ice.check(&mut c);
+        c.check("RING_TIMEOUT_SECS", (5..=600).contains(&self.ring_timeout_secs), "must be between 5 and 600");
+        c.check("ZOMBIE_TIMEOUT_SECS", self.zombie_timeout_secs >= 30, "must be at least 30");
+        let log_format = c.parse::<LogFormat>("LOG_FORMAT", &self.log_format);
+        c.finish()?;
+        match (ice, log_format) {
+            (Some(ice), Some(log_format)) => Ok(StandaloneConfig {
+                data_dir: self.data_dir.clone(),
+                http: self.http,
+                grpc: self.grpc,
+                ops: self.ops,
+                workers: self.workers,
+                jwt_secret: Secret::new(secret),
+                ice,
+                ring_timeout_secs: self.ring_timeout_secs,
+                zombie_timeout: Duration::from_secs(self.zombie_timeout_secs),
+                log_format,
+            }),
+            _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
+        }
+    }
+}
+
+/// Mints a bearer token with the configured secret, valid for `ttl`.
+pub fn mint_token(secret: &Secret, user: &str, role: &str, ttl: Duration) -> anyhow::Result<String> {
+    let role = match role {
+        "user" => Role::User,
+        "agent" => Role::Agent,
+        "service" => Role::Service,
+        other => anyhow::bail!("role `{other}` is not one of user, agent, service"),
+    };
+    let exp = chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+    Ok(JwtKeys::new(secret.clone()).mint(user, role, exp))
+}
+
+fn common(service: &str, log_format: LogFormat) -> Common {
+    Common { service_name: service.to_owned(), cell_id: CELL_ID.to_owned(), log_format }
+}
+
+/// Everything bound; [`Standalone::run_until_stopped`] runs it.
+pub struct Standalone {
+    config: StandaloneConfig,
+    db: sea_orm::DatabaseConnection,
+    events: Arc<LocalEvents>,
+    gateway: api_gateway::Application,
+    relay: signaling_relay::startup::Application,
+    workers: TcpListener,
+    workers_registry: Registry,
+    sweeper: missed_call_sweeper::Sweeper,
+    sweeper_metrics: missed_call_sweeper::metrics::SweeperMetrics,
+}
+
+impl Standalone {
+    /// Opens (or creates) the SQLite database and migrates it, wires the in-process buses and
+    /// binds every listener.
+    pub async fn build(config: StandaloneConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        let path = config.data_dir.join("videocall.sqlite3");
+        let database_url = format!("sqlite://{}?mode=rwc", path.display());
+        let db = db::connect_and_migrate(&database_url, shutdown).await?;
+
+        let bus = SignalBus::in_process(SignalBusConfig {
+            redis_url: String::new(),
+            cell_id: CELL_ID.to_owned(),
+            log_capacity: 256,
+            log_ttl: Duration::from_secs(3600),
+        });
+        let events = Arc::new(LocalEvents::new());
+
+        // Consumers of the events, bound as the RabbitMQ workers bind their queues.
+        let aggregator = quality_aggregator::Aggregator::new(db.clone());
+        let quality = Arc::new(quality_aggregator::consumer::handler(aggregator));
+        for key in quality_aggregator::config::ROUTING_KEYS {
+            events.bind("quality-aggregator", EVENTS_EXCHANGE, key, quality.clone());
+        }
+        let effects =
+            event_consumer::Effects::new(db.clone(), CELL_ID, "event-consumer", bus.clone(), Duration::from_secs(900));
+        let offline = Arc::new(event_consumer::consumer::handler(effects.clone(), event_consumer::Kind::UserOffline));
+        events.bind("event-consumer", "presence.events", "user.offline", offline);
+        let tickets = Arc::new(event_consumer::consumer::handler(effects, event_consumer::Kind::TicketCreated));
+        events.bind("event-consumer", "support.events", "ticket.created", tickets);
+
+        let gateway_config = api_gateway::GatewayConfig {
+            common: common("api-gateway", config.log_format),
+            database_url: database_url.clone(),
+            amqp_url: String::new(),
+            signal_bus: SignalBusConfig {
+                redis_url: String::new(),
+                cell_id: CELL_ID.to_owned(),
+                log_capacity: 256,
+                log_ttl: Duration::from_secs(3600),
+            },
+            grpc_listen_addr: config.grpc,
+            jwt_secret: config.jwt_secret.clone(),
+            ice: config.ice.clone(),
+            ring_timeouts: api_gateway::RingTimeouts::uniform(config.ring_timeout_secs),
+            events_exchange: EVENTS_EXCHANGE.to_owned(),
+            outbox_batch_size: 100,
+            outbox_poll_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(5),
+            ops_listen_addr: Some(config.ops),
+        };
+        let parts = api_gateway::startup::InProcessParts { db: db.clone(), bus: bus.clone(), events: events.clone() };
+        let gateway = api_gateway::Application::build_in_process(gateway_config, parts).await?;
+
+        let relay_config = signaling_relay::config::RelayConfig {
+            common: common("signaling-relay", config.log_format),
+            http_listen_addr: config.http,
+            gateway_url: format!("http://{}", gateway.local_addr()),
+            jwt_secret: config.jwt_secret.clone(),
+            allowed_origins: Vec::new(),
+            max_connections: 1000,
+            max_connections_per_user: 5,
+            max_message_bytes: 64 * 1024,
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 200,
+            heartbeat: Duration::from_secs(20),
+            signal_bus: SignalBusConfig {
+                redis_url: String::new(),
+                cell_id: CELL_ID.to_owned(),
+                log_capacity: 256,
+                log_ttl: Duration::from_secs(3600),
+            },
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let relay = signaling_relay::startup::Application::build_with_bus(relay_config, bus.clone()).await?;
+
+        let workers = TcpListener::bind(config.workers)
+            .await
+            .with_context(|| format!("cannot listen on {} (WORKERS_LISTEN_ADDR)", config.workers))?;
+        let mut workers_registry = Registry::default();
+        let sweeper_metrics = missed_call_sweeper::metrics::SweeperMetrics::new(&mut workers_registry);
+        let sweeper = missed_call_sweeper::Sweeper::new(db.clone(), CELL_ID, "missed-call-sweeper", 500)
+            .with_zombie_timeout(Some(config.zombie_timeout))
+            .with_bus(Some(bus));
+        Ok(Self { config, db, events, gateway, relay, workers, workers_registry, sweeper, sweeper_metrics })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.relay.local_addr()
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.gateway.local_addr()
+    }
+
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.gateway.ops_addr()
+    }
+
+    pub fn workers_addr(&self) -> Option<SocketAddr> {
+        self.workers.local_addr().ok()
+    }
+
+    pub fn config(&self) -> &StandaloneConfig {
+        &self.config
+    }
+
+    /// Runs every service until `shutdown`; if one stops on its own, the others are stopped too
+    /// and its error is returned.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { config: _, db, events, gateway, relay, workers, workers_registry, sweeper, sweeper_metrics } = self;
+        let ready = Readiness::default();
+        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let stop = shutdown.clone();
+        tasks.spawn(async move { ("api-gateway", gateway.run_until_stopped(stop).await) });
+        let stop = shutdown.clone();
+        tasks.spawn(async move { ("signaling-relay", relay.run_until_stopped(stop).await) });
+        let (stop, sweeper_ready) = (shutdown.clone(), ready.clone());
+        tasks.spawn(async move {
+            let schedule = missed_call_sweeper::parse_schedule("*/2 * * * * *").map_err(anyhow::Error::msg);
+            match schedule {
+                Ok(schedule) => {
+                    sweeper.run(schedule, sweeper_metrics, sweeper_ready, stop).await;
+                    ("missed-call-sweeper", Ok(()))
+                }
+                Err(error) => ("missed-call-sweeper", Err(error)),
+            }
+        });
+        let stop = shutdown.clone();
+        let mut registry = workers_registry;
+        events.register_metrics(&mut registry);
+        let app = ops::router(Arc::new(registry), ready.clone(), stop.clone())
+            .merge(Router::new().route("/events/{exchange}/{routing_key}", post(ingest)).with_state(events));
+        tasks.spawn(async move {
+            let served = axum::serve(workers, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            ("workers endpoint", served.context("workers endpoint"))
+        });
+        ready.set(true);
+
+        let mut result = Ok(());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(finished) = tasks.join_next() => {
+                result = match finished {
+                    // Both branches can be ready at once: stopping because shutdown began is fine.
+                    Ok((_, Ok(()))) if shutdown.is_cancelled() => Ok(()),
+                    Ok((name, Ok(()))) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
+                    Ok((name, Err(error))) => Err(error.context(format!("{name} failed"))),
+                    Err(join) => Err(anyhow::anyhow!("a service panicked: {join}")),
+                };
+                shutdown.cancel();
+            }
+        }
+        while let Some(finished) = tasks.join_next().await {
+            if let Ok((name, Err(error))) = finished {
+                tracing::warn!(service = name, error = format!("{error:#}"), "failed while stopping");
+            }
+        }
+        db.close_by_ref().await.ok();
+        tracing::info!("videocall stopped");
+        result
+    }
+}
+
+/// `POST /events/{exchange}/{routing_key}`: an upstream event (UserOffline on `presence.events` /
+/// `user.offline`, SupportTicketCreated on `support.events` / `ticket.created`) handed to the
+/// in-process consumers bound to it, as the RabbitMQ workers would: the `message-id` header (as
+/// the AMQP message id; else the CloudEvents `id`) is what they dedupe on. 202 once applied (or a
+/// duplicate), 404 when nothing listens there, 422 when a consumer can never apply it (the
+/// reason says why; nothing was changed), 503 when a consumer asks to try again later.
+async fn ingest(
+    State(events): State<Arc<LocalEvents>>,
+    Path((exchange, routing_key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let message_id = headers.get("message-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let reply = |status: StatusCode, value: serde_json::Value| {
+        (status, [(axum::http::header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    };
+    match events.deliver(&exchange, &routing_key, message_id.as_deref(), &body).await {
+        Ok(delivery) if delivery.consumers == 0 => reply(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("no consumer is bound to `{routing_key}` on `{exchange}`")}),
+        ),
+        Ok(delivery) if !delivery.rejected.is_empty() => {
+            let reasons: Vec<String> = delivery.rejected.iter().map(|(c, r)| format!("{c}: {r}")).collect();
+            reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"error": reasons.join("; "), "message_id": message_id}),
+            )
+        }
+        Ok(delivery) => {
+            reply(StatusCode::ACCEPTED, serde_json::json!({"message_id": message_id, "consumers": delivery.consumers}))
+        }
+        Err(postponed) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": postponed.to_string(), "message_id": message_id}),
+        ),
+    }
+}
