@@ -5,6 +5,11 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, SubsecRound, Utc};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -164,6 +169,30 @@ pub struct CallStore {
     event_source: String,
     /// Woken after each commit that wrote an outbox row, so the relay publishes at once.
     outbox_wake: Arc<Notify>,
+    metrics: CallMetrics,
+}
+
+/// `videocall_call_transitions_total{status,call_type}`: calls that entered each state through
+/// this process, by call type, counted once committed. Cheap to clone (clones count together).
+#[derive(Debug, Clone, Default)]
+pub struct CallMetrics {
+    transitions: Family<TransitionLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    status: &'static str,
+    call_type: &'static str,
+}
+
+impl CallMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "videocall_call_transitions",
+            "Calls that entered a state (initiated, ringing, active, ended, rejected, missed) through this process, by call type",
+            self.transitions.clone(),
+        );
+    }
 }
 
 /// Statuses advance at most four times, so this many attempts always reach a decision.
@@ -171,7 +200,20 @@ const MAX_ATTEMPTS: usize = 6;
 
 impl CallStore {
     pub fn new(db: DatabaseConnection, event_source: String, outbox_wake: Arc<Notify>) -> Self {
-        Self { db, event_source, outbox_wake }
+        Self { db, event_source, outbox_wake, metrics: CallMetrics::default() }
+    }
+
+    /// Counts committed changes into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: CallMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts a committed change of `call` (callers of [`Self::transition_in`] call this after
+    /// their commit; the store's own commands do it themselves).
+    pub fn count_committed(&self, call: &CallRecord) {
+        let labels = TransitionLabels { status: call.status.as_str(), call_type: call.call_type.as_str() };
+        self.metrics.transitions.get_or_create(&labels).inc();
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -255,6 +297,7 @@ impl CallStore {
         match self.insert_new(&call, offer, actor_id, now).await {
             Ok(()) => {
                 self.wake_outbox();
+                self.count_committed(&call);
                 Ok(Initiated { call, created: true })
             }
             Err(StoreError::Db(e)) if is_unique_violation(&e) => {
@@ -342,6 +385,7 @@ impl CallStore {
                     if let Some(changed) = self.transition_in(&txn, &call, effect, &actor.id).await? {
                         txn.commit().await?;
                         self.wake_outbox();
+                        self.count_committed(&changed);
                         return Ok(changed);
                     }
                     txn.rollback().await?;

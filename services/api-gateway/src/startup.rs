@@ -10,16 +10,16 @@ use prometheus_client::{
     registry::Registry,
 };
 use sea_orm::DatabaseConnection;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
-use videocall_domain::CallStatus;
+use videocall_domain::{CallStatus, CallType};
 use videocall_entities::calls;
 use videocall_platform::{
     auth::JwtKeys,
-    call_store::CallStore,
+    call_store::{CallMetrics, CallStore},
     db,
     events::event_source,
     local_events::LocalEvents,
@@ -105,7 +105,8 @@ impl Application {
         let Self { config, listener, ops, db, bus, outbox_wake, local_events } = self;
         let in_process = local_events.is_some();
         let source = event_source(&config.common.cell_id, &config.common.service_name);
-        let store = CallStore::new(db.clone(), source, outbox_wake.clone());
+        let call_metrics = CallMetrics::default();
+        let store = CallStore::new(db.clone(), source, outbox_wake.clone()).with_metrics(call_metrics.clone());
         let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts, bus };
         let keys = JwtKeys::new(config.jwt_secret.clone());
         let call_service = CallServiceServer::new(api)
@@ -139,6 +140,7 @@ impl Application {
             None => relay,
         };
         relay.register_metrics(&mut registry);
+        call_metrics.register(&mut registry);
         let gauges = Gauges::new(&mut registry);
         let ready = Readiness::default();
 
@@ -240,6 +242,7 @@ struct Gauges {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: &'static str,
+    call_type: &'static str,
 }
 
 impl Gauges {
@@ -250,18 +253,40 @@ impl Gauges {
             "Events not yet confirmed by the broker",
             gauges.outbox_backlog.clone(),
         );
-        registry.register("videocall_live_calls", "Calls initiated, ringing or active", gauges.live_calls.clone());
+        registry.register(
+            "videocall_live_calls",
+            "Calls initiated, ringing or active, by status and call type",
+            gauges.live_calls.clone(),
+        );
         gauges
     }
 
     async fn refresh(&self, db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
         let backlog = outbox_relay::backlog(db).await?;
         self.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
-        for status in [CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active] {
-            let n = calls::Entity::find().filter(calls::Column::Status.eq(status.as_str())).count(db).await?;
-            self.live_calls
-                .get_or_create(&StatusLabel { status: status.as_str() })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        let live = [CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active];
+        let counts: Vec<(String, String, i64)> = calls::Entity::find()
+            .select_only()
+            .column(calls::Column::Status)
+            .column(calls::Column::CallType)
+            .column_as(calls::Column::Id.count(), "n")
+            .filter(calls::Column::Status.is_in(live.map(CallStatus::as_str)))
+            .group_by(calls::Column::Status)
+            .group_by(calls::Column::CallType)
+            .into_tuple()
+            .all(db)
+            .await?;
+        // Every combination is set, so one that empties drops back to 0.
+        for status in live {
+            for call_type in CallType::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(s, t, _)| s == status.as_str() && t == call_type.as_str())
+                    .map_or(0, |(_, _, n)| *n);
+                self.live_calls
+                    .get_or_create(&StatusLabel { status: status.as_str(), call_type: call_type.as_str() })
+                    .set(n);
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio_util::sync::CancellationToken;
-use videocall_platform::inbox_worker::{Handler, QueueWorker, Verdict};
+use videocall_platform::inbox_worker::{Handler, QueueLag, QueueWorker, Verdict};
 
 use crate::{
     config::QueueBinding,
@@ -81,6 +81,7 @@ pub struct QueueConsumer {
 #[derive(Debug, Clone, Default)]
 pub struct ConsumerMetrics {
     pub messages: Family<MessageLabels, Counter>,
+    pub lag: QueueLag,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +98,7 @@ impl ConsumerMetrics {
             "Messages handled, by queue and outcome (applied, dead_lettered, retried)",
             metrics.messages.clone(),
         );
+        metrics.lag.register(registry);
         metrics
     }
 }
@@ -138,6 +140,7 @@ impl QueueConsumer {
             max_retries: self.settings.max_retries,
             publisher: self.publisher.clone(),
             handler: Apply { effects: self.effects.clone(), kind: self.kind },
+            lag: self.metrics.lag.clone(),
             count: Arc::new(move |outcome| {
                 metrics.messages.get_or_create(&MessageLabels { queue: queue.clone(), outcome }).inc();
             }),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::{calls, outbox, processed_messages, support_offers};
 use videocall_platform::{
-    call_store::{CallRecord, CallStateFrame, CallStore, StoreError},
+    call_store::{CallMetrics, CallRecord, CallStateFrame, CallStore, StoreError},
     events::{CloudEvent, event_source},
     signal_bus::SignalBus,
 };
@@ -111,6 +111,12 @@ impl Effects {
         }
     }
 
+    /// Counts the calls it closes into `metrics` (`videocall_call_transitions_total`).
+    pub fn with_metrics(mut self, metrics: CallMetrics) -> Self {
+        self.store = self.store.with_metrics(metrics);
+        self
+    }
+
     /// Parses and applies one message body.
     pub async fn apply(&self, kind: Kind, message_id: Option<&str>, body: &[u8]) -> Result<Outcome, Failure> {
         match kind {
@@ -174,6 +180,7 @@ impl Effects {
             tracing::info!(ended, missed, "calls of an offline user closed");
         }
         for call in &closed {
+            self.store.count_committed(call);
             self.notify_parties(call).await;
         }
         Ok(Outcome::CallsClosed { ended, missed })

@@ -21,7 +21,9 @@ use anyhow::Context;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 use videocall_platform::{
-    amqp, db,
+    amqp,
+    call_store::CallMetrics,
+    db,
     signal_bus::{SignalBus, SignalBusConfig},
 };
 
@@ -36,6 +38,8 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
     let ops = OpsServer::bind(config.ops_listen_addr).await?;
     let mut registry = Registry::default();
     let metrics = ConsumerMetrics::new(&mut registry);
+    let call_metrics = CallMetrics::default();
+    call_metrics.register(&mut registry);
     let ready = Readiness::default();
     let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
@@ -47,7 +51,8 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
     })
     .context("REDIS_URL")?;
     let effects =
-        Effects::new(db.clone(), &config.common.cell_id, &config.common.service_name, bus, config.support_offer_ttl);
+        Effects::new(db.clone(), &config.common.cell_id, &config.common.service_name, bus, config.support_offer_ttl)
+            .with_metrics(call_metrics);
     let settings = Settings {
         dlx_exchange: config.dlx_exchange.clone(),
         prefetch: config.prefetch,

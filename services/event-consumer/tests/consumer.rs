@@ -387,7 +387,13 @@ async fn readiness_and_metrics_follow_the_messages() {
     let h = Harness::start(&[&format!("--ops-listen-addr={addr}")]).await;
     eventually("ready", || async { (videocall_testkit::http_get(addr, "/readyz").await?.0 == 200).then_some(()) })
         .await;
-    h.user_offline(Some("m-ok"), &json!({"user_id": "nobody"})).await;
+    // A CloudEvent made 2 s ago: its lag is measured from its `time`.
+    let made = (chrono::Utc::now() - chrono::Duration::seconds(2)).to_rfc3339();
+    h.user_offline(
+        Some("m-ok"),
+        &json!({"specversion":"1.0","id":"m-ok","type":"UserOffline","time":made,"data":{"user_id":"nobody"}}),
+    )
+    .await;
     h.user_offline(Some("m-bad"), &json!({"user": "nobody"})).await;
     let queue = h.config.user_offline.queue.clone();
     let metrics = eventually("both messages counted", || async {
@@ -398,5 +404,16 @@ async fn readiness_and_metrics_follow_the_messages() {
     })
     .await;
     assert!(metrics.contains("# TYPE videocall_consumer_messages counter"), "{metrics}");
+    // Only the message that says when it was made is timed (no CloudEvents time, no AMQP
+    // timestamp on the other).
+    let lag = format!("videocall_queue_lag_seconds_count{{queue=\"{queue}\"}} 1");
+    assert!(metrics.contains(&lag), "{metrics}");
+    let sum_prefix = format!("videocall_queue_lag_seconds_sum{{queue=\"{queue}\"}} ");
+    let sum: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sum_prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .expect("a lag sum");
+    assert!(sum >= 2.0, "lag counts from the event's time, 2 s before it was sent: {sum}");
     h.stop().await;
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::calls;
 use videocall_platform::{
-    call_store::{CallRecord, CallStateFrame, CallStore, StoreError},
+    call_store::{CallMetrics, CallRecord, CallStateFrame, CallStore, StoreError},
     db,
     events::event_source,
     ops::{OpsServer, Readiness},
@@ -67,6 +67,12 @@ impl Sweeper {
     pub fn new(db: DatabaseConnection, cell_id: &str, service_name: &str, batch_size: u64) -> Self {
         let store = CallStore::new(db, event_source(cell_id, service_name), Arc::new(Notify::new()));
         Self { store, actor: service_name.to_owned(), batch_size, zombie_timeout: None, bus: None }
+    }
+
+    /// Counts the calls it misses or ends into `metrics` (`videocall_call_transitions_total`).
+    pub fn with_metrics(mut self, metrics: CallMetrics) -> Self {
+        self.store = self.store.with_metrics(metrics);
+        self
     }
 
     /// Tells both parties' connections through `bus` when their call is missed or ended.
@@ -149,6 +155,9 @@ impl Sweeper {
         if !changed.is_empty() {
             self.store.wake_outbox();
         }
+        for call in &changed {
+            self.store.count_committed(call);
+        }
         self.notify_parties(&changed).await;
         Ok((claimed, changed.len() as u64))
     }
@@ -226,6 +235,8 @@ pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::
     let ops = OpsServer::bind(config.ops_listen_addr).await?;
     let mut registry = Registry::default();
     let metrics = SweeperMetrics::new(&mut registry);
+    let call_metrics = CallMetrics::default();
+    call_metrics.register(&mut registry);
     let ready = Readiness::default();
     let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
@@ -244,7 +255,8 @@ pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::
     };
     let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size)
         .with_zombie_timeout(config.zombie_timeout)
-        .with_bus(bus);
+        .with_bus(bus)
+        .with_metrics(call_metrics);
     sweeper.run(config.schedule, metrics, ready, shutdown).await;
     db.close_by_ref().await.ok();
     ops_task.await??;

@@ -16,7 +16,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio_util::sync::CancellationToken;
-use videocall_platform::inbox_worker::{Handler, QueueWorker, Verdict};
+use videocall_platform::inbox_worker::{Handler, QueueLag, QueueWorker, Verdict};
 
 use crate::{
     config::ROUTING_KEYS,
@@ -75,6 +75,7 @@ pub struct QueueConsumer {
 #[derive(Debug, Clone, Default)]
 pub struct ConsumerMetrics {
     pub messages: Family<MessageLabels, Counter>,
+    pub lag: QueueLag,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +91,7 @@ impl ConsumerMetrics {
             "Messages handled, by outcome (applied, late, finalized, duplicate, dead_lettered, retried)",
             metrics.messages.clone(),
         );
+        metrics.lag.register(registry);
         metrics
     }
 }
@@ -130,6 +132,7 @@ impl QueueConsumer {
             max_retries: self.settings.max_retries,
             publisher: self.publisher.clone(),
             handler: Apply(self.aggregator.clone()),
+            lag: self.metrics.lag.clone(),
             count: Arc::new(move |outcome| {
                 metrics.messages.get_or_create(&MessageLabels { outcome }).inc();
             }),

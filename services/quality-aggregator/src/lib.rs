@@ -27,7 +27,7 @@ use videocall_platform::{
 
 pub use config::{AggregatorArgs, AggregatorConfig};
 use consumer::{ConsumerMetrics, QueueConsumer, Settings};
-pub use summaries::{Aggregator, Outcome};
+pub use summaries::{Aggregator, Outcome, SummaryMetrics};
 
 /// A bound aggregator: the operations endpoint listens; `run` does the rest.
 pub struct Application {
@@ -53,10 +53,12 @@ impl Application {
         let Self { config, ops } = self;
         let mut registry = Registry::default();
         let metrics = ConsumerMetrics::new(&mut registry);
+        let summaries = SummaryMetrics::default();
+        summaries.register(&mut registry);
         let ready = Readiness::default();
         let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
         let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
-        let aggregator = Aggregator::new(db.clone());
+        let aggregator = Aggregator::new(db.clone()).with_metrics(summaries);
         let settings = Settings {
             exchange: config.events_exchange.clone(),
             queue: config.queue.clone(),

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{SubsecRound, Utc};
+use prometheus_client::{metrics::histogram::Histogram, registry::Registry};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
@@ -63,11 +64,47 @@ impl From<DbErr> for Failure {
 #[derive(Debug, Clone)]
 pub struct Aggregator {
     db: DatabaseConnection,
+    metrics: SummaryMetrics,
+}
+
+/// The finalized summaries, as distributions: `videocall_call_mos` and
+/// `videocall_call_packet_loss_percent` (both directions together), observed once per call with
+/// samples when its summary becomes final. Cheap to clone (clones observe together).
+#[derive(Debug, Clone)]
+pub struct SummaryMetrics {
+    mos: Histogram,
+    loss: Histogram,
+}
+
+impl Default for SummaryMetrics {
+    fn default() -> Self {
+        Self {
+            mos: Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
+            loss: Histogram::new([0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]),
+        }
+    }
+}
+
+impl SummaryMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("videocall_call_mos", "E-model MOS of each finalized call summary", self.mos.clone());
+        registry.register(
+            "videocall_call_packet_loss_percent",
+            "Average packet loss of each finalized call summary",
+            self.loss.clone(),
+        );
+    }
 }
 
 impl Aggregator {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, metrics: SummaryMetrics::default() }
+    }
+
+    /// Observes finalized summaries into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: SummaryMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Parses and applies one message body.
@@ -144,14 +181,27 @@ impl Aggregator {
         let now = Utc::now().trunc_subsecs(6);
         // The `all` row exists afterwards even for a call without samples: an empty, final summary.
         lock_rows(&txn, call_id, &[ALL]).await?;
-        call_quality::Entity::update_many()
+        let finalized = call_quality::Entity::update_many()
             .col_expr(call_quality::Column::FinalizedAt, Expr::value(now))
             .col_expr(call_quality::Column::UpdatedAt, Expr::value(now))
             .filter(call_quality::Column::CallId.eq(call_id))
             .filter(call_quality::Column::FinalizedAt.is_null())
             .exec(&txn)
             .await?;
+        let summary = if finalized.rows_affected > 0 {
+            call_quality::Entity::find()
+                .filter(call_quality::Column::CallId.eq(call_id))
+                .filter(call_quality::Column::Scope.eq(ALL))
+                .one(&txn)
+                .await?
+        } else {
+            None
+        };
         txn.commit().await?;
+        if let Some(summary) = summary.filter(|s| s.sample_count > 0) {
+            self.metrics.mos.observe(summary.mos);
+            self.metrics.loss.observe(summary.avg_packet_loss);
+        }
         Ok(Outcome::Finalized)
     }
 }

@@ -323,6 +323,19 @@ async fn call_ended_finalizes_and_later_samples_are_stored_but_change_nothing() 
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].scope.as_str(), rows[0].sample_count), ("all", 0));
     assert!(rows[0].finalized_at.is_some());
+
+    // /metrics: one summary finalized with samples (the second ending and the empty missed call
+    // add nothing), its MOS and loss in the distributions; every message's lag observed once.
+    let (_, body) = videocall_testkit::http_get(h.ops, "/metrics").await.expect("metrics");
+    for line in [
+        "videocall_call_mos_count 1",
+        "videocall_call_mos_sum 4.305864079",
+        "videocall_call_packet_loss_percent_sum 1.0",
+        "videocall_quality_messages_total{outcome=\"finalized\"} 3",
+    ] {
+        assert!(body.lines().any(|l| l.starts_with(line)), "metrics have {line}:\n{body}");
+    }
+    assert!(body.contains("videocall_queue_lag_seconds_count{queue="), "{body}");
     h.stop().await;
 }
 

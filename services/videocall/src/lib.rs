@@ -28,6 +28,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use videocall_platform::{
     auth::{JwtKeys, Role},
+    call_store::CallMetrics,
     config::{Checker, Common, ConfigError, Secret},
     db,
     ice::{IceArgs, IceConfig},
@@ -197,13 +198,17 @@ impl Standalone {
         let events = Arc::new(LocalEvents::new());
 
         // Consumers of the events, bound as the RabbitMQ workers bind their queues.
-        let aggregator = quality_aggregator::Aggregator::new(db.clone());
+        let summaries = quality_aggregator::SummaryMetrics::default();
+        let aggregator = quality_aggregator::Aggregator::new(db.clone()).with_metrics(summaries.clone());
         let quality = Arc::new(quality_aggregator::consumer::handler(aggregator));
         for key in quality_aggregator::config::ROUTING_KEYS {
             events.bind("quality-aggregator", EVENTS_EXCHANGE, key, quality.clone());
         }
+        // The workers' call metrics: the event consumer's and the sweeper's transitions together.
+        let worker_calls = CallMetrics::default();
         let effects =
-            event_consumer::Effects::new(db.clone(), CELL_ID, "event-consumer", bus.clone(), Duration::from_secs(900));
+            event_consumer::Effects::new(db.clone(), CELL_ID, "event-consumer", bus.clone(), Duration::from_secs(900))
+                .with_metrics(worker_calls.clone());
         let offline = Arc::new(event_consumer::consumer::handler(effects.clone(), event_consumer::Kind::UserOffline));
         events.bind("event-consumer", "presence.events", "user.offline", offline);
         let tickets = Arc::new(event_consumer::consumer::handler(effects, event_consumer::Kind::TicketCreated));
@@ -258,10 +263,13 @@ impl Standalone {
             .await
             .with_context(|| format!("cannot listen on {} (WORKERS_LISTEN_ADDR)", config.workers))?;
         let mut workers_registry = Registry::default();
+        worker_calls.register(&mut workers_registry);
+        summaries.register(&mut workers_registry);
         let sweeper_metrics = missed_call_sweeper::metrics::SweeperMetrics::new(&mut workers_registry);
         let sweeper = missed_call_sweeper::Sweeper::new(db.clone(), CELL_ID, "missed-call-sweeper", 500)
             .with_zombie_timeout(Some(config.zombie_timeout))
-            .with_bus(Some(bus));
+            .with_bus(Some(bus))
+            .with_metrics(worker_calls);
         Ok(Self { config, db, events, gateway, relay, workers, workers_registry, sweeper, sweeper_metrics })
     }
 

@@ -150,15 +150,21 @@ async fn the_operations_endpoint_reports_readiness_and_metrics() {
     for _ in 0..100 {
         if let Some((200, body)) = videocall_testkit::http_get(ops, "/metrics").await
             && body.contains("videocall_outbox_published_total 1")
-            && body.contains("videocall_live_calls{status=\"initiated\"} 1")
+            && body.contains("videocall_live_calls{status=\"initiated\",call_type=\"support\"} 1")
+            // The gauges are refreshed at each readiness check, after the relay's counter moved.
+            && body.contains("videocall_outbox_backlog 0")
         {
             seen = Some(body);
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let body = seen.expect("metrics show the published event and the live call");
-    assert!(body.contains("videocall_outbox_backlog 0"), "{body}");
+    let body = seen.expect("metrics show the published event, an empty backlog and the live call");
+    assert!(
+        body.contains("videocall_live_calls{status=\"active\",call_type=\"sales\"} 0"),
+        "every pair is shown: {body}"
+    );
+    assert!(body.contains("videocall_call_transitions_total{status=\"initiated\",call_type=\"support\"} 1"), "{body}");
     assert_eq!(videocall_testkit::http_get(ops, "/readyz").await.map(|r| r.0), Some(200));
     assert_eq!(videocall_testkit::http_get(ops, "/healthz").await.map(|r| r.0), Some(200));
     shutdown.cancel();

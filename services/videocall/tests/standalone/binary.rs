@@ -183,8 +183,25 @@ async fn the_binary_runs_calls_quality_and_events_on_sqlite() {
     ] {
         assert!(metrics.contains(line), "workers metrics have {line}:\n{metrics}");
     }
+    // Calls by state and type, from the process that made each change.
     let (_, metrics) = http_get(app.ops, "/metrics").await.expect("gateway metrics");
-    assert!(metrics.contains("videocall_outbox_published_total"), "{metrics}");
+    for line in [
+        "videocall_outbox_published_total",
+        "videocall_call_transitions_total{status=\"initiated\",call_type=\"consult\"} 1",
+        "videocall_call_transitions_total{status=\"active\",call_type=\"sales\"} 1",
+        "videocall_call_transitions_total{status=\"ended\",call_type=\"support\"} 1",
+    ] {
+        assert!(metrics.contains(line), "gateway metrics have {line}:\n{metrics}");
+    }
+    let (_, metrics) = http_get(app.workers, "/metrics").await.expect("workers metrics");
+    for line in [
+        "videocall_call_transitions_total{status=\"ended\",call_type=\"sales\"} 1",
+        "videocall_call_transitions_total{status=\"missed\",call_type=\"consult\"} 1",
+        "videocall_call_mos_count 1",
+        "videocall_call_packet_loss_percent_sum 0.5",
+    ] {
+        assert!(metrics.contains(line), "workers metrics have {line}:\n{metrics}");
+    }
     drop((customer, agent));
 
     // SIGTERM stops it cleanly; started again on the same data, the history is still there.
