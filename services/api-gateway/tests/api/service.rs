@@ -170,3 +170,47 @@ async fn the_operations_endpoint_reports_readiness_and_metrics() {
     shutdown.cancel();
     handle.await.expect("joins").expect("clean stop");
 }
+
+#[tokio::test]
+async fn vc_migrate_brings_a_fresh_database_current_once_and_refuses_bad_settings() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    use videocall_migrations::MigratorTrait;
+    use videocall_platform::db;
+
+    let url = videocall_testkit::fresh_database().await;
+    let run = |url: Option<&str>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_vc-migrate"));
+        command.env_clear().env("MIGRATE_TIMEOUT_SECS", "30");
+        if let Some(url) = url {
+            command.env("DATABASE_URL", url);
+        }
+        command.output()
+    };
+    let applied = |conn: sea_orm::DatabaseConnection| async move {
+        let row = conn
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT count(*) AS n FROM seaql_migrations"))
+            .await
+            .expect("the migrations table exists")
+            .expect("row");
+        row.try_get::<i64>("", "n").expect("n")
+    };
+    let expected = videocall_migrations::Migrator::migrations().len() as i64;
+    let first = run(Some(&url)).await.expect("runs");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stdout));
+    let plain = sea_orm::Database::connect(url.as_str()).await.expect("connect");
+    assert_eq!(applied(plain).await, expected, "vc-migrate applied every migration");
+    // Again, concurrently with a service starting on the same database: nothing left to do.
+    let never = CancellationToken::new();
+    let (second, service) = tokio::join!(run(Some(&url)), db::connect_and_migrate(&url, &never));
+    assert!(second.expect("runs").status.success());
+    let conn = service.expect("the service finds the schema current");
+    assert_eq!(applied(conn).await, expected, "each migration recorded once");
+
+    let missing = run(None).await.expect("runs");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("DATABASE_URL"), "names the variable");
+    let bad = run(Some("mysql://db/videocall")).await.expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("DATABASE_URL: must start with postgres://"), "{stderr}");
+}
