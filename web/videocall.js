@@ -17,6 +17,7 @@ class Videocall extends EventTarget {
     this.qualityTimer = null;
     this.stats = {};
     this.relayOnly = false;
+    this.signalsLost = 0; // signals_lost notices received (shown in the status line)
   }
 
   connect() {
@@ -62,6 +63,9 @@ class Videocall extends EventTarget {
       case "hangup":
         await this.onSignal(frame);
         break;
+      case "signals_lost":
+        await this.onSignalsLost(frame);
+        break;
       default:
         this.emit("notice", frame);
     }
@@ -95,6 +99,18 @@ class Videocall extends EventTarget {
     } else if (frame.type === "hangup") {
       this.emit("status", { text: "the other party hung up" });
     }
+  }
+
+  // The relay's signal bus restarted and may have lost signals of this call: the caller
+  // renegotiates with an ICE restart; the callee answers that new offer as usual.
+  async onSignalsLost(frame) {
+    if (!this.call || this.call.id !== frame.call_id || !this.pc) return;
+    this.signalsLost += 1;
+    this.emit("status", { text: "signaling was interrupted; renegotiating" });
+    if (this.call.caller_id !== this.userId) return;
+    const offer = await this.pc.createOffer({ iceRestart: true });
+    await this.pc.setLocalDescription(offer);
+    await this.request({ type: "offer", call_id: frame.call_id, sdp: offer.sdp });
   }
 
   async flushCandidates() {

@@ -165,12 +165,19 @@ impl SignalBus {
         self.publish_json_to_user(user_id, json).await
     }
 
-    /// Publishes an already encoded server frame to a user's channel, without logging it.
+    /// Publishes an already encoded server frame to a user's channel, without logging it. Such
+    /// frames (call state, notices) are safe to repeat, so a command that met a dropped connection
+    /// (Redis restarted since the last command) is sent once more on the reconnected one.
     pub async fn publish_json_to_user(&self, user_id: &str, json: String) -> Result<(), BusError> {
         match &self.backend {
             Backend::Redis { conn, .. } => {
-                let mut conn = conn.clone();
-                let _: i64 = conn.publish(user_channel(&self.config.cell_id, user_id), json).await?;
+                let channel = user_channel(&self.config.cell_id, user_id);
+                let _: i64 = once_more_if_dropped(|| {
+                    let mut conn = conn.clone();
+                    let (channel, json) = (channel.clone(), json.clone());
+                    async move { conn.publish(channel, json).await }
+                })
+                .await?;
             }
             Backend::InProcess(local) => local.deliver(user_id, Arc::from(json)),
         }
@@ -184,8 +191,12 @@ impl SignalBus {
             Backend::Redis { conn, .. } => conn,
             Backend::InProcess(local) => return Ok(local.replay(call_id, user_id, after_seq)),
         };
-        let mut conn = conn.clone();
-        let frames: Vec<String> = conn.lrange(call_log(&self.config.cell_id, call_id), 0, -1).await?;
+        let key = call_log(&self.config.cell_id, call_id);
+        let frames: Vec<String> = once_more_if_dropped(|| {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move { conn.lrange(key, 0, -1).await }
+        })
+        .await?;
         Ok(frames
             .into_iter()
             .filter_map(|frame| {
@@ -193,6 +204,36 @@ impl SignalBus {
                 (head.to == user_id && head.seq > after_seq).then_some((head.seq, frame))
             })
             .collect())
+    }
+
+    /// Leaves a marker named `owner` on the bus (a relay instance's id); [`Self::marker_survived`]
+    /// later tells whether the bus kept its data since — false after Redis restarted without
+    /// persistence (or was flushed), when every call's signal log is gone too.
+    pub async fn set_marker(&self, owner: &str) -> Result<(), BusError> {
+        if let Backend::Redis { conn, .. } = &self.backend {
+            let key = format!("{}:vc:marker:{owner}", self.config.cell_id);
+            let () = once_more_if_dropped(|| {
+                let (mut conn, key) = (conn.clone(), key.clone());
+                async move { conn.set_ex(key, 1, 7 * 24 * 3600).await }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the marker `owner` set is still there (always true in process).
+    pub async fn marker_survived(&self, owner: &str) -> Result<bool, BusError> {
+        match &self.backend {
+            Backend::Redis { conn, .. } => {
+                let key = format!("{}:vc:marker:{owner}", self.config.cell_id);
+                Ok(once_more_if_dropped(|| {
+                    let (mut conn, key) = (conn.clone(), key.clone());
+                    async move { conn.exists(key).await }
+                })
+                .await?)
+            }
+            Backend::InProcess(_) => Ok(true),
+        }
     }
 
     /// A new subscriber (on Redis, its own Pub/Sub connection): subscribe it to users and read
@@ -212,6 +253,23 @@ impl SignalBus {
     /// Whether this bus lives in this process (no Redis).
     pub fn is_in_process(&self) -> bool {
         matches!(self.backend, Backend::InProcess(_))
+    }
+}
+
+/// Runs a repeatable command; if it met a dropped or refused connection (the manager reconnects
+/// in the background after such a failure), runs it once more after a moment.
+async fn once_more_if_dropped<T, F, Fut>(command: F) -> redis::RedisResult<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    match command().await {
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => {
+            tracing::debug!(error = %e, "redis command met a dropped connection; once more");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            command().await
+        }
+        result => result,
     }
 }
 

@@ -40,6 +40,8 @@ struct KnownCall {
     live: bool,
     /// Highest signal sequence number delivered to this connection.
     last_seq: u64,
+    /// This connection sent a signal of this call.
+    sent: bool,
 }
 
 /// Token bucket: `rate` per second, at most `burst` saved up.
@@ -102,7 +104,7 @@ impl Connection {
         if send(&mut socket, hello.to_string()).await.is_err() {
             return;
         }
-        if state.sync(&mut socket).await.is_err() {
+        if state.sync(&mut socket, false).await.is_err() {
             return;
         }
         let mut bucket = Bucket::new(limits.rate_per_sec, limits.burst);
@@ -127,8 +129,8 @@ impl Connection {
                             return;
                         }
                     }
-                    Some(Outbound::Resync) => {
-                        if state.sync(&mut socket).await.is_err() { return; }
+                    Some(Outbound::Resync { lost }) => {
+                        if state.sync(&mut socket, lost).await.is_err() { return; }
                     }
                 },
                 incoming = socket.recv() => {
@@ -195,14 +197,22 @@ impl State {
             pb::CallStatus::try_from(call.status),
             Ok(pb::CallStatus::Initiated | pb::CallStatus::Ringing | pb::CallStatus::Active)
         );
-        let entry = self.calls.entry(call.id.clone()).or_insert(KnownCall { other: other.clone(), live, last_seq: 0 });
+        let entry = self.calls.entry(call.id.clone()).or_insert(KnownCall {
+            other: other.clone(),
+            live,
+            last_seq: 0,
+            sent: false,
+        });
         entry.other = other;
         entry.live = live;
     }
 
     /// Sends the state of every live call of this user and replays the signals this connection
-    /// has not seen: on connect, and after Redis comes back.
-    async fn sync(&mut self, socket: &mut WebSocket) -> Result<(), axum::Error> {
+    /// has not seen: on connect, and after the bus subscriber comes back. If the bus lost its
+    /// data meanwhile (`bus_lost`: Redis restarted without persistence), signals of the calls this
+    /// connection was negotiating may be gone for good: it is told so (`signals_lost`), and the
+    /// caller renegotiates (docs/protocol.md).
+    async fn sync(&mut self, socket: &mut WebSocket, bus_lost: bool) -> Result<(), axum::Error> {
         let request = self.request(pb::GetUserCallsRequest { page_size: 20, ..Default::default() });
         let calls = match self.gateway.clone().get_user_calls(request).await {
             Ok(reply) => reply.into_inner().calls,
@@ -220,7 +230,16 @@ impl State {
             self.remember(call);
             let frame = serde_json::json!({"type": "call_state", "call": protocol::call_json(call)});
             send(socket, frame.to_string()).await?;
-            let after = self.calls.get(&call.id).map_or(0, |c| c.last_seq);
+            let (after, sent) = self.calls.get(&call.id).map_or((0, false), |c| (c.last_seq, c.sent));
+            if bus_lost && (after > 0 || sent) {
+                self.metrics.signals_lost.inc();
+                let notice = serde_json::json!({
+                    "type": "signals_lost",
+                    "call_id": call.id,
+                    "reason": "the signal bus restarted and lost this call's signals; the caller renegotiates (ICE restart)",
+                });
+                send(socket, notice.to_string()).await?;
+            }
             match self.bus.replay(&call.id, &self.user_id, after).await {
                 Ok(frames) => {
                     for (seq, frame) in frames {
@@ -261,6 +280,7 @@ impl State {
                 other: head.from.clone().unwrap_or_default(),
                 live: true,
                 last_seq: 0,
+                sent: false,
             });
             if seq <= known.last_seq {
                 return None;
@@ -271,7 +291,8 @@ impl State {
         {
             let other = if call.caller_id == self.user_id { call.callee_id } else { call.caller_id };
             let live = matches!(call.status.as_str(), "initiated" | "ringing" | "active");
-            let known = self.calls.entry(call.id).or_insert(KnownCall { other: other.clone(), live, last_seq: 0 });
+            let known =
+                self.calls.entry(call.id).or_insert(KnownCall { other: other.clone(), live, last_seq: 0, sent: false });
             known.other = other;
             known.live = live;
         }
@@ -492,6 +513,9 @@ impl State {
                     Failure::new("unavailable", "signaling is unavailable, retry".into())
                 }
             })?;
+        if let Some(known) = self.calls.get_mut(&frame.call_id) {
+            known.sent = true;
+        }
         self.metrics.signal_latency.observe(started.elapsed().as_secs_f64());
         self.metrics.signals.get_or_create(&TypeLabel { r#type: signal_type.as_str().to_owned() }).inc();
         Ok(serde_json::json!({"seq": seq}))

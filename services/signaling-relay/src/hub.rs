@@ -24,8 +24,9 @@ pub const CONNECTION_BUFFER: usize = 512;
 pub enum Outbound {
     /// A JSON frame from the user's channel.
     Frame(Arc<str>),
-    /// The bus subscriber was replaced: replay what may have been missed.
-    Resync,
+    /// The bus subscriber was replaced: replay what may have been missed. `lost`: the bus lost
+    /// its data meanwhile (signal logs included).
+    Resync { lost: bool },
 }
 
 enum Command {
@@ -149,15 +150,16 @@ impl Hub {
         }
     }
 
-    fn broadcast_resync(&self) {
+    fn broadcast_resync(&self, lost: bool) {
         for tx in self.lock().values().flat_map(HashMap::values) {
-            let _ = tx.try_send(Outbound::Resync);
+            let _ = tx.try_send(Outbound::Resync { lost });
         }
     }
 
     async fn run(self, bus: SignalBus, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut first = true;
+        let marker = uuid::Uuid::now_v7().simple().to_string();
         while !shutdown.is_cancelled() {
             let mut subscriber = match bus.subscriber().await {
                 Ok(subscriber) => subscriber,
@@ -184,9 +186,14 @@ impl Hub {
             }
             backoff.reset();
             self.inner.connected.store(true, Ordering::Relaxed);
+            // This relay's marker on the bus: gone after a reconnect means the bus lost its data.
+            let lost = !first && !matches!(bus.marker_survived(&marker).await, Ok(true));
+            if let Err(error) = bus.set_marker(&marker).await {
+                tracing::warn!(%error, "cannot set the signal bus marker");
+            }
             if !first {
-                tracing::info!(users = users.len(), "signal bus subscriber back; resyncing connections");
-                self.broadcast_resync();
+                tracing::info!(users = users.len(), lost, "signal bus subscriber back; resyncing connections");
+                self.broadcast_resync(lost);
             }
             first = false;
             loop {

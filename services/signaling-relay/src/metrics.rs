@@ -20,6 +20,8 @@ pub struct RelayMetrics {
     pub closes: Family<TypeLabel, Counter>,
     /// Time from a signal frame's arrival to its publication on Redis.
     pub signal_latency: Histogram,
+    /// `signals_lost` notices: calls whose signal log the bus lost while this relay was away.
+    pub signals_lost: Counter,
 }
 
 impl RelayMetrics {
@@ -30,6 +32,7 @@ impl RelayMetrics {
             errors: Family::default(),
             closes: Family::default(),
             signal_latency: Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+            signals_lost: Counter::default(),
         };
         registry.register("videocall_relay_connections", "Open WebSocket connections", m.connections.clone());
         registry.register("videocall_relay_signals", "Signals relayed, by type", m.signals.clone());
@@ -39,6 +42,11 @@ impl RelayMetrics {
             "videocall_relay_signal_publish_seconds",
             "From a signal frame's arrival to its publication on the signal bus",
             m.signal_latency.clone(),
+        );
+        registry.register(
+            "videocall_relay_signals_lost",
+            "signals_lost notices sent: a call's signal log was gone after the bus came back",
+            m.signals_lost.clone(),
         );
         m
     }

@@ -115,3 +115,74 @@ async fn relays_resubscribe_after_a_redis_restart_and_signals_flow_again() {
     fleet.stop().await;
     drop(redis);
 }
+
+/// 200 calls mid-negotiation (offer sent, no answer yet) when Redis restarts and loses every
+/// signal log: each of the 400 sockets is told `signals_lost` for its call, each caller
+/// renegotiates, and every call completes offer → answer through the restarted bus.
+#[tokio::test]
+async fn negotiations_caught_by_a_redis_restart_are_told_and_renegotiate() {
+    const PAIRS: usize = 200;
+    let port = free_tcp_port();
+    let redis = Redis::start(port);
+    let fleet =
+        spawn_fleet(FleetOptions { redis_url: format!("redis://127.0.0.1:{port}"), ..Default::default() }).await;
+    let mut pairs = Vec::with_capacity(PAIRS);
+    for i in 0..PAIRS {
+        let (caller, callee) = (format!("caller-{i}"), format!("callee-{i}"));
+        let mut a = fleet.connect(0, &caller).await;
+        let mut b = fleet.connect(1, &callee).await;
+        let ack = a.request(json!({"type": "call.initiate", "callee_id": callee, "call_type": "support"})).await;
+        let call_id = ack["call"]["id"].as_str().unwrap_or_else(|| panic!("call {i}: {ack}")).to_owned();
+        let offer = a.request(json!({"type": "offer", "call_id": call_id, "sdp": SDP})).await;
+        let seq = offer["seq"].as_u64().unwrap_or_else(|| panic!("offer {i}: {offer}"));
+        if i % 2 == 0 {
+            // Half the callees have read the offer; the others' copy waits in their socket.
+            assert_eq!(b.next_of("offer").await["seq"], seq);
+        }
+        pairs.push((a, b, call_id, seq));
+    }
+
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let redis = Redis::start(port);
+    let restarted = Instant::now();
+
+    let mut renegotiated = 0;
+    for (i, (a, b, call_id, first_seq)) in pairs.iter_mut().enumerate() {
+        for (who, socket) in [("caller", &mut *a), ("callee", &mut *b)] {
+            let notice = socket.next_of("signals_lost").await;
+            assert_eq!(notice["call_id"], call_id.as_str(), "{who} {i}: {notice}");
+            assert!(notice["reason"].as_str().is_some_and(|r| r.contains("renegotiates")), "{notice}");
+        }
+        // The caller renegotiates; a signal refused while the bus is still coming back is retried.
+        let mut seq = None;
+        for _ in 0..100 {
+            let reply = a.request(json!({"type": "offer", "call_id": call_id, "sdp": SDP})).await;
+            if reply["type"] == "ack" {
+                seq = reply["seq"].as_u64();
+                break;
+            }
+            assert_eq!(reply["code"], "unavailable", "{reply}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seq = seq.unwrap_or_else(|| panic!("call {i}: the bus took the new offer"));
+        assert!(seq > *first_seq, "sequence numbers grow across the restart");
+        let offer = loop {
+            let offer = b.next_of("offer").await;
+            if offer["seq"] == seq {
+                break offer;
+            }
+            assert_eq!(offer["seq"], *first_seq, "only the unread first offer may come before: {offer}");
+        };
+        assert_eq!(offer["call_id"], call_id.as_str());
+        let answer = b.request(json!({"type": "answer", "call_id": call_id, "sdp": SDP})).await;
+        let answer_seq = answer["seq"].as_u64().unwrap_or_else(|| panic!("answer {i}: {answer}"));
+        assert_eq!(a.next_of("answer").await["seq"], answer_seq);
+        renegotiated += 1;
+    }
+    assert_eq!(renegotiated, PAIRS);
+    eprintln!("{PAIRS} negotiations told and renegotiated {:?} after Redis came back", restarted.elapsed());
+    drop(pairs);
+    fleet.stop().await;
+    drop(redis);
+}

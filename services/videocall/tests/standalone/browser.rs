@@ -2,7 +2,8 @@
 //! real coturn on loopback: a customer calls agent-1, the agent answers, both see the other's
 //! video, live quality numbers show, the customer hangs up, and the call appears in both
 //! histories with its duration and quality summary — once against the standalone binary, once
-//! against the distributed fleet (five separate processes on PostgreSQL, Redis and RabbitMQ).
+//! against the distributed fleet (five separate processes on PostgreSQL, Redis and RabbitMQ),
+//! where the fleet's Redis is also restarted mid-call and the pages renegotiate.
 
 use std::net::SocketAddr;
 
@@ -13,7 +14,7 @@ use videocall_testkit::{
     free_port,
 };
 
-use crate::process::{Process, Standalone, temp_dir, workspace_binary};
+use crate::process::{OwnRedis, Process, Standalone, temp_dir, workspace_binary};
 
 const VIDEO_PLAYS: &str = "(() => { const v = document.getElementById('remote'); \
     return v.videoWidth > 0 && v.currentTime > 1; })()";
@@ -25,7 +26,7 @@ const HISTORY_COMPLETE: &str = "(() => { const r = document.querySelector('#hist
       && Number(r.children[4].textContent) > 1; })()";
 
 /// The whole scenario against the relay at `base`.
-async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &str) {
+async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &str, redis: Option<OwnRedis>) {
     let (_chromium, devtools) = Chromium::launch().await;
     let mut cdp = Cdp::connect(&devtools).await;
     let agent = cdp.open(&format!("{base}/agent.html?relay=1&token={agent_token}")).await;
@@ -48,6 +49,23 @@ async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &st
     }
     // A few reports reach the aggregator while the call runs.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+
+    let mut _restarted = None; // kept running until the scenario ends
+    if let Some(redis) = redis {
+        // The fleet's Redis restarts and loses the call's signal log: both pages are told, the
+        // customer (the caller) renegotiates with an ICE restart, and the video goes on.
+        let ufrag = "(() => { const d = window.vc.pc.remoteDescription; \
+            return d ? (d.sdp.match(/a=ice-ufrag:(\\S+)/) || [])[1] : null; })()";
+        let before = cdp.eval(&customer, ufrag).await;
+        _restarted = Some(redis.restart());
+        for page in [&agent, &customer] {
+            cdp.wait_for(page, "window.vc.signalsLost === 1", 20).await;
+        }
+        cdp.wait_for(&customer, &format!("{ufrag} !== {before}"), 30).await;
+        let played = cdp.eval(&agent, "document.getElementById('remote').currentTime").await;
+        cdp.wait_for(&agent, &format!("document.getElementById('remote').currentTime > {played} + 1"), 20).await;
+        cdp.wait_for(&agent, "window.vc.pc.connectionState === 'connected'", 20).await;
+    }
     assert_eq!(cdp.eval(&customer, "document.getElementById('callstate').textContent").await, "active");
 
     cdp.eval(&customer, "document.getElementById('end').click(); true").await;
@@ -72,7 +90,7 @@ async fn a_customer_and_an_agent_talk_through_the_standalone_binary() {
     let base = format!("http://{}", app.http);
     let agent = Standalone::token("agent-1", "agent").await;
     let customer = Standalone::token("customer-1", "user").await;
-    customer_calls_agent(&base, &agent, &customer).await;
+    customer_calls_agent(&base, &agent, &customer, None).await;
     app.stop().await;
     std::fs::remove_dir_all(dir).ok();
 }
@@ -82,6 +100,9 @@ async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
     let turn = Coturn::start();
     let dir = temp_dir("vc-fleet-browser");
     let database_url = videocall_testkit::fresh_database().await;
+    // Its own Redis, restarted mid-call below.
+    let redis = OwnRedis::start(free_port());
+    let redis_url = redis.url();
     let run = videocall_testkit::unique_name("browserfleet").replace('.', "-");
     let secret = format!("fleet-secret-{run}");
     let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -92,7 +113,7 @@ async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
         command
             .env("DATABASE_URL", &database_url)
             .env("AMQP_URL", videocall_testkit::amqp_url())
-            .env("REDIS_URL", std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()))
+            .env("REDIS_URL", &redis_url)
             .env("CELL_ID", &run)
             .env("EVENTS_EXCHANGE", format!("{run}.events"))
             .env("DLX_EXCHANGE", format!("{run}.dlx"))
@@ -129,7 +150,7 @@ async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
     relay
         .env("HTTP_LISTEN_ADDR", http.to_string())
         .env("GATEWAY_URL", format!("http://{grpc}"))
-        .env("REDIS_URL", std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()))
+        .env("REDIS_URL", &redis_url)
         .env("CELL_ID", &run)
         .env("JWT_SECRET", &secret);
     let mut relay = Process::spawn("signaling-relay", relay, &dir);
@@ -139,7 +160,7 @@ async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
     let exp = chrono::Utc::now().timestamp() + 600;
     let agent = keys.mint("agent-1", Role::Agent, exp);
     let customer = keys.mint(&format!("customer-{run}"), Role::User, exp);
-    customer_calls_agent(&format!("http://{http}"), &agent, &customer).await;
+    customer_calls_agent(&format!("http://{http}"), &agent, &customer, Some(redis)).await;
 
     // Every process stops cleanly on SIGTERM.
     workers.insert(0, relay);
