@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr, TransactionTrait, sqlx,
+};
 use tokio_util::sync::CancellationToken;
 use videocall_migrations::{Migrator, MigratorTrait};
 
@@ -54,4 +56,69 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 /// Cheap readiness probe.
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
+}
+
+/// Whether `error` says the database could not be reached, dropped the connection, or is
+/// shutting down or starting up — rather than that it refused the statement — so that the same
+/// request may succeed later. sea-orm reports a connection lost in the middle of a statement as an
+/// `Exec`/`Query` error, not `Conn`, so those are looked into. A connection lost on COMMIT leaves
+/// the outcome unknown; that is still "retry", since every command is idempotent on repetition.
+pub fn is_unavailable(error: &DbErr) -> bool {
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => sqlx_unavailable(e),
+        _ => false,
+    }
+}
+
+fn sqlx_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P01 admin_shutdown, 57P02 crash_shutdown,
+        // 57P03 cannot_connect_now, 53300 too_many_connections.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn sqlx_query_error(error: sqlx::Error) -> DbErr {
+        DbErr::Query(RuntimeErr::SqlxError(Arc::new(error)))
+    }
+
+    #[test]
+    fn a_connection_lost_mid_statement_is_unavailable() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "Connection reset by peer");
+        assert!(is_unavailable(&sqlx_query_error(sqlx::Error::Io(reset))));
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "expected to read 5 bytes");
+        assert!(is_unavailable(&DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(eof))))));
+        assert!(is_unavailable(&sqlx_query_error(sqlx::Error::PoolTimedOut)));
+        assert!(is_unavailable(&sqlx_query_error(sqlx::Error::PoolClosed)));
+    }
+
+    #[test]
+    fn connect_and_acquire_failures_are_unavailable() {
+        assert!(is_unavailable(&DbErr::Conn(RuntimeErr::Internal("refused".into()))));
+        assert!(is_unavailable(&DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)));
+    }
+
+    #[test]
+    fn refused_statements_and_missing_rows_are_not() {
+        assert!(!is_unavailable(&sqlx_query_error(sqlx::Error::RowNotFound)));
+        assert!(!is_unavailable(&sqlx_query_error(sqlx::Error::Protocol("unexpected message".into()))));
+        assert!(!is_unavailable(&DbErr::Query(RuntimeErr::Internal("bad SQL".into()))));
+        assert!(!is_unavailable(&DbErr::RecordNotFound("call".into())));
+        assert!(!is_unavailable(&DbErr::Custom("corrupt".into())));
+    }
 }

@@ -159,6 +159,11 @@ impl<H: Handler> QueueWorker<H> {
 
     /// Applies one delivery and acknowledges it; only broker failures are returned.
     async fn settle(&self, delivery: Delivery, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        // The broker went away after handing us this (prefetched) message: it cannot be acked and
+        // comes back on the next session, so applying it now would be work done twice.
+        if !delivery.acker.usable() {
+            anyhow::bail!("the channel closed before this message could be handled; it will be redelivered");
+        }
         let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
         let attempt = attempt_of(&delivery.properties);
         if attempt == 0 {
@@ -168,20 +173,20 @@ impl<H: Handler> QueueWorker<H> {
         match self.handler.handle(message_id.as_deref(), &delivery.data).await {
             Verdict::Done(outcome) => {
                 tracing::debug!(parent: &span, outcome, "applied");
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                ack(&delivery).await?;
                 (self.count)(outcome);
             }
             Verdict::DeadLetter(reason) => {
                 tracing::warn!(parent: &span, %reason, "dead-lettering");
                 self.dead_letter(&delivery, &reason, attempt).await?;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                ack(&delivery).await?;
                 (self.count)("dead_lettered");
             }
             Verdict::Retry(reason) if attempt >= self.max_retries => {
                 let reason = format!("gave up after {} attempts: {reason}", attempt + 1);
                 tracing::warn!(parent: &span, %reason, "dead-lettering");
                 self.dead_letter(&delivery, &reason, attempt).await?;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                ack(&delivery).await?;
                 (self.count)("dead_lettered");
             }
             Verdict::Retry(reason) => {
@@ -190,7 +195,9 @@ impl<H: Handler> QueueWorker<H> {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         // Back to the queue as it was; the next replica tries it afresh.
-                        delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+                        if !delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await? {
+                            anyhow::bail!("the channel closed before the nack; the message will be redelivered");
+                        }
                         return Ok(());
                     }
                     _ = tokio::time::sleep(delay) => {}
@@ -200,7 +207,7 @@ impl<H: Handler> QueueWorker<H> {
                 let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
                 // Through the default exchange straight back to this queue, at its tail.
                 self.publish("", &self.queue, &delivery.data, properties).await?;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
+                ack(&delivery).await?;
                 (self.count)("retried");
             }
         }
@@ -242,6 +249,17 @@ impl<H: Handler> QueueWorker<H> {
             Confirmation::Ack(Some(_)) => anyhow::bail!("`{routing_key}` on `{exchange}` reached no queue"),
             Confirmation::Nack(_) => anyhow::bail!("the broker refused a message for `{exchange}`"),
         }
+    }
+}
+
+/// Acknowledges `delivery`. lapin answers `false` instead of failing when the channel is already
+/// closed (the broker went away): the ack is lost and the message will be redelivered, so that is
+/// a broker failure too — the session ends rather than go on through its prefetched messages.
+async fn ack(delivery: &Delivery) -> anyhow::Result<()> {
+    if delivery.acker.ack(BasicAckOptions::default()).await? {
+        Ok(())
+    } else {
+        anyhow::bail!("the channel closed before the ack; the message will be redelivered")
     }
 }
 

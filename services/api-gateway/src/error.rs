@@ -1,8 +1,7 @@
 //! The one place where failures become gRPC statuses. Internal causes are logged, not leaked.
 
-use sea_orm::DbErr;
 use tonic::{Code, Status};
-use videocall_platform::call_store::StoreError;
+use videocall_platform::{call_store::StoreError, db};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,10 +49,9 @@ fn store_status(error: StoreError) -> Status {
             Status::internal("internal error")
         }
         StoreError::Db(e) => {
-            let code = match e {
-                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Code::Unavailable,
-                _ => Code::Internal,
-            };
+            // A connection lost mid-statement (a database restart) is as unavailable as one that
+            // could not be opened.
+            let code = if db::is_unavailable(&e) { Code::Unavailable } else { Code::Internal };
             tracing::error!(error = %e, "database error");
             Status::new(code, if code == Code::Unavailable { "database unavailable, retry" } else { "internal error" })
         }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod events;
+mod faults;
 mod helpers;
 mod history;
 mod lifecycle;
