@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod coturn;
+pub mod process;
 pub mod ws;
 
 use std::time::Duration;

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod health;
 pub mod quality;
 pub mod service;
 pub mod signaling;

@@ -113,7 +113,9 @@ impl Application {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let call_service = tonic::service::interceptor::InterceptedService::new(call_service, authenticate(keys));
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = tonic_health::server::HealthReporter::new();
+        let stop_serving = CancellationToken::new();
+        let health_service = crate::health::service(health.clone(), stop_serving.clone());
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -143,7 +145,6 @@ impl Application {
         let ready = Readiness::default();
 
         let mut tasks = JoinSet::new();
-        let stop_serving = CancellationToken::new();
         if let Some(ops) = ops {
             let (ready, stop) = (ready.clone(), stop_serving.clone());
             tasks.spawn(async move {
@@ -198,7 +199,8 @@ impl Application {
                 }
             }
         }
-        // NOT_SERVING first, so load balancers stop sending before the listener closes.
+        // NOT_SERVING first, so load balancers stop sending before the listener closes; Watch
+        // streams end once they have said so.
         ready.set(false);
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_not_serving::<CallServiceServer<CallApi>>().await;
