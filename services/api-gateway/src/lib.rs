@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod quality;

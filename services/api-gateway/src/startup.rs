@@ -36,6 +36,8 @@ use crate::{
 
 /// Largest gRPC message accepted or sent.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Longest a request may run, whatever deadline the client asked for.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 const READINESS_PERIOD: Duration = Duration::from_secs(5);
 
 pub struct Application {
@@ -158,7 +160,8 @@ impl Application {
             tasks.spawn(async move {
                 tracing::info!(?addr, "gRPC listening");
                 tonic::transport::Server::builder()
-                    .timeout(Duration::from_secs(30))
+                    .timeout(SERVER_TIMEOUT)
+                    .layer(crate::deadline::DeadlineLayer { max: SERVER_TIMEOUT })
                     .add_service(health_service)
                     .add_service(reflection)
                     .add_service(call_service)

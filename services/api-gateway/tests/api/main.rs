@@ -6,6 +6,7 @@ mod events;
 mod helpers;
 mod history;
 mod lifecycle;
+mod limits;
 mod offers;
 mod quality;
 mod races;
