@@ -108,7 +108,14 @@ impl Application {
         let in_process = local_events.is_some();
         let source = event_source(&config.common.cell_id, &config.common.service_name);
         let store = CallStore::new(db.clone(), source, outbox_wake.clone());
-        let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts, bus };
+        let stop_serving = CancellationToken::new();
+        let api = CallApi {
+            store,
+            ice: config.ice.clone(),
+            ring_timeouts: config.ring_timeouts,
+            bus,
+            stopping: stop_serving.clone(),
+        };
         let keys = JwtKeys::new(config.jwt_secret.clone());
         let call_service = CallServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -116,7 +123,6 @@ impl Application {
         let call_service = tonic::service::interceptor::InterceptedService::new(call_service, authenticate(keys));
 
         let health = tonic_health::server::HealthReporter::new();
-        let stop_serving = CancellationToken::new();
         let health_service = crate::health::service(health.clone(), stop_serving.clone());
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -203,7 +209,7 @@ impl Application {
             }
         }
         // NOT_SERVING first, so load balancers stop sending before the listener closes; Watch
-        // streams end once they have said so.
+        // streams end once they have said so, signal streams with UNAVAILABLE.
         ready.set(false);
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_not_serving::<CallServiceServer<CallApi>>().await;

@@ -33,6 +33,7 @@ pub struct GatewaySettings {
     pub grpc: SocketAddr,
     pub ops: SocketAddr,
     pub grace_secs: u64,
+    pub amqp_url: String,
     pub logs: PathBuf,
 }
 
@@ -47,6 +48,7 @@ impl GatewaySettings {
             grpc: loopback(),
             ops: loopback(),
             grace_secs,
+            amqp_url: videocall_testkit::amqp_url(),
             logs,
         }
     }
@@ -57,7 +59,7 @@ impl GatewaySettings {
         let mut command = workspace_binary("api-gateway");
         command
             .env("DATABASE_URL", &self.database_url)
-            .env("AMQP_URL", videocall_testkit::amqp_url())
+            .env("AMQP_URL", &self.amqp_url)
             .env("REDIS_URL", std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()))
             .env("CELL_ID", &self.cell)
             .env("JWT_SECRET", JWT_SECRET)

@@ -23,8 +23,34 @@ async fn a_gateway_killed_under_load_loses_no_event() {
     let exchange = unique_name("videocall.events.kill");
     let mut tap = EventTap::bind(&exchange).await;
     let settings = GatewaySettings::new(database_url.clone(), exchange.clone(), 5);
-    let first = settings.start().await;
     let db = Database::connect(database_url.as_str()).await.expect("test's own pool");
+
+    // First a gateway whose broker is unreachable: whatever it commits is certainly unpublished
+    // when it is killed, and only a later process can publish it.
+    let cut_off = GatewaySettings {
+        amqp_url: format!("amqp://guest:guest@127.0.0.1:{}/%2f", videocall_testkit::free_port()),
+        ..settings.clone()
+    };
+    let stranded = cut_off.start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(LoadCounts::default());
+    let load = lifecycle_load(settings.url(), 2, stop.clone(), counts.clone());
+    let started = Instant::now();
+    while counts.ok.load(Ordering::Relaxed) < 40 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no load:\n{}", stranded.output());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in load {
+        worker.await.expect("load worker");
+    }
+    stranded.kill_9().await;
+    let stranded_rows = unpublished(&db).await;
+    assert!(stranded_rows >= 40, "the cut-off gateway published nothing: {stranded_rows} rows wait");
+    assert_eq!(stranded_rows, outbox::Entity::find().count(&db).await.expect("count"));
+
+    // Then a gateway with its broker, killed in the middle of a load.
+    let first = settings.start().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(LoadCounts::default());
@@ -93,7 +119,8 @@ async fn a_gateway_killed_under_load_loses_no_event() {
     assert!(phantom.is_empty(), "events without an outbox row: {phantom:?}");
     let duplicates: u32 = seen.values().map(|n| n - 1).sum();
     println!(
-        "kill -9 under load: {ok_at_kill} requests answered before the kill, {rows_at_kill} outbox rows at the \
+        "kill -9: {stranded_rows} rows committed by a gateway cut off from its broker, then killed; \
+         under load: {ok_at_kill} requests answered before the kill, {rows_at_kill} outbox rows at the \
          kill of which {unpublished_at_kill} unpublished; {} rows in all, {} requests failed around the kill; \
          backlog drained {drained_in:?} after the load stopped; every event seen in {:?}, {duplicates} duplicates",
         ids.len(),

@@ -1,4 +1,5 @@
-//! SIGTERM under load: health turns NOT_SERVING first (and Watch streams end after saying so),
+//! SIGTERM under load: health turns NOT_SERVING first (Watch streams end after saying so, signal
+//! streams end with UNAVAILABLE),
 //! requests in flight finish successfully, new ones are refused, the process exits 0 within its
 //! grace period.
 
@@ -89,6 +90,9 @@ async fn sigterm_reports_not_serving_lets_requests_in_flight_finish_and_exits_0(
     let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.expect("watch").into_inner();
     let first = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("first status in 5 s");
     assert_eq!(first.expect("stream open").expect("a status").status, ServingStatus::Serving as i32);
+    // And a signal subscription, another long-lived stream.
+    let subscribe = pb::SubscribeToSignalsRequest { call_id: ids[0].0.clone(), after_seq: 0 };
+    let mut signals = client.subscribe_to_signals(as_user(&ids[0].1, subscribe)).await.expect("subscribe").into_inner();
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(LoadCounts::default());
     let load = lifecycle_load(settings.url(), 4, stop.clone(), counts.clone());
@@ -111,6 +115,11 @@ async fn sigterm_reports_not_serving_lets_requests_in_flight_finish_and_exits_0(
     // The Watch stream ends once it has said NOT_SERVING, so it does not hold the drain open.
     let end = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("watch ends within 5 s");
     assert!(matches!(end, Ok(None)), "the watch stream ends cleanly: {end:?}");
+    // The signal stream ends too, telling the client to resubscribe (elsewhere).
+    let ended = tokio::time::timeout(Duration::from_secs(5), signals.message()).await.expect("signals end in 5 s");
+    let status = ended.expect_err("the signal stream ends with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "server shutting down; resubscribe with after_seq");
     // From now on nobody new is told SERVING: a new connection is refused or hears NOT_SERVING.
     for _ in 0..5 {
         let status = fresh_check(&settings.url()).await;
