@@ -74,7 +74,9 @@ async fn sigterm_reports_not_serving_lets_requests_in_flight_finish_and_exits_0(
         .iter()
         .map(|(id, callee)| {
             let mut client = client.clone();
-            let request = as_user(callee, pb::AnswerCallRequest { call_id: id.clone() });
+            let mut request = as_user(callee, pb::AnswerCallRequest { call_id: id.clone() });
+            // Held for seconds on a busy machine: more than the load's 10 s deadline.
+            request.set_timeout(Duration::from_secs(60));
             tokio::spawn(async move { client.answer_call(request).await.map(|r| r.into_inner()) })
         })
         .collect();
@@ -132,7 +134,10 @@ async fn sigterm_reports_not_serving_lets_requests_in_flight_finish_and_exits_0(
     assert!(gateway.is_running(), "the gateway exited with requests in flight:\n{}", gateway.output());
     lock.commit().await.expect("release the rows");
     for task in held {
-        let reply = task.await.expect("task").expect("a request in flight at SIGTERM succeeds");
+        let reply = task
+            .await
+            .expect("task")
+            .unwrap_or_else(|status| panic!("a request in flight at SIGTERM succeeds: {status:?}"));
         assert_eq!(reply.call.expect("call").status, pb::CallStatus::Active as i32);
     }
     let status = gateway.wait_exit(Duration::from_secs(GRACE_SECS + 5)).await;
