@@ -82,7 +82,11 @@ pub fn validate_payload(signal_type: SignalType, payload: &str) -> Result<(), Si
             }
         }
         SignalType::IceCandidate => {
+            // From `{` to `}` exactly: the frame carries it as raw JSON, which cannot keep
+            // whitespace around the object, so anything else would not arrive byte for byte.
             let ok = payload.len() <= MAX_CANDIDATE_BYTES
+                && payload.starts_with('{')
+                && payload.ends_with('}')
                 && matches!(serde_json::from_str::<serde_json::Value>(payload), Ok(serde_json::Value::Object(_)));
             if ok { Ok(()) } else { Err(SignalError::BadCandidate) }
         }
@@ -203,6 +207,26 @@ mod tests {
         assert_eq!(validate_payload(SignalType::IceCandidate, "{"), Err(SignalError::BadCandidate));
         assert_eq!(validate_payload(SignalType::Hangup, ""), Ok(()));
         assert_eq!("bye".parse::<SignalType>(), Err(SignalError::UnknownType("bye".into())));
+    }
+
+    /// Found by `scripts/fuzz.sh` (signal_payload): a candidate with whitespace around the object
+    /// was accepted, and the frame's raw JSON dropped the whitespace, so the other party did not
+    /// get the payload byte for byte.
+    #[test]
+    fn candidates_with_whitespace_around_the_object_are_refused() {
+        for payload in [" {\"a\":1}", "{\"a\":1} ", "\n{\"a\":[1,2,{\"b\":null}]}\t"] {
+            assert_eq!(
+                validate_payload(SignalType::IceCandidate, payload),
+                Err(SignalError::BadCandidate),
+                "{payload:?}"
+            );
+            assert!(frame_tail(SignalType::IceCandidate, "c1", "a", "b", payload).is_err());
+        }
+        let inner = "{ \"candidate\" : \"x\" }";
+        let frame =
+            format!("{{\"seq\":1,{}", frame_tail(SignalType::IceCandidate, "c1", "a", "b", inner).expect("valid"));
+        let parsed: ParsedSignal<'_> = serde_json::from_str(&frame).expect("json");
+        assert_eq!(parsed.payload(), inner, "whitespace inside the object is kept");
     }
 
     #[test]

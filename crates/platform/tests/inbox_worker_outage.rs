@@ -65,6 +65,7 @@ fn worker(
         publisher,
         handler,
         count: Arc::new(move |outcome| counted.lock().expect("lock").push(outcome)),
+        lag: Default::default(),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod coturn;
 pub mod fault_proxy;
+pub mod process;
 pub mod ws;
 
 use std::time::Duration;

@@ -6,7 +6,9 @@
 
 pub mod config;
 pub mod convert;
+pub mod deadline;
 pub mod error;
+pub mod health;
 pub mod quality;
 pub mod service;
 pub mod signaling;

@@ -29,6 +29,9 @@ pub struct CallApi {
     pub ice: IceConfig,
     pub ring_timeouts: RingTimeouts,
     pub bus: SignalBus,
+    /// Cancelled when the server stops serving: signal streams end then, so they do not hold the
+    /// graceful drain open (clients resubscribe elsewhere with `after_seq`).
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Interceptor: every CallService request needs a valid bearer token; the principal rides along
@@ -276,7 +279,9 @@ impl CallService for CallApi {
         request: Request<pb::SubscribeToSignalsRequest>,
     ) -> Result<Response<Self::SubscribeToSignalsStream>, Status> {
         let p = principal(&request)?;
-        let stream = signaling::subscribe(&self.store, &self.bus, &actor(&p), request.into_inner()).await?;
+        let stream =
+            signaling::subscribe(&self.store, &self.bus, &actor(&p), request.into_inner(), self.stopping.clone())
+                .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -90,12 +90,14 @@ fn ends_call(frame: &str, call_id: &str) -> bool {
 
 /// Streams the signals addressed to `actor` in a call: first what the log holds after
 /// `after_seq`, then live ones, without gaps or repeats (subscribe first, replay second, skip
-/// sequence numbers already sent). Ends when the call ends or the client leaves.
+/// sequence numbers already sent). Ends when the call ends or the client leaves, and with
+/// UNAVAILABLE when the server stops (`stopping`): resubscribe with `after_seq`.
 pub async fn subscribe(
     store: &CallStore,
     bus: &SignalBus,
     actor: &Actor,
     req: pb::SubscribeToSignalsRequest,
+    stopping: tokio_util::sync::CancellationToken,
 ) -> Result<ReceiverStream<Result<pb::Signal, Status>>, Status> {
     let (call, _) = live_call_for_party(store, &req.call_id, actor).await?;
     let call_id = call.id.to_string();
@@ -117,6 +119,11 @@ pub async fn subscribe(
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
+                _ = stopping.cancelled() => {
+                    let status = Status::unavailable("server shutting down; resubscribe with after_seq");
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 message = subscriber.next() => {
                     let Some((_, frame)) = message else {
                         let _ = tx.send(Err(Status::unavailable("signal bus connection lost; resubscribe with after_seq"))).await;

@@ -36,6 +36,8 @@ use crate::{
 
 /// Largest gRPC message accepted or sent.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Longest a request may run, whatever deadline the client asked for.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 const READINESS_PERIOD: Duration = Duration::from_secs(5);
 
 pub struct Application {
@@ -107,14 +109,22 @@ impl Application {
         let source = event_source(&config.common.cell_id, &config.common.service_name);
         let call_metrics = CallMetrics::default();
         let store = CallStore::new(db.clone(), source, outbox_wake.clone()).with_metrics(call_metrics.clone());
-        let api = CallApi { store, ice: config.ice.clone(), ring_timeouts: config.ring_timeouts, bus };
+        let stop_serving = CancellationToken::new();
+        let api = CallApi {
+            store,
+            ice: config.ice.clone(),
+            ring_timeouts: config.ring_timeouts,
+            bus,
+            stopping: stop_serving.clone(),
+        };
         let keys = JwtKeys::new(config.jwt_secret.clone());
         let call_service = CallServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let call_service = tonic::service::interceptor::InterceptedService::new(call_service, authenticate(keys));
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = tonic_health::server::HealthReporter::new();
+        let health_service = crate::health::service(health.clone(), stop_serving.clone());
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -145,7 +155,6 @@ impl Application {
         let ready = Readiness::default();
 
         let mut tasks = JoinSet::new();
-        let stop_serving = CancellationToken::new();
         if let Some(ops) = ops {
             let (ready, stop) = (ready.clone(), stop_serving.clone());
             tasks.spawn(async move {
@@ -159,7 +168,8 @@ impl Application {
             tasks.spawn(async move {
                 tracing::info!(?addr, "gRPC listening");
                 tonic::transport::Server::builder()
-                    .timeout(Duration::from_secs(30))
+                    .timeout(SERVER_TIMEOUT)
+                    .layer(crate::deadline::DeadlineLayer { max: SERVER_TIMEOUT })
                     .add_service(health_service)
                     .add_service(reflection)
                     .add_service(call_service)
@@ -200,7 +210,8 @@ impl Application {
                 }
             }
         }
-        // NOT_SERVING first, so load balancers stop sending before the listener closes.
+        // NOT_SERVING first, so load balancers stop sending before the listener closes; Watch
+        // streams end once they have said so, signal streams with UNAVAILABLE.
         ready.set(false);
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_not_serving::<CallServiceServer<CallApi>>().await;

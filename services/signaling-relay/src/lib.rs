@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod frames;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;

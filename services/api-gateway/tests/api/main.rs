@@ -7,6 +7,7 @@ mod faults;
 mod helpers;
 mod history;
 mod lifecycle;
+mod limits;
 mod offers;
 mod quality;
 mod races;

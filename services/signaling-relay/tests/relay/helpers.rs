@@ -22,6 +22,9 @@ pub fn redis_url() -> String {
 
 pub struct Fleet {
     pub relays: Vec<SocketAddr>,
+    /// The in-process gateway's gRPC address, and the cell everyone shares (for relay processes).
+    pub gateway: SocketAddr,
+    pub cell: String,
     keys: JwtKeys,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -105,7 +108,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         relays.push(app.local_addr());
         tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
     }
-    Fleet { relays, keys: JwtKeys::new(Secret::new(JWT_SECRET)), shutdown, tasks }
+    Fleet { relays, gateway, cell, keys: JwtKeys::new(Secret::new(JWT_SECRET)), shutdown, tasks }
 }
 
 impl Fleet {

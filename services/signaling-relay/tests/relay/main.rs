@@ -3,6 +3,7 @@
 
 mod helpers;
 mod redis_restart;
+mod sigterm;
 mod turn_hardening;
 mod webrtc;
 mod ws;
