@@ -6,6 +6,7 @@ pub mod browser;
 pub mod coturn;
 pub mod fault_proxy;
 pub mod process;
+pub mod redis;
 pub mod ws;
 
 use std::time::Duration;

@@ -1,52 +1,15 @@
 //! A Redis restart: relays resubscribe by themselves, sequence numbers keep growing although
 //! Redis lost everything, and signals flow again between parties on different relays.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
+
+use videocall_testkit::redis::OwnRedis;
 
 use crate::helpers::{FleetOptions, spawn_fleet};
 
 const SDP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
-
-struct Redis {
-    child: Child,
-}
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--port"])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let redis = Self { child };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on {port}");
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
@@ -67,7 +30,7 @@ async fn ready(relay: std::net::SocketAddr) -> bool {
 #[tokio::test]
 async fn relays_resubscribe_after_a_redis_restart_and_signals_flow_again() {
     let port = free_tcp_port();
-    let redis = Redis::start(port);
+    let redis = OwnRedis::start(port);
     let fleet =
         spawn_fleet(FleetOptions { redis_url: format!("redis://127.0.0.1:{port}"), ..Default::default() }).await;
     let mut alice = fleet.connect(0, "alice").await;
@@ -78,9 +41,7 @@ async fn relays_resubscribe_after_a_redis_restart_and_signals_flow_again() {
         alice.request(json!({"type": "offer", "call_id": call_id, "sdp": SDP})).await["seq"].as_u64().expect("seq");
     assert_eq!(bob.next_of("offer").await["seq"], s1);
 
-    redis.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let redis = Redis::start(port);
+    let redis = redis.restart();
     let restarted = Instant::now();
 
     // Both relays report ready again once their Pub/Sub connection is back.
@@ -123,7 +84,7 @@ async fn relays_resubscribe_after_a_redis_restart_and_signals_flow_again() {
 async fn negotiations_caught_by_a_redis_restart_are_told_and_renegotiate() {
     const PAIRS: usize = 200;
     let port = free_tcp_port();
-    let redis = Redis::start(port);
+    let redis = OwnRedis::start(port);
     let fleet =
         spawn_fleet(FleetOptions { redis_url: format!("redis://127.0.0.1:{port}"), ..Default::default() }).await;
     let mut pairs = Vec::with_capacity(PAIRS);
@@ -142,9 +103,7 @@ async fn negotiations_caught_by_a_redis_restart_are_told_and_renegotiate() {
         pairs.push((a, b, call_id, seq));
     }
 
-    redis.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let redis = Redis::start(port);
+    let redis = redis.restart();
     let restarted = Instant::now();
 
     let mut renegotiated = 0;

@@ -14,7 +14,9 @@ use videocall_testkit::{
     free_port,
 };
 
-use crate::process::{OwnRedis, Process, Standalone, temp_dir, workspace_binary};
+use videocall_testkit::redis::OwnRedis;
+
+use crate::process::{Process, Standalone, temp_dir, workspace_binary};
 
 const VIDEO_PLAYS: &str = "(() => { const v = document.getElementById('remote'); \
     return v.videoWidth > 0 && v.currentTime > 1; })()";
@@ -168,7 +170,7 @@ async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
     for process in workers {
         let name = process.name.clone();
         let output_hint = process.output().lines().rev().take(5).collect::<Vec<_>>().join("\n");
-        let status = process.terminate().await;
+        let status = process.terminate(std::time::Duration::from_secs(20)).await;
         assert!(status.success(), "{name} stopped with {status}: {output_hint}");
     }
     std::fs::remove_dir_all(dir).ok();
