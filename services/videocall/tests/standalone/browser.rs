@@ -1,9 +1,10 @@
 //! The web client in headless Chromium (fake camera and microphone), media relay-only through a
 //! real coturn on loopback: a customer calls agent-1, the agent answers, both see the other's
 //! video, live quality numbers show, the customer hangs up, and the call appears in both
-//! histories with its duration and quality summary — once against the standalone binary, once
-//! against the distributed fleet (five separate processes on PostgreSQL, Redis and RabbitMQ),
-//! where the fleet's Redis is also restarted mid-call and the pages renegotiate.
+//! histories with its duration and quality summary; then a second call, of another type, is
+//! declined. Once against the standalone binary, once against the distributed fleet (five
+//! separate processes on PostgreSQL, Redis and RabbitMQ), where the fleet's Redis is also
+//! restarted mid-call and the pages renegotiate.
 
 use std::net::SocketAddr;
 
@@ -80,6 +81,24 @@ async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &st
     let other = cdp.eval(&agent, "document.querySelector('#history tr').children[0].textContent").await;
     let customer_id = cdp.eval(&customer, "window.vc.userId").await;
     assert_eq!(other, customer_id, "the agent's history names the customer");
+
+    // A second call, of another type, which the agent declines.
+    cdp.eval(
+        &customer,
+        "document.getElementById('type').value = 'sales'; document.getElementById('call').click(); true",
+    )
+    .await;
+    cdp.wait_for(&agent, "!document.getElementById('incoming').hidden", 20).await;
+    assert_eq!(cdp.eval(&agent, "document.getElementById('calltype').textContent").await, "sales");
+    cdp.eval(&agent, "document.getElementById('decline').click(); true").await;
+    cdp.wait_for(&customer, "document.getElementById('callstate').textContent.startsWith('rejected')", 20).await;
+    cdp.wait_for(&agent, "document.getElementById('incoming').hidden", 20).await;
+    let declined = "(() => { const r = document.querySelector('#history tr'); \
+        if (!r || r.children[2].textContent !== 'rejected') { document.getElementById('refresh').click(); return false; } \
+        return r.children[1].textContent === 'sales' && r.children[3].textContent === '–'; })()";
+    for page in [&agent, &customer] {
+        cdp.wait_for(page, declined, 20).await;
+    }
 }
 
 #[tokio::test]
