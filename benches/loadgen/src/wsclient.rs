@@ -12,9 +12,14 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects and reads until a frame of type `greeting` (`hello` on our relay, `OPEN` on PeerJS).
 pub async fn connect(url: &str, greeting: &str) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
-        .await
-        .context("connect timed out")??;
+    // A 4 KiB read buffer, as the relay's own sockets have: tungstenite zeroes the free part of its
+    // read buffer before every read, and at the 128 KiB default that memset alone took 16% of the
+    // machine's CPU in the signal benchmark — load-generator overhead that is not the relay's.
+    // TCP_NODELAY, as browsers set it on WebSocket connections.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let (mut ws, _) =
+        tokio::time::timeout(Duration::from_secs(10), connecting).await.context("connect timed out")??;
     loop {
         let frame = next_json(&mut ws, Duration::from_secs(10)).await.context("no greeting")?;
         if frame["type"] == greeting {

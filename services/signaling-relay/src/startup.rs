@@ -9,6 +9,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
 };
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -106,6 +107,10 @@ impl Application {
             .with_state(state);
         tracing::info!(addr = ?listener.local_addr().ok(), "signaling relay listening");
         let stop = shutdown.clone();
+        // TCP_NODELAY: signals are small frames that must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
