@@ -20,7 +20,21 @@ pub fn free_udp_port() -> u16 {
 }
 
 impl Coturn {
+    /// Starts one, on a fresh port; tries again on another port (at most three times) when the
+    /// chosen one turns out to be taken — the port was free a moment before, but another
+    /// coturn's relay range or any other process may grab it meanwhile.
     pub fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(turn) => return turn,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("turnserver did not start: {}", failures.join("; "));
+    }
+
+    fn try_start() -> Result<Self, String> {
         let port = free_udp_port();
         let secret = format!("coturn-secret-{}", uuid::Uuid::now_v7().simple());
         let dir = std::env::temp_dir().join(format!("coturn-{}", uuid::Uuid::now_v7().simple()));
@@ -43,18 +57,20 @@ impl Coturn {
             .stderr(Stdio::null())
             .spawn()
             .expect("turnserver is installed (scripts/test.sh installs Debian's coturn)");
-        let mut child = child;
-        // Ready once it holds its UDP port.
+        // Dropped (killed and reaped) on every failure below.
+        let turn = Self { child, port, secret, _dir: dir };
+        // Ready once its port is held and it answers a STUN Binding request on it.
         for _ in 0..100 {
             if UdpSocket::bind(("127.0.0.1", port)).is_err() {
-                wait_until_stun_answers(([127, 0, 0, 1], port).into());
-                return Self { child, port, secret, _dir: dir };
+                return if stun_answers(([127, 0, 0, 1], port).into()) {
+                    Ok(turn)
+                } else {
+                    Err(format!("port {port} is held but no STUN answer came from it"))
+                };
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("turnserver did not start on port {port}");
+        Err(format!("port {port} was never bound"))
     }
 
     pub fn url(&self) -> String {
@@ -72,6 +88,11 @@ impl Drop for Coturn {
 /// Waits until a STUN/TURN server on `addr` answers a Binding request (coturn binds its port a
 /// little before it serves). Panics after 10 s.
 pub fn wait_until_stun_answers(addr: std::net::SocketAddr) {
+    assert!(stun_answers(addr), "no STUN answer from {addr}");
+}
+
+/// Whether a STUN/TURN server on `addr` answers a Binding request within 10 s.
+pub fn stun_answers(addr: std::net::SocketAddr) -> bool {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
     socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
     // Binding request: type 0x0001, length 0, magic cookie, 12-byte transaction id.
@@ -81,8 +102,8 @@ pub fn wait_until_stun_answers(addr: std::net::SocketAddr) {
     for _ in 0..50 {
         let _ = socket.send_to(&request, addr);
         if socket.recv_from(&mut buf).is_ok() {
-            return;
+            return true;
         }
     }
-    panic!("no STUN answer from {addr}");
+    false
 }
