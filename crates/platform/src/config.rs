@@ -141,6 +141,11 @@ impl fmt::Debug for Secret {
 }
 
 /// Comma separated list, blanks dropped.
+/// Whether `url` names Redis in a scheme the redis crate connects to.
+pub fn is_redis_url(url: &str) -> bool {
+    ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| url.starts_with(p))
+}
+
 pub fn split_list(raw: &str) -> Vec<String> {
     raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }

@@ -11,6 +11,7 @@ use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use serde::Serialize;
 
 use crate::{
+    call_store::{CallRecord, CallStateFrame},
     redis_keys::{call_log, call_seq, user_channel},
     signals::{FrameHead, SignalError, SignalType, frame_tail},
 };
@@ -92,9 +93,16 @@ impl SignalBus {
         Ok(Self { config, backend: Backend::Redis { conn, script: Script::new(PUBLISH_SIGNAL) } })
     }
 
-    /// A Redis bus that connects on first use (for services to which signals are incidental, such
-    /// as the event consumer's notices); commands time out after 2 s so a dead Redis holds nothing.
-    pub fn connect_lazy(config: SignalBusConfig) -> Result<Self, redis::RedisError> {
+    /// A Redis bus that connects on first use, for services that only push frames to users (the
+    /// event consumer's notices, the sweeper's call states); commands time out after 2 s so a
+    /// dead Redis holds nothing. It keeps no signal log.
+    pub fn connect_lazy(redis_url: &str, cell_id: &str) -> Result<Self, redis::RedisError> {
+        let config = SignalBusConfig {
+            redis_url: redis_url.to_owned(),
+            cell_id: cell_id.to_owned(),
+            log_capacity: 1,
+            log_ttl: Duration::from_secs(1),
+        };
         let client = redis::Client::open(config.redis_url.as_str())?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -163,6 +171,20 @@ impl SignalBus {
     pub async fn publish_to_user<T: Serialize>(&self, user_id: &str, frame: &T) -> Result<(), BusError> {
         let json = serde_json::to_string(frame).map_err(|_| SignalError::BadCandidate)?;
         self.publish_json_to_user(user_id, json).await
+    }
+
+    /// Tells both parties a call's current state (a `call_state` frame), best effort: each push is
+    /// bounded to 3 s and a failure is logged — a client that missed it sees the state on its next
+    /// read, and the relay resends live calls when a socket connects.
+    pub async fn push_call_state(&self, call: &CallRecord) {
+        let frame = CallStateFrame::new(call);
+        for party in [&call.caller_id, &call.callee_id] {
+            match tokio::time::timeout(Duration::from_secs(3), self.publish_to_user(party, &frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "call state not pushed"),
+                Err(_) => tracing::warn!(call_id = %call.id, "call state not pushed (signal bus timed out)"),
+            }
+        }
     }
 
     /// Publishes an already encoded server frame to a user's channel, without logging it. Such

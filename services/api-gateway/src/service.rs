@@ -79,7 +79,7 @@ impl CallApi {
     async fn command(&self, p: &Principal, raw_id: &str, command: Command) -> Result<CallRecord, ApiError> {
         let id = convert::call_id(raw_id)?;
         let call = self.store.apply(id, command, &actor(p)).await?;
-        signaling::push_call_state(&self.bus, &call).await;
+        self.bus.push_call_state(&call).await;
         Ok(call)
     }
 
@@ -142,7 +142,7 @@ impl CallApi {
             None => self.store.initiate(new, &p.user_id).await?,
         };
         if initiated.created {
-            signaling::push_call_state(&self.bus, &initiated.call).await;
+            self.bus.push_call_state(&initiated.call).await;
         }
         Ok(self.with_ice(initiated.call, &p.user_id))
     }

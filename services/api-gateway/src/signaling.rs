@@ -7,7 +7,7 @@ use tonic::Status;
 use uuid::Uuid;
 use videocall_domain::Party;
 use videocall_platform::{
-    call_store::{Actor, CallRecord, CallStateFrame, CallStore},
+    call_store::{Actor, CallRecord, CallStore},
     signal_bus::{BusError, Outgoing, SignalBus},
     signals::{ParsedSignal, SignalType},
 };
@@ -145,15 +145,4 @@ pub async fn subscribe(
         }
     });
     Ok(ReceiverStream::new(rx))
-}
-
-/// Tells both parties the call's current state (best effort: clients also get it from the
-/// response, and the relay resends live calls on connect).
-pub async fn push_call_state(bus: &SignalBus, call: &CallRecord) {
-    let frame = CallStateFrame::new(call);
-    for user in [&call.caller_id, &call.callee_id] {
-        if let Err(error) = bus.publish_to_user(user, &frame).await {
-            tracing::warn!(%error, call_id = %call.id, "could not push call state");
-        }
-    }
 }

@@ -102,7 +102,7 @@ impl ConsumerArgs {
         c.check("AMQP_URL", amqp_ok, "must start with amqp:// or amqps://");
         let redis_url = match self.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
             Some(url) => {
-                let ok = ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| url.starts_with(p));
+                let ok = videocall_platform::config::is_redis_url(url);
                 c.check("REDIS_URL", ok, "must start with redis://, rediss:// or unix://").then(|| url.to_owned())
             }
             None => {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::{calls, outbox, processed_messages, support_offers};
 use videocall_platform::{
-    call_store::{CallMetrics, CallRecord, CallStateFrame, CallStore, StoreError},
+    call_store::{CallMetrics, CallRecord, CallStore, StoreError},
     events::{CloudEvent, event_source},
     signal_bus::SignalBus,
 };
@@ -181,7 +181,7 @@ impl Effects {
         }
         for call in &closed {
             self.store.count_committed(call);
-            self.notify_parties(call).await;
+            self.bus.push_call_state(call).await;
         }
         Ok(Outcome::CallsClosed { ended, missed })
     }
@@ -250,21 +250,6 @@ impl Effects {
         tracing::info!(offer_id = %offer.offer_id, "video support offered");
         self.notify_customer(&offer).await;
         Ok(Outcome::Offered { offer_id: offer.offer_id })
-    }
-
-    /// Tells both parties' connections the call's new state (a `call_state` frame, as the gateway
-    /// sends for its own transitions); a failure is logged, not retried: a client that missed it
-    /// sees the state on its next history or call read.
-    async fn notify_parties(&self, call: &CallRecord) {
-        let frame = CallStateFrame::new(call);
-        for party in [&call.caller_id, &call.callee_id] {
-            let publish = self.bus.publish_to_user(party, &frame);
-            match tokio::time::timeout(Duration::from_secs(3), publish).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "call state not pushed"),
-                Err(_) => tracing::warn!(call_id = %call.id, "call state not pushed (signal bus timed out)"),
-            }
-        }
     }
 
     /// Publishes the offer notice on the customer's signal-bus channel; a failure is logged, not retried.

@@ -14,18 +14,12 @@ pub mod effects;
 pub mod messages;
 
 use prometheus_client::registry::Registry;
-use std::time::Duration;
 use videocall_platform::ops::{OpsServer, Readiness};
 
 use anyhow::Context;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
-    amqp,
-    call_store::CallMetrics,
-    db,
-    signal_bus::{SignalBus, SignalBusConfig},
-};
+use videocall_platform::{amqp, call_store::CallMetrics, db, signal_bus::SignalBus};
 
 pub use config::{ConsumerArgs, ConsumerConfig, QueueBinding};
 use consumer::{ConsumerMetrics, QueueConsumer, Settings};
@@ -43,13 +37,7 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
     let ready = Readiness::default();
     let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
-    let bus = SignalBus::connect_lazy(SignalBusConfig {
-        redis_url: config.redis_url.clone(),
-        cell_id: config.common.cell_id.clone(),
-        log_capacity: 1,
-        log_ttl: Duration::from_secs(1),
-    })
-    .context("REDIS_URL")?;
+    let bus = SignalBus::connect_lazy(&config.redis_url, &config.common.cell_id).context("REDIS_URL")?;
     let effects =
         Effects::new(db.clone(), &config.common.cell_id, &config.common.service_name, bus, config.support_offer_ttl)
             .with_metrics(call_metrics);

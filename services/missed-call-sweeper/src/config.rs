@@ -72,7 +72,7 @@ impl SweeperArgs {
         }
         let redis_url = self.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
         if let Some(url) = &redis_url {
-            let ok = ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| url.starts_with(p));
+            let ok = videocall_platform::config::is_redis_url(url);
             c.check("REDIS_URL", ok, "must start with redis://, rediss:// or unix://");
         }
         c.finish()?;

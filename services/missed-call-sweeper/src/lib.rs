@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::calls;
 use videocall_platform::{
-    call_store::{CallMetrics, CallRecord, CallStateFrame, CallStore, StoreError},
+    call_store::{CallMetrics, CallRecord, CallStore, StoreError},
     db,
     events::event_source,
     ops::{OpsServer, Readiness},
-    signal_bus::{SignalBus, SignalBusConfig},
+    signal_bus::SignalBus,
 };
 
 use crate::metrics::{ResultLabel, SweeperMetrics};
@@ -158,24 +158,12 @@ impl Sweeper {
         for call in &changed {
             self.store.count_committed(call);
         }
-        self.notify_parties(&changed).await;
-        Ok((claimed, changed.len() as u64))
-    }
-
-    /// A `call_state` frame to both parties of each changed call, best effort (a client that missed
-    /// it sees the state on its next read).
-    async fn notify_parties(&self, calls: &[CallRecord]) {
-        let Some(bus) = &self.bus else { return };
-        for call in calls {
-            let frame = CallStateFrame::new(call);
-            for party in [&call.caller_id, &call.callee_id] {
-                match tokio::time::timeout(Duration::from_secs(2), bus.publish_to_user(party, &frame)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "call state not pushed"),
-                    Err(_) => tracing::warn!(call_id = %call.id, "call state not pushed (signal bus timed out)"),
-                }
+        if let Some(bus) = &self.bus {
+            for call in &changed {
+                bus.push_call_state(call).await;
             }
         }
+        Ok((claimed, changed.len() as u64))
     }
 
     /// Sweeps at every tick of `schedule` until `shutdown`. A failed sweep is logged and retried at
@@ -242,15 +230,7 @@ pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::
     let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
     ready.set(true);
     let bus = match &config.redis_url {
-        Some(url) => Some(
-            SignalBus::connect_lazy(SignalBusConfig {
-                redis_url: url.clone(),
-                cell_id: config.common.cell_id.clone(),
-                log_capacity: 1,
-                log_ttl: Duration::from_secs(1),
-            })
-            .context("REDIS_URL")?,
-        ),
+        Some(url) => Some(SignalBus::connect_lazy(url, &config.common.cell_id).context("REDIS_URL")?),
         None => None,
     };
     let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size)

@@ -189,12 +189,14 @@ impl Standalone {
         let database_url = format!("sqlite://{}?mode=rwc", path.display());
         let db = db::connect_and_migrate(&database_url, shutdown).await?;
 
-        let bus = SignalBus::in_process(SignalBusConfig {
+        // No Redis: the URL is unused; the gateway and relay get the same settings as the bus.
+        let bus_config = SignalBusConfig {
             redis_url: String::new(),
             cell_id: CELL_ID.to_owned(),
             log_capacity: 256,
             log_ttl: Duration::from_secs(3600),
-        });
+        };
+        let bus = SignalBus::in_process(bus_config.clone());
         let events = Arc::new(LocalEvents::new());
 
         // Consumers of the events, bound as the RabbitMQ workers bind their queues.
@@ -218,12 +220,7 @@ impl Standalone {
             common: common("api-gateway", config.log_format),
             database_url: database_url.clone(),
             amqp_url: String::new(),
-            signal_bus: SignalBusConfig {
-                redis_url: String::new(),
-                cell_id: CELL_ID.to_owned(),
-                log_capacity: 256,
-                log_ttl: Duration::from_secs(3600),
-            },
+            signal_bus: bus_config.clone(),
             grpc_listen_addr: config.grpc,
             jwt_secret: config.jwt_secret.clone(),
             ice: config.ice.clone(),
@@ -249,12 +246,7 @@ impl Standalone {
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
             heartbeat: Duration::from_secs(20),
-            signal_bus: SignalBusConfig {
-                redis_url: String::new(),
-                cell_id: CELL_ID.to_owned(),
-                log_capacity: 256,
-                log_ttl: Duration::from_secs(3600),
-            },
+            signal_bus: bus_config.clone(),
             shutdown_grace: Duration::from_secs(5),
         };
         let relay = signaling_relay::startup::Application::build_with_bus(relay_config, bus.clone()).await?;

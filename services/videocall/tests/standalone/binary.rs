@@ -40,6 +40,14 @@ async fn bad_settings_are_refused_before_anything_starts() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `/metrics` on `addr` contains each of `lines`.
+async fn assert_metrics(addr: std::net::SocketAddr, lines: &[&str]) {
+    let (_, metrics) = http_get(addr, "/metrics").await.expect("metrics endpoint answers");
+    for line in lines {
+        assert!(metrics.contains(line), "{addr} metrics have {line}:\n{metrics}");
+    }
+}
+
 /// Initiates, rings, answers (and, with `quality`, reports a sample): an active call.
 async fn active_call(customer: &mut Client, agent: &mut Client, call_type: &str) -> String {
     let ack = customer
@@ -175,33 +183,30 @@ async fn the_binary_runs_calls_quality_and_events_on_sqlite() {
     };
     assert_eq!(missed["call"]["status"], "missed", "{missed}");
 
-    let (_, metrics) = http_get(app.workers, "/metrics").await.expect("metrics");
-    for line in [
-        "videocall_local_event_messages_total{consumer=\"quality-aggregator\"",
-        "videocall_local_event_messages_total{consumer=\"event-consumer\"",
-        "videocall_sweeps_total{result=\"ok\"}",
-    ] {
-        assert!(metrics.contains(line), "workers metrics have {line}:\n{metrics}");
-    }
     // Calls by state and type, from the process that made each change.
-    let (_, metrics) = http_get(app.ops, "/metrics").await.expect("gateway metrics");
-    for line in [
-        "videocall_outbox_published_total",
-        "videocall_call_transitions_total{status=\"initiated\",call_type=\"consult\"} 1",
-        "videocall_call_transitions_total{status=\"active\",call_type=\"sales\"} 1",
-        "videocall_call_transitions_total{status=\"ended\",call_type=\"support\"} 1",
-    ] {
-        assert!(metrics.contains(line), "gateway metrics have {line}:\n{metrics}");
-    }
-    let (_, metrics) = http_get(app.workers, "/metrics").await.expect("workers metrics");
-    for line in [
-        "videocall_call_transitions_total{status=\"ended\",call_type=\"sales\"} 1",
-        "videocall_call_transitions_total{status=\"missed\",call_type=\"consult\"} 1",
-        "videocall_call_mos_count 1",
-        "videocall_call_packet_loss_percent_sum 0.5",
-    ] {
-        assert!(metrics.contains(line), "workers metrics have {line}:\n{metrics}");
-    }
+    assert_metrics(
+        app.ops,
+        &[
+            "videocall_outbox_published_total",
+            "videocall_call_transitions_total{status=\"initiated\",call_type=\"consult\"} 1",
+            "videocall_call_transitions_total{status=\"active\",call_type=\"sales\"} 1",
+            "videocall_call_transitions_total{status=\"ended\",call_type=\"support\"} 1",
+        ],
+    )
+    .await;
+    assert_metrics(
+        app.workers,
+        &[
+            "videocall_local_event_messages_total{consumer=\"quality-aggregator\"",
+            "videocall_local_event_messages_total{consumer=\"event-consumer\"",
+            "videocall_sweeps_total{result=\"ok\"}",
+            "videocall_call_transitions_total{status=\"ended\",call_type=\"sales\"} 1",
+            "videocall_call_transitions_total{status=\"missed\",call_type=\"consult\"} 1",
+            "videocall_call_mos_count 1",
+            "videocall_call_packet_loss_percent_sum 0.5",
+        ],
+    )
+    .await;
     drop((customer, agent));
 
     // SIGTERM stops it cleanly; started again on the same data, the history is still there.
