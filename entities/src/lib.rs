@@ -7,4 +7,5 @@ pub mod live_call_parties;
 pub mod outbox;
 pub mod processed_messages;
 pub mod quality_samples;
+pub mod recordings;
 pub mod support_offers;

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_call_tables;
 mod m20261125_000002_create_support_offers;
 mod m20261125_000003_create_quality_tables;
+mod m20261202_000004_create_recordings;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_call_tables::Migration),
             Box::new(m20261125_000002_create_support_offers::Migration),
             Box::new(m20261125_000003_create_quality_tables::Migration),
+            Box::new(m20261202_000004_create_recordings::Migration),
         ]
     }
 }

@@ -48,7 +48,7 @@ pub enum AuthError {
     Expired,
     #[error("token not valid yet")]
     NotYetValid,
-    #[error("token has no usable `sub`")]
+    #[error("token has no usable `sub` (1-128 bytes, not starting with `@`)")]
     Subject,
 }
 
@@ -116,7 +116,8 @@ impl JwtKeys {
         if claims.nbf.is_some_and(|nbf| nbf - LEEWAY_SECS > now) {
             return Err(AuthError::NotYetValid);
         }
-        if claims.sub.trim().is_empty() || claims.sub.len() > 128 {
+        // `@…` names the services' own peers on the signal bus (the recorder): no user takes one.
+        if claims.sub.trim().is_empty() || claims.sub.len() > 128 || claims.sub.starts_with('@') {
             return Err(AuthError::Subject);
         }
         Ok(Principal { user_id: claims.sub, role: claims.role })
@@ -179,6 +180,14 @@ mod tests {
         assert_eq!(keys().verify(&token, NOW + 60 + LEEWAY_SECS + 1), Err(AuthError::Expired));
         assert_eq!(keys().verify("a.b", NOW), Err(AuthError::Malformed));
         assert_eq!(keys().verify("", NOW), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn reserved_subjects_are_refused() {
+        let token = keys().mint("@recorder", Role::User, NOW + 60);
+        assert_eq!(keys().verify(&token, NOW), Err(AuthError::Subject));
+        let token = keys().mint(" ", Role::User, NOW + 60);
+        assert_eq!(keys().verify(&token, NOW), Err(AuthError::Subject));
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub enum StoreError {
     BadReason(EndReason),
     #[error("support offer {0} is not available: unknown, expired, taken, or not this caller's")]
     OfferUnavailable(Uuid),
+    /// The call's recording cannot do that now (the message says why).
+    #[error("{0}")]
+    Recording(String),
     #[error("stored call {id} is unreadable: {detail}")]
     Corrupt { id: Uuid, detail: String },
     #[error("database: {0}")]
@@ -473,20 +476,7 @@ impl CallStore {
         let data = CallEventData::new(call, from);
         let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &call.id.to_string(), now, data);
         let payload = serde_json::to_string(&envelope).map_err(|e| DbErr::Custom(format!("event encoding: {e}")))?;
-        outbox::Entity::insert(outbox::ActiveModel {
-            id: Set(event_id),
-            aggregate_id: Set(call.id),
-            event_type: Set(event_type.to_owned()),
-            routing_key: Set(routing_key.to_owned()),
-            payload: Set(payload),
-            created_at: Set(now),
-            available_at: Set(now),
-            attempts: Set(0),
-            last_error: Set(None),
-            published_at: Set(None),
-        })
-        .exec_without_returning(txn)
-        .await?;
+        insert_outbox(txn, event_id, call.id, (event_type, routing_key), payload, now).await?;
         Ok(())
     }
 
@@ -506,20 +496,7 @@ impl CallStore {
         let data = QualityReported::new(call_id, reporter_id, sample, now);
         let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &call_id.to_string(), now, data);
         let payload = serde_json::to_string(&envelope).map_err(|e| DbErr::Custom(format!("event encoding: {e}")))?;
-        outbox::Entity::insert(outbox::ActiveModel {
-            id: Set(event_id),
-            aggregate_id: Set(call_id),
-            event_type: Set(event_type.to_owned()),
-            routing_key: Set(routing_key.to_owned()),
-            payload: Set(payload),
-            created_at: Set(now),
-            available_at: Set(now),
-            attempts: Set(0),
-            last_error: Set(None),
-            published_at: Set(None),
-        })
-        .exec_without_returning(&self.db)
-        .await?;
+        insert_outbox(&self.db, event_id, call_id, (event_type, routing_key), payload, now).await?;
         self.wake_outbox();
         Ok(event_id)
     }
@@ -597,6 +574,33 @@ impl<'a> CallEventData<'a> {
             metadata: &call.metadata,
         }
     }
+}
+
+/// Writes one outbox row: event `names` (CloudEvents type, AMQP routing key) about `aggregate_id`,
+/// available at once. Inside the caller's transaction when `conn` is one.
+pub async fn insert_outbox<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    event_id: Uuid,
+    aggregate_id: Uuid,
+    names: (&str, &str),
+    payload: String,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    outbox::Entity::insert(outbox::ActiveModel {
+        id: Set(event_id),
+        aggregate_id: Set(aggregate_id),
+        event_type: Set(names.0.to_owned()),
+        routing_key: Set(names.1.to_owned()),
+        payload: Set(payload),
+        created_at: Set(now),
+        available_at: Set(now),
+        attempts: Set(0),
+        last_error: Set(None),
+        published_at: Set(None),
+    })
+    .exec_without_returning(conn)
+    .await?;
+    Ok(())
 }
 
 /// A call as clients see it in JSON (WebSocket frames, notices).

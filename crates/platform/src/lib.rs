@@ -16,6 +16,7 @@ pub mod local_signal_bus;
 pub mod ops;
 pub mod outbox_relay;
 pub mod quality_sample;
+pub mod recordings;
 pub mod redis_keys;
 pub mod shutdown;
 pub mod signal_bus;

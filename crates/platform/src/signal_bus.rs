@@ -177,12 +177,21 @@ impl SignalBus {
     /// bounded to 3 s and a failure is logged — a client that missed it sees the state on its next
     /// read, and the relay resends live calls when a socket connects.
     pub async fn push_call_state(&self, call: &CallRecord) {
-        let frame = CallStateFrame::new(call);
+        self.push_to_parties(call, &CallStateFrame::new(call)).await;
+    }
+
+    /// Tells both parties their call's recording changed (a `recording` frame), best effort like
+    /// [`Self::push_call_state`]; a client that missed it reads the recording with the call.
+    pub async fn push_recording(&self, call: &CallRecord, recording: &crate::recordings::RecordingView) {
+        self.push_to_parties(call, &crate::recordings::RecordingFrame::new(recording)).await;
+    }
+
+    async fn push_to_parties<T: Serialize>(&self, call: &CallRecord, frame: &T) {
         for party in [&call.caller_id, &call.callee_id] {
-            match tokio::time::timeout(Duration::from_secs(3), self.publish_to_user(party, &frame)).await {
+            match tokio::time::timeout(Duration::from_secs(3), self.publish_to_user(party, frame)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "call state not pushed"),
-                Err(_) => tracing::warn!(call_id = %call.id, "call state not pushed (signal bus timed out)"),
+                Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "frame not pushed to a party"),
+                Err(_) => tracing::warn!(call_id = %call.id, "frame not pushed to a party (signal bus timed out)"),
             }
         }
     }

@@ -121,6 +121,8 @@ pub fn call(c: &CallRecord) -> pb::Call {
         ring_timeout_secs: c.ring_timeout_secs,
         // Filled in by the queries that load summaries (crate::quality).
         quality: None,
+        // Filled in where the recording is loaded (crate::recording).
+        recording: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod quality;
+pub mod recording;
 pub mod service;
 pub mod signaling;
 pub mod startup;

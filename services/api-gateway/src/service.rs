@@ -11,12 +11,13 @@ use videocall_platform::{
     auth::{JwtKeys, Principal, bearer},
     call_store::{Actor, CallRecord, CallStore, HistoryQuery, NewCall, StoreError},
     ice::IceConfig,
+    recordings::RecordingStore,
 };
 use videocall_proto::v1::{self as pb, call_service_server::CallService};
 
 use videocall_platform::signal_bus::SignalBus;
 
-use crate::{config::RingTimeouts, convert, error::ApiError, quality, signaling};
+use crate::{config::RingTimeouts, convert, error::ApiError, quality, recording, signaling};
 
 const MAX_USER_ID_BYTES: usize = 128;
 const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -26,6 +27,7 @@ const MAX_PAGE_SIZE: u64 = 100;
 #[derive(Clone)]
 pub struct CallApi {
     pub store: CallStore,
+    pub recordings: RecordingStore,
     pub ice: IceConfig,
     pub ring_timeouts: RingTimeouts,
     pub bus: SignalBus,
@@ -66,6 +68,11 @@ fn user_id(field: &str, raw: &str) -> Result<String, ApiError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() || trimmed.len() > MAX_USER_ID_BYTES || trimmed.chars().any(char::is_control) {
         return Err(ApiError::invalid(format!("{field} must be 1-{MAX_USER_ID_BYTES} bytes of printable text")));
+    }
+    if trimmed.starts_with('@') {
+        return Err(ApiError::invalid(format!(
+            "{field} must not start with `@` (reserved for the services' own peers)"
+        )));
     }
     Ok(trimmed.to_owned())
 }
@@ -182,11 +189,16 @@ impl CallApi {
         let page = self.store.history(&query).await?;
         let ids: Vec<Uuid> = page.calls.iter().map(|c| c.id).collect();
         let mut summaries = quality::summaries(self.store.db(), &ids).await?;
+        let mut recordings = recording::for_calls(&self.recordings, &ids).await?;
         Ok(pb::GetUserCallsResponse {
             calls: page
                 .calls
                 .iter()
-                .map(|c| pb::Call { quality: summaries.remove(&c.id), ..convert::call(c) })
+                .map(|c| pb::Call {
+                    quality: summaries.remove(&c.id),
+                    recording: recordings.remove(&c.id),
+                    ..convert::call(c)
+                })
                 .collect(),
             next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
         })
@@ -241,7 +253,8 @@ impl CallService for CallApi {
         request: Request<pb::SendSignalRequest>,
     ) -> Result<Response<pb::SendSignalResponse>, Status> {
         let p = principal(&request)?;
-        Ok(Response::new(signaling::send(&self.store, &self.bus, &actor(&p), request.into_inner()).await?))
+        let reply = signaling::send(&self.store, &self.recordings, &self.bus, &actor(&p), request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn update_call_quality(
@@ -261,7 +274,18 @@ impl CallService for CallApi {
         }
         let mut view = convert::call(&call);
         view.quality = quality::summary(self.store.db(), call.id).await?;
+        view.recording = self.recordings.get(call.id).await.map_err(ApiError::from)?.as_ref().map(recording::to_pb);
         Ok(Response::new(pb::CallResponse { call: Some(view) }))
+    }
+
+    async fn set_recording_consent(
+        &self,
+        request: Request<pb::SetRecordingConsentRequest>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let p = principal(&request)?;
+        let reply =
+            recording::set_consent(&self.store, &self.recordings, &self.bus, &actor(&p), request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn get_user_calls(

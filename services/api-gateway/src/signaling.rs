@@ -8,6 +8,7 @@ use uuid::Uuid;
 use videocall_domain::Party;
 use videocall_platform::{
     call_store::{Actor, CallRecord, CallStore},
+    recordings::{RECORDER_PEER, RecordingStore},
     signal_bus::{BusError, Outgoing, SignalBus},
     signals::{ParsedSignal, SignalType},
 };
@@ -45,6 +46,7 @@ async fn live_call_for_party(store: &CallStore, raw_id: &str, actor: &Actor) -> 
 
 pub async fn send(
     store: &CallStore,
+    recordings: &RecordingStore,
     bus: &SignalBus,
     actor: &Actor,
     req: pb::SendSignalRequest,
@@ -53,7 +55,17 @@ pub async fn send(
         .signal_type
         .parse()
         .map_err(|e: videocall_platform::signals::SignalError| Status::invalid_argument(e.to_string()))?;
-    let (call, to) = live_call_for_party(store, &req.call_id, actor).await?;
+    if !req.to.is_empty() && req.to != RECORDER_PEER {
+        return Err(Status::invalid_argument(format!("`to` must be empty (the other party) or `{RECORDER_PEER}`")));
+    }
+    let (call, mut to) = live_call_for_party(store, &req.call_id, actor).await?;
+    if req.to == RECORDER_PEER {
+        let running = recordings.get(call.id).await.map_err(ApiError::from)?.is_some_and(|r| r.status.is_running());
+        if !running {
+            return Err(Status::failed_precondition("no recording is starting or active in this call"));
+        }
+        to = RECORDER_PEER.to_owned();
+    }
     let call_id = call.id.to_string();
     let seq = bus
         .publish_signal(Outgoing { call_id: &call_id, from: &actor.id, to: &to, signal_type, payload: &req.payload })

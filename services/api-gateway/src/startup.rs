@@ -25,6 +25,7 @@ use videocall_platform::{
     local_events::LocalEvents,
     ops::{OpsServer, Readiness},
     outbox_relay::{self, OutboxRelay, OutboxRelayConfig},
+    recordings::RecordingStore,
     signal_bus::SignalBus,
 };
 use videocall_proto::{FILE_DESCRIPTOR_SET, v1::call_service_server::CallServiceServer};
@@ -108,10 +109,11 @@ impl Application {
         let in_process = local_events.is_some();
         let source = event_source(&config.common.cell_id, &config.common.service_name);
         let call_metrics = CallMetrics::default();
-        let store = CallStore::new(db.clone(), source, outbox_wake.clone()).with_metrics(call_metrics.clone());
+        let store = CallStore::new(db.clone(), source.clone(), outbox_wake.clone()).with_metrics(call_metrics.clone());
         let stop_serving = CancellationToken::new();
         let api = CallApi {
             store,
+            recordings: RecordingStore::new(db.clone(), source),
             ice: config.ice.clone(),
             ring_timeouts: config.ring_timeouts,
             bus,

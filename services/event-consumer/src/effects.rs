@@ -12,9 +12,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
-use videocall_entities::{calls, outbox, processed_messages, support_offers};
+use videocall_entities::{calls, processed_messages, support_offers};
 use videocall_platform::{
-    call_store::{CallMetrics, CallRecord, CallStore, StoreError},
+    call_store::{CallMetrics, CallRecord, CallStore, StoreError, insert_outbox},
     events::{CloudEvent, event_source},
     signal_bus::SignalBus,
 };
@@ -232,20 +232,7 @@ impl Effects {
         let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &subject, now, &offer);
         let payload =
             serde_json::to_string(&envelope).map_err(|e| Failure::Permanent(format!("event encoding: {e}")))?;
-        outbox::Entity::insert(outbox::ActiveModel {
-            id: Set(event_id),
-            aggregate_id: Set(offer.offer_id),
-            event_type: Set(event_type.to_owned()),
-            routing_key: Set(routing_key.to_owned()),
-            payload: Set(payload),
-            created_at: Set(now),
-            available_at: Set(now),
-            attempts: Set(0),
-            last_error: Set(None),
-            published_at: Set(None),
-        })
-        .exec_without_returning(&txn)
-        .await?;
+        insert_outbox(&txn, event_id, offer.offer_id, (event_type, routing_key), payload, now).await?;
         txn.commit().await?;
         tracing::info!(offer_id = %offer.offer_id, "video support offered");
         self.notify_customer(&offer).await;

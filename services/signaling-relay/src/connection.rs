@@ -9,6 +9,7 @@ use std::{
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tonic::{Request, transport::Channel};
 use videocall_platform::{
+    recordings::RECORDER_PEER,
     signal_bus::{BusError, Outgoing, SignalBus},
     signals::{SignalType, validate_payload},
 };
@@ -17,7 +18,7 @@ use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use crate::{
     hub::{Outbound, Registration},
     metrics::{RelayMetrics, TypeLabel},
-    protocol::{self, CallCommand, Envelope, Initiate, Quality, Resume, SignalIn},
+    protocol::{self, CallCommand, Consent, Envelope, Initiate, Quality, Resume, SignalIn},
 };
 
 pub const CLOSE_POLICY: u16 = 1008;
@@ -42,6 +43,9 @@ struct KnownCall {
     last_seq: u64,
     /// This connection sent a signal of this call.
     sent: bool,
+    /// The call's recording is starting or active: the recording leg's signals may go to the
+    /// recorder.
+    recording: bool,
 }
 
 /// Token bucket: `rate` per second, at most `burst` saved up.
@@ -197,14 +201,25 @@ impl State {
             pb::CallStatus::try_from(call.status),
             Ok(pb::CallStatus::Initiated | pb::CallStatus::Ringing | pb::CallStatus::Active)
         );
+        let recording = call.recording.as_ref().is_some_and(|r| {
+            matches!(
+                pb::RecordingStatus::try_from(r.status),
+                Ok(pb::RecordingStatus::Starting | pb::RecordingStatus::Active)
+            )
+        });
         let entry = self.calls.entry(call.id.clone()).or_insert(KnownCall {
             other: other.clone(),
             live,
             last_seq: 0,
             sent: false,
+            recording,
         });
         entry.other = other;
         entry.live = live;
+        // Only the replies that load the recording (GetCall, history, consent) carry it.
+        if call.recording.is_some() {
+            entry.recording = recording;
+        }
     }
 
     /// Sends the state of every live call of this user and replays the signals this connection
@@ -266,6 +281,11 @@ impl State {
             call_id: Option<String>,
             from: Option<String>,
             call: Option<CallHead>,
+            recording: Option<RecordingHead>,
+        }
+        #[derive(serde::Deserialize)]
+        struct RecordingHead {
+            status: String,
         }
         #[derive(serde::Deserialize)]
         struct CallHead {
@@ -275,12 +295,21 @@ impl State {
             status: String,
         }
         let head: Head = serde_json::from_str(frame).ok()?;
-        if let (Some(seq), Some(call_id)) = (head.seq, head.call_id.as_ref()) {
+        if head.frame_type == "recording"
+            && let (Some(call_id), Some(recording)) = (head.call_id.as_ref(), head.recording.as_ref())
+        {
+            if let Some(known) = self.calls.get_mut(call_id) {
+                known.recording = matches!(recording.status.as_str(), "starting" | "active");
+            }
+        } else if let (Some(seq), Some(call_id)) = (head.seq, head.call_id.as_ref()) {
+            let from = head.from.clone().unwrap_or_default();
             let known = self.calls.entry(call_id.clone()).or_insert(KnownCall {
-                other: head.from.clone().unwrap_or_default(),
+                // The recorder is never the other party; the call's details come with GetCall.
+                other: if from == RECORDER_PEER { String::new() } else { from },
                 live: true,
                 last_seq: 0,
                 sent: false,
+                recording: false,
             });
             if seq <= known.last_seq {
                 return None;
@@ -291,8 +320,13 @@ impl State {
         {
             let other = if call.caller_id == self.user_id { call.callee_id } else { call.caller_id };
             let live = matches!(call.status.as_str(), "initiated" | "ringing" | "active");
-            let known =
-                self.calls.entry(call.id).or_insert(KnownCall { other: other.clone(), live, last_seq: 0, sent: false });
+            let known = self.calls.entry(call.id).or_insert(KnownCall {
+                other: other.clone(),
+                live,
+                last_seq: 0,
+                sent: false,
+                recording: false,
+            });
             known.other = other;
             known.live = live;
         }
@@ -314,6 +348,7 @@ impl State {
             "call.ring" | "call.answer" | "call.reject" | "call.end" => self.control(&envelope.frame_type, text).await,
             "call.quality" => self.quality(text).await,
             "call.history" => self.history().await,
+            "recording.consent" => self.consent(text).await,
             "resume" => return self.resume(text, id).await,
             signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => self.signal(signal, text).await,
             other => Err(Failure::new(
@@ -412,6 +447,13 @@ impl State {
         Ok(self.call_ack(call, &ice))
     }
 
+    async fn consent(&mut self, text: &str) -> Result<serde_json::Value, Failure> {
+        let frame: Consent = parse(text)?;
+        let request = self.request(pb::SetRecordingConsentRequest { call_id: frame.call_id, consent: frame.consent });
+        let reply = self.gateway.clone().set_recording_consent(request).await.map_err(Failure::from)?.into_inner();
+        Ok(self.call_ack(reply.call, &[]))
+    }
+
     async fn history(&mut self) -> Result<serde_json::Value, Failure> {
         let request = self.request(pb::GetUserCallsRequest { page_size: 20, ..Default::default() });
         let reply = self.gateway.clone().get_user_calls(request).await.map_err(Failure::from)?.into_inner();
@@ -466,10 +508,16 @@ impl State {
         }
     }
 
-    /// The call's other party, asking the gateway (which authorises) the first time.
+    /// The call's other party, asking the gateway (which authorises) the first time, or again when
+    /// `refresh`.
     async fn known_call(&mut self, call_id: &str) -> Result<KnownCall, Failure> {
+        self.call_info(call_id, false).await
+    }
+
+    async fn call_info(&mut self, call_id: &str, refresh: bool) -> Result<KnownCall, Failure> {
         if let Some(known) = self.calls.get(call_id)
             && !known.other.is_empty()
+            && !refresh
         {
             return Ok(known.clone());
         }
@@ -491,20 +539,37 @@ impl State {
             SignalType::Hangup => frame.reason.as_deref().unwrap_or_default(),
         };
         validate_payload(signal_type, payload).map_err(|e| Failure::new("invalid_argument", e.to_string()))?;
-        let known = self.known_call(&frame.call_id).await?;
+        let mut known = self.known_call(&frame.call_id).await?;
         if !known.live {
             return Err(Failure::new("failed_precondition", "call is over".into()));
         }
+        let to = match frame.to.as_deref() {
+            None | Some("") => known.other.clone(),
+            Some(RECORDER_PEER) => {
+                if !known.recording {
+                    // The `recording` frame that said it started may not have reached us yet.
+                    known = self.call_info(&frame.call_id, true).await?;
+                }
+                if !known.recording {
+                    return Err(Failure::new(
+                        "failed_precondition",
+                        "no recording is starting or active in this call".into(),
+                    ));
+                }
+                RECORDER_PEER.to_owned()
+            }
+            Some(other) => {
+                let other: String = other.chars().take(32).collect();
+                return Err(Failure::new(
+                    "invalid_argument",
+                    format!("`to` must be absent (the other party) or `{RECORDER_PEER}`, not `{other}`"),
+                ));
+            }
+        };
         let started = Instant::now();
         let seq = self
             .bus
-            .publish_signal(Outgoing {
-                call_id: &frame.call_id,
-                from: &self.user_id,
-                to: &known.other,
-                signal_type,
-                payload,
-            })
+            .publish_signal(Outgoing { call_id: &frame.call_id, from: &self.user_id, to: &to, signal_type, payload })
             .await
             .map_err(|e| match e {
                 BusError::Signal(e) => Failure::new("invalid_argument", e.to_string()),

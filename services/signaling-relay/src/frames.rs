@@ -68,6 +68,16 @@ pub struct SignalIn<'a> {
     pub candidate: Option<&'a RawValue>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Absent: the other party. `@recorder`: the call's recorder (the recording leg).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// `recording.consent`: a party gives (`true`) or withdraws (`false`) its consent to record.
+#[derive(Debug, Deserialize)]
+pub struct Consent {
+    pub call_id: String,
+    pub consent: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use videocall_proto::v1 as pb;
 
-pub use crate::frames::{CallCommand, Envelope, Initiate, Quality, Resume, SignalIn};
+pub use crate::frames::{CallCommand, Consent, Envelope, Initiate, Quality, Resume, SignalIn};
 
 #[derive(Debug, Serialize)]
 pub struct Error<'a> {
@@ -83,6 +83,44 @@ pub fn call_json(c: &pb::Call) -> serde_json::Value {
             "mos": q.mos,
             "finalized": q.finalized,
         })),
+        "recording": c.recording.as_ref().map(recording_json),
+    })
+}
+
+/// A recording as the `recording` frames the gateway and recorder push show it.
+pub fn recording_json(r: &pb::Recording) -> serde_json::Value {
+    let ts = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
+    let status = pb::RecordingStatus::try_from(r.status)
+        .map(|s| s.as_str_name().trim_start_matches("RECORDING_STATUS_").to_ascii_lowercase())
+        .unwrap_or_default();
+    let files: Vec<_> = r
+        .files
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name, "party": f.party, "kind": f.kind, "codec": f.codec, "frames": f.frames,
+                "duration_ms": f.duration_ms, "bytes": f.bytes, "sha256": f.sha256,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": r.id,
+        "status": status,
+        "caller_consent": r.caller_consent,
+        "callee_consent": r.callee_consent,
+        "requested_by": r.requested_by,
+        "started_at": ts(&r.started_at),
+        "ended_at": ts(&r.ended_at),
+        "duration_ms": r.duration_ms,
+        "size_bytes": r.size_bytes,
+        "sha256": r.sha256,
+        "files": files,
+        "error": (!r.error.is_empty()).then_some(&r.error),
+        "version": r.version,
     })
 }
 

@@ -11,5 +11,6 @@ mod limits;
 mod offers;
 mod quality;
 mod races;
+mod recording;
 mod service;
 mod signaling;

@@ -15,7 +15,12 @@ async fn live_call(app: &TestApp) -> String {
 }
 
 fn signal(call_id: &str, signal_type: &str, payload: &str) -> pb::SendSignalRequest {
-    pb::SendSignalRequest { call_id: call_id.into(), signal_type: signal_type.into(), payload: payload.into() }
+    pb::SendSignalRequest {
+        call_id: call_id.into(),
+        signal_type: signal_type.into(),
+        payload: payload.into(),
+        to: String::new(),
+    }
 }
 
 const SDP: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n";

@@ -2,6 +2,7 @@
 //! WebSocket clients (and, in `webrtc`, real webrtc-rs peers).
 
 mod helpers;
+mod recording;
 mod redis_restart;
 mod sigterm;
 mod turn_hardening;
