@@ -30,6 +30,33 @@ const Page = {
       document.getElementById("q-res").textContent = q.width ? `${q.width}×${q.height} @ ${q.fps.toFixed(0)} fps` : "–";
     });
     document.getElementById("end").onclick = () => vc.hangUp().catch((err) => Page.status(err.message));
+    // Recording needs both parties: each page shows who consented and lets its user give or take back consent.
+    const rec = document.getElementById("record");
+    const recState = document.getElementById("recording");
+    const mine = () => {
+      const r = vc.recording;
+      if (!r || !vc.call) return false;
+      return vc.call.caller_id === vc.userId ? r.caller_consent : r.callee_consent;
+    };
+    rec.onclick = () => vc.setRecordingConsent(!mine()).catch((err) => Page.status(err.message));
+    vc.addEventListener("call", (e) => {
+      const live = ["initiated", "ringing", "active"].includes(e.detail.status);
+      rec.disabled = !live;
+      if (!vc.recording) {
+        recState.textContent = "not recorded";
+        delete recState.dataset.status;
+        rec.textContent = "Record";
+      }
+    });
+    vc.addEventListener("recording", (e) => {
+      const r = e.detail;
+      const mineNow = mine();
+      const theirs = vc.call && (vc.call.caller_id === vc.userId ? r.callee_consent : r.caller_consent);
+      const consents = `you ${mineNow ? "consent" : "do not consent"}, the other party ${theirs ? "consents" : "does not"}`;
+      recState.textContent = `recording ${r.status}: ${consents}${r.error ? ` (${r.error})` : ""}`;
+      recState.dataset.status = r.status;
+      rec.textContent = mineNow ? "Stop recording" : "Consent to record";
+    });
     document.getElementById("refresh").onclick = () => Page.refreshHistory(vc);
     vc.connect()
       .then(() => Page.refreshHistory(vc))

@@ -18,6 +18,9 @@ class Videocall extends EventTarget {
     this.stats = {};
     this.relayOnly = false;
     this.signalsLost = 0; // signals_lost notices received (shown in the status line)
+    this.recording = null; // the call's server-side recording, as the relay last told it
+    this.recorderPc = null; // the recording leg: a send-only connection to the server's recorder
+    this.recorderCandidates = [];
   }
 
   connect() {
@@ -66,6 +69,9 @@ class Videocall extends EventTarget {
       case "signals_lost":
         await this.onSignalsLost(frame);
         break;
+      case "recording":
+        this.onRecording(frame.call_id, frame.recording);
+        break;
       default:
         this.emit("notice", frame);
     }
@@ -74,8 +80,10 @@ class Videocall extends EventTarget {
   onCallState(call) {
     if (this.call && this.call.id === call.id && call.version < this.call.version) return;
     if (this.call && this.call.id !== call.id && ["initiated", "ringing", "active"].includes(this.call.status)) return;
+    if (!this.call || this.call.id !== call.id) this.recording = null;
     this.call = call;
     this.emit("call", call);
+    if (call.recording) this.onRecording(call.id, call.recording);
     if (["ended", "rejected", "missed"].includes(call.status)) this.teardown();
   }
 
@@ -83,6 +91,7 @@ class Videocall extends EventTarget {
     const last = this.lastSeq.get(frame.call_id) || 0;
     if (frame.seq <= last) return;
     this.lastSeq.set(frame.call_id, frame.seq);
+    if (frame.from === "@recorder") return this.onRecorderSignal(frame);
     if (frame.type === "offer") {
       await this.ensurePeer();
       await this.pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
@@ -111,6 +120,58 @@ class Videocall extends EventTarget {
     const offer = await this.pc.createOffer({ iceRestart: true });
     await this.pc.setLocalDescription(offer);
     await this.request({ type: "offer", call_id: frame.call_id, sdp: offer.sdp });
+  }
+
+  // Recording: both parties' consent is needed; each sees the other's (`recording` frames).
+  async setRecordingConsent(consent) {
+    if (!this.call) return;
+    const ack = await this.request({ type: "recording.consent", call_id: this.call.id, consent });
+    if (ack.call && ack.call.recording) this.onRecording(ack.call.id, ack.call.recording);
+  }
+
+  onRecording(callId, recording) {
+    if (!this.call || this.call.id !== callId) return;
+    if (this.recording && recording.version < this.recording.version) return;
+    this.recording = recording;
+    this.emit("recording", recording);
+    if (!["starting", "active"].includes(recording.status)) this.closeRecorderLeg();
+  }
+
+  // The recorder offers receive-only audio and video; we answer sending our camera and microphone.
+  async onRecorderSignal(frame) {
+    if (frame.type === "offer") {
+      this.closeRecorderLeg();
+      const stream = await this.media();
+      const pc = new RTCPeerConnection({ iceServers: this.iceServers, iceTransportPolicy: this.relayOnly ? "relay" : "all" });
+      this.recorderPc = pc;
+      pc.onicecandidate = (e) => {
+        if (e.candidate) {
+          this.request({ type: "ice-candidate", call_id: frame.call_id, to: "@recorder", candidate: e.candidate.toJSON() }).catch(() => {});
+        }
+      };
+      await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
+      for (const t of pc.getTransceivers()) {
+        const track = stream.getTracks().find((x) => x.kind === t.receiver.track.kind);
+        if (!track) continue;
+        t.direction = "sendonly";
+        await t.sender.replaceTrack(track);
+      }
+      for (const c of this.recorderCandidates.splice(0)) await pc.addIceCandidate(c);
+      const answer = await pc.createAnswer();
+      await pc.setLocalDescription(answer);
+      await this.request({ type: "answer", call_id: frame.call_id, to: "@recorder", sdp: answer.sdp });
+    } else if (frame.type === "ice-candidate") {
+      if (this.recorderPc && this.recorderPc.remoteDescription) await this.recorderPc.addIceCandidate(frame.candidate);
+      else this.recorderCandidates.push(frame.candidate);
+    } else if (frame.type === "hangup") {
+      this.closeRecorderLeg();
+    }
+  }
+
+  closeRecorderLeg() {
+    if (this.recorderPc) this.recorderPc.close();
+    this.recorderPc = null;
+    this.recorderCandidates = [];
   }
 
   async flushCandidates() {
@@ -227,6 +288,7 @@ class Videocall extends EventTarget {
     this.pc = null;
     this.remoteCandidates = [];
     this.stats = {};
+    this.closeRecorderLeg();
     this.emit("remote-stream", null);
   }
 }

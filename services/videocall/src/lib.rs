@@ -3,8 +3,9 @@
 //! delivery instead of RabbitMQ, a development token secret, loopback addresses only. The services
 //! are the fleet's own libraries (the monolithic mode of one codebase, as Grafana Mimir's `-target=all`
 //! or `livekit-server --dev`): the gateway serves gRPC, the relay serves the web client and the
-//! WebSocket, the sweeper sweeps, and the outbox relay hands each event to the quality aggregator
-//! and event consumer handlers in the same process.
+//! WebSocket, the sweeper sweeps, the call-recorder records calls both parties consented to
+//! (files under `<data dir>/recordings/`), and the outbox relay hands each event to the quality
+//! aggregator and event consumer handlers in the same process.
 //!
 //! Upstream events (UserOffline, SupportTicketCreated) have no broker to arrive on; they can be
 //! posted to the workers' endpoint: `POST /events/{exchange}/{routing_key}` with the CloudEvents
@@ -177,6 +178,9 @@ pub struct Standalone {
     workers_registry: Registry,
     sweeper: missed_call_sweeper::Sweeper,
     sweeper_metrics: missed_call_sweeper::metrics::SweeperMetrics,
+    bus: SignalBus,
+    recorder: call_recorder::RecorderConfig,
+    recorder_metrics: call_recorder::metrics::RecorderMetrics,
 }
 
 impl Standalone {
@@ -260,9 +264,42 @@ impl Standalone {
         let sweeper_metrics = missed_call_sweeper::metrics::SweeperMetrics::new(&mut workers_registry);
         let sweeper = missed_call_sweeper::Sweeper::new(db.clone(), CELL_ID, "missed-call-sweeper", 500)
             .with_zombie_timeout(Some(config.zombie_timeout))
-            .with_bus(Some(bus))
+            .with_bus(Some(bus.clone()))
             .with_metrics(worker_calls);
-        Ok(Self { config, db, events, gateway, relay, workers, workers_registry, sweeper, sweeper_metrics })
+        // Recordings go under the data directory; the recorder's peer listens on loopback only,
+        // like everything else here.
+        let recorder = call_recorder::RecorderConfig {
+            common: common("call-recorder", config.log_format),
+            database_url,
+            redis_url: String::new(),
+            recordings_dir: config.data_dir.join("recordings"),
+            recorder_id: "standalone".to_owned(),
+            poll: Duration::from_millis(500),
+            lease: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(30),
+            max_duration: Duration::from_secs(4 * 3600),
+            max_concurrent: 16,
+            candidate_networks: vec![call_recorder::config::Network::parse("127.0.0.1").map_err(anyhow::Error::msg)?],
+            nat_1to1_ips: Vec::new(),
+            udp_ports: None,
+            ice: config.ice.clone(),
+            ops_listen_addr: config.workers,
+        };
+        let recorder_metrics = call_recorder::metrics::RecorderMetrics::new(&mut workers_registry);
+        Ok(Self {
+            config,
+            db,
+            events,
+            gateway,
+            relay,
+            workers,
+            workers_registry,
+            sweeper,
+            sweeper_metrics,
+            bus,
+            recorder,
+            recorder_metrics,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -288,7 +325,20 @@ impl Standalone {
     /// Runs every service until `shutdown`; if one stops on its own, the others are stopped too
     /// and its error is returned.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config: _, db, events, gateway, relay, workers, workers_registry, sweeper, sweeper_metrics } = self;
+        let Self {
+            config: _,
+            db,
+            events,
+            gateway,
+            relay,
+            workers,
+            workers_registry,
+            sweeper,
+            sweeper_metrics,
+            bus,
+            recorder,
+            recorder_metrics,
+        } = self;
         let ready = Readiness::default();
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         let stop = shutdown.clone();
@@ -305,6 +355,11 @@ impl Standalone {
                 }
                 Err(error) => ("missed-call-sweeper", Err(error)),
             }
+        });
+        let (stop, recorder_db) = (shutdown.clone(), db.clone());
+        tasks.spawn(async move {
+            let served = call_recorder::serve(recorder_db, bus, recorder, recorder_metrics, Readiness::default(), stop);
+            ("call-recorder", served.await)
         });
         let stop = shutdown.clone();
         let mut registry = workers_registry;

@@ -1,10 +1,11 @@
 //! The web client in headless Chromium (fake camera and microphone), media relay-only through a
 //! real coturn on loopback: a customer calls agent-1, the agent answers, both see the other's
-//! video, live quality numbers show, the customer hangs up, and the call appears in both
+//! video, live quality numbers show, both consent to a server-side recording and see it record
+//! and finish when the agent withdraws, the customer hangs up, and the call appears in both
 //! histories with its duration and quality summary; then a second call, of another type, is
-//! declined. Once against the standalone binary, once against the distributed fleet (five
-//! separate processes on PostgreSQL, Redis and RabbitMQ), where the fleet's Redis is also
-//! restarted mid-call and the pages renegotiate.
+//! declined. Once against the standalone binary, once against the distributed fleet (the five
+//! services and the call-recorder as separate processes on PostgreSQL, Redis and RabbitMQ), where
+//! the fleet's Redis is also restarted mid-call and the pages renegotiate.
 
 use std::net::SocketAddr;
 
@@ -52,6 +53,29 @@ async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &st
     }
     // A few reports reach the aggregator while the call runs.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+
+    // Recording: the customer asks; the agent is shown that and consents; both pages are shown it
+    // recording (the server's recorder joined each as a peer), then the agent withdraws and both
+    // are shown the finished recording with a file of frames for each party's audio and video.
+    cdp.eval(&customer, "document.getElementById('record').click(); true").await;
+    cdp.wait_for(&agent, "document.getElementById('recording').textContent.includes('the other party consents')", 20)
+        .await;
+    cdp.eval(&agent, "document.getElementById('record').click(); true").await;
+    for page in [&agent, &customer] {
+        cdp.wait_for(page, "document.getElementById('recording').dataset.status === 'active'", 40).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    cdp.eval(&agent, "document.getElementById('record').click(); true").await;
+    for page in [&agent, &customer] {
+        cdp.wait_for(page, "document.getElementById('recording').dataset.status === 'complete'", 30).await;
+        let text = cdp.eval(page, "document.getElementById('recording').textContent").await;
+        assert!(text.as_str().is_some_and(|t| t.contains("consent withdrawn")), "{text}");
+    }
+    let files = "JSON.stringify(window.vc.recording.files.map(f => [f.name, f.frames > 0, f.bytes > 0]).sort())";
+    assert_eq!(
+        cdp.eval(&customer, files).await,
+        r#"[["callee-audio.ogg",true,true],["callee-video.ivf",true,true],["caller-audio.ogg",true,true],["caller-video.ivf",true,true]]"#
+    );
 
     let mut _restarted = None; // kept running until the scenario ends
     if let Some(redis) = redis {
@@ -128,7 +152,7 @@ async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
     let secret = format!("fleet-secret-{run}");
     let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (grpc, http) = (addr(), addr());
-    let ops: Vec<SocketAddr> = (0..4).map(|_| addr()).collect();
+    let ops: Vec<SocketAddr> = (0..5).map(|_| addr()).collect();
     let shared = |name: &str, ops: SocketAddr| {
         let mut command = workspace_binary(name);
         command
@@ -158,10 +182,13 @@ async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
         .env("USER_OFFLINE_QUEUE", format!("{run}.user-offline"))
         .env("TICKET_CREATED_QUEUE", format!("{run}.ticket-created"));
     let sweeper = shared("missed-call-sweeper", ops[3]);
+    let mut recorder = shared("call-recorder", ops[4]);
+    recorder.env("RECORDINGS_DIR", dir.join("recordings")).env("RECORDER_CANDIDATE_NETWORKS", "127.0.0.1");
     let mut workers = vec![
         Process::spawn("quality-aggregator", aggregator, &dir),
         Process::spawn("event-consumer", consumer, &dir),
         Process::spawn("missed-call-sweeper", sweeper, &dir),
+        Process::spawn("call-recorder", recorder, &dir),
     ];
     for (process, ops) in workers.iter_mut().zip(&ops[1..]) {
         process.wait_ready(*ops, "/readyz").await;
