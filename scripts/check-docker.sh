@@ -10,7 +10,7 @@ copy=$(mktemp --suffix=.yaml)
 trap 'rm -f "$copy"' EXIT
 grep -v '^name:' docker/compose.yaml > "$copy"
 resolved=$(JWT_SECRET=check-only-secret-0123 docker-compose -f "$copy" --project-directory docker config)
-for service in migrate api-gateway signaling-relay event-consumer quality-aggregator missed-call-sweeper coturn; do
+for service in migrate api-gateway signaling-relay event-consumer quality-aggregator missed-call-sweeper call-recorder coturn; do
   grep -q "^  $service:" <<<"$resolved" || { echo "compose: service $service missing" >&2; exit 1; }
 done
 log "docker/compose.yaml resolves ($(grep -c '^  [a-z-]*:$' <<<"$resolved") services)"
