@@ -186,13 +186,35 @@ impl SignalBus {
         self.push_to_parties(call, &crate::recordings::RecordingFrame::new(recording)).await;
     }
 
+    /// Both parties' frames go in one pipelined round trip to Redis, bounded to 3 s.
     async fn push_to_parties<T: Serialize>(&self, call: &CallRecord, frame: &T) {
-        for party in [&call.caller_id, &call.callee_id] {
-            match tokio::time::timeout(Duration::from_secs(3), self.publish_to_user(party, frame)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "frame not pushed to a party"),
-                Err(_) => tracing::warn!(call_id = %call.id, "frame not pushed to a party (signal bus timed out)"),
+        let pushed = async {
+            let json = serde_json::to_string(frame).map_err(|_| SignalError::BadCandidate)?;
+            match &self.backend {
+                Backend::Redis { conn, .. } => {
+                    let channels = [&call.caller_id, &call.callee_id].map(|u| user_channel(&self.config.cell_id, u));
+                    let () = once_more_if_dropped(|| {
+                        let mut pipe = redis::pipe();
+                        for channel in &channels {
+                            pipe.publish(channel, &json).ignore();
+                        }
+                        let mut conn = conn.clone();
+                        async move { pipe.query_async(&mut conn).await }
+                    })
+                    .await?;
+                }
+                Backend::InProcess(local) => {
+                    let json: Arc<str> = Arc::from(json);
+                    local.deliver(&call.caller_id, json.clone());
+                    local.deliver(&call.callee_id, json);
+                }
             }
+            Ok::<_, BusError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(3), pushed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "frame not pushed to the parties"),
+            Err(_) => tracing::warn!(call_id = %call.id, "frame not pushed to the parties (signal bus timed out)"),
         }
     }
 

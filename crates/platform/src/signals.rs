@@ -84,10 +84,11 @@ pub fn validate_payload(signal_type: SignalType, payload: &str) -> Result<(), Si
         SignalType::IceCandidate => {
             // From `{` to `}` exactly: the frame carries it as raw JSON, which cannot keep
             // whitespace around the object, so anything else would not arrive byte for byte.
+            // Valid JSON from `{` to `}` is an object; RawValue checks it without building a tree.
             let ok = payload.len() <= MAX_CANDIDATE_BYTES
                 && payload.starts_with('{')
                 && payload.ends_with('}')
-                && matches!(serde_json::from_str::<serde_json::Value>(payload), Ok(serde_json::Value::Object(_)));
+                && serde_json::from_str::<&RawValue>(payload).is_ok();
             if ok { Ok(()) } else { Err(SignalError::BadCandidate) }
         }
         SignalType::Hangup => {
@@ -205,6 +206,9 @@ mod tests {
         );
         assert_eq!(validate_payload(SignalType::IceCandidate, "[1]"), Err(SignalError::BadCandidate));
         assert_eq!(validate_payload(SignalType::IceCandidate, "{"), Err(SignalError::BadCandidate));
+        for not_one_object in ["{\"a\":1} {\"b\":2}", "{\"a\":}", "{} []"] {
+            assert_eq!(validate_payload(SignalType::IceCandidate, not_one_object), Err(SignalError::BadCandidate));
+        }
         assert_eq!(validate_payload(SignalType::Hangup, ""), Ok(()));
         assert_eq!("bye".parse::<SignalType>(), Err(SignalError::UnknownType("bye".into())));
     }
