@@ -198,6 +198,41 @@ impl CallMetrics {
     }
 }
 
+/// Which party the conditional update requires the actor to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartyFilter {
+    /// Checked already (or a service, which acts for anyone).
+    Any,
+    Caller,
+    Callee,
+    Either,
+}
+
+/// The step a command usually takes — from the status the call's normal course gives it (ring
+/// from initiated, answer and reject from ringing, end from active) — and the party it must come
+/// from, when the transition table gives that step one effect for whoever may take it. `None`
+/// when the command has no such single step; the caller then reads the call first.
+fn usual_step(command: Command, actor: &Actor) -> Option<(CallStatus, PartyFilter, Effect)> {
+    let from = match command {
+        Command::Ring => CallStatus::Initiated,
+        Command::Answer | Command::Reject | Command::Miss => CallStatus::Ringing,
+        Command::End(_) => CallStatus::Active,
+    };
+    let effect_for = |party| match decide(from, command, party) {
+        Decision::Apply(effect) => Some(effect),
+        _ => None,
+    };
+    if actor.is_service {
+        return effect_for(Party::Service).map(|effect| (from, PartyFilter::Any, effect));
+    }
+    match (effect_for(Party::Caller), effect_for(Party::Callee)) {
+        (Some(a), Some(b)) if a == b => Some((from, PartyFilter::Either, a)),
+        (Some(a), None) => Some((from, PartyFilter::Caller, a)),
+        (None, Some(b)) => Some((from, PartyFilter::Callee, b)),
+        _ => None,
+    }
+}
+
 /// Statuses advance at most four times, so this many attempts always reach a decision.
 const MAX_ATTEMPTS: usize = 6;
 
@@ -375,6 +410,19 @@ impl CallStore {
     /// Applies `command` from `actor` to call `id`: one winner per race, idempotent repeats.
     #[tracing::instrument(skip_all, fields(call_id = %id, actor = %actor.id, ?command), err)]
     pub async fn apply(&self, id: Uuid, command: Command, actor: &Actor) -> Result<CallRecord, StoreError> {
+        // The usual case first, without reading the call: the conditional update from the status
+        // this command usually finds, for the party it must come from. If it matches nothing
+        // (another status, another party, a repeat), read the call and decide as below.
+        if let Some((from, party, effect)) = usual_step(command, actor) {
+            let txn = self.db.begin().await?;
+            if let Some(changed) = self.transition_from(&txn, id, from, party, effect, &actor.id).await? {
+                txn.commit().await?;
+                self.wake_outbox();
+                self.count_committed(&changed);
+                return Ok(changed);
+            }
+            txn.rollback().await?;
+        }
         for _ in 0..MAX_ATTEMPTS {
             let call = self.get(id).await?;
             let party = call.party_of(actor).ok_or(StoreError::NotAParty)?;
@@ -414,6 +462,20 @@ impl CallStore {
         effect: Effect,
         actor_id: &str,
     ) -> Result<Option<CallRecord>, StoreError> {
+        self.transition_from(txn, call.id, call.status, PartyFilter::Any, effect, actor_id).await
+    }
+
+    /// The conditional update from `from` (and, with `party`, only if `actor_id` is that party),
+    /// then the audit and outbox rows. `None` when nothing matched.
+    async fn transition_from(
+        &self,
+        txn: &DatabaseTransaction,
+        id: Uuid,
+        from: CallStatus,
+        party: PartyFilter,
+        effect: Effect,
+        actor_id: &str,
+    ) -> Result<Option<CallRecord>, StoreError> {
         let now = Utc::now().trunc_subsecs(6);
         let mut update = calls::Entity::update_many()
             .col_expr(calls::Column::Status, Expr::value(effect.to.as_str()))
@@ -430,9 +492,17 @@ impl CallStore {
                 .col_expr(calls::Column::EndReason, Expr::value(reason.as_str()))
                 .col_expr(calls::Column::EndedBy, Expr::value(actor_id));
         }
+        update = match party {
+            PartyFilter::Any => update,
+            PartyFilter::Caller => update.filter(calls::Column::CallerId.eq(actor_id)),
+            PartyFilter::Callee => update.filter(calls::Column::CalleeId.eq(actor_id)),
+            PartyFilter::Either => update.filter(
+                Condition::any().add(calls::Column::CallerId.eq(actor_id)).add(calls::Column::CalleeId.eq(actor_id)),
+            ),
+        };
         let updated = update
-            .filter(calls::Column::Id.eq(call.id))
-            .filter(calls::Column::Status.eq(call.status.as_str()))
+            .filter(calls::Column::Id.eq(id))
+            .filter(calls::Column::Status.eq(from.as_str()))
             .exec_with_returning(txn)
             .await?;
         let Some(model) = updated.into_iter().next() else {
@@ -440,12 +510,9 @@ impl CallStore {
         };
         let changed = CallRecord::from_model(model)?;
         if changed.status.is_terminal() {
-            live_call_parties::Entity::delete_many()
-                .filter(live_call_parties::Column::CallId.eq(call.id))
-                .exec(txn)
-                .await?;
+            live_call_parties::Entity::delete_many().filter(live_call_parties::Column::CallId.eq(id)).exec(txn).await?;
         }
-        self.record_change(txn, &changed, Some(call.status), actor_id, now).await?;
+        self.record_change(txn, &changed, Some(from), actor_id, now).await?;
         Ok(Some(changed))
     }
 
@@ -656,5 +723,60 @@ pub struct CallStateFrame {
 impl CallStateFrame {
     pub fn new(call: &CallRecord) -> Self {
         Self { frame_type: "call_state", call: call.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast path may only do what the transition table would: for each command, the step it
+    /// tries is the table's `Apply` for every party its filter admits, and for no other party.
+    #[test]
+    fn usual_steps_agree_with_the_transition_table() {
+        let commands = [
+            Command::Ring,
+            Command::Answer,
+            Command::Reject,
+            Command::End(None),
+            Command::End(Some(EndReason::IceFailed)),
+            Command::End(Some(EndReason::UserOffline)),
+            Command::Miss,
+        ];
+        let user = Actor { id: "u".into(), is_service: false };
+        let service = Actor { id: "s".into(), is_service: true };
+        for command in commands {
+            for actor in [&user, &service] {
+                let Some((from, filter, effect)) = usual_step(command, actor) else { continue };
+                let admitted: &[Party] = match filter {
+                    PartyFilter::Any => &[Party::Service],
+                    PartyFilter::Caller => &[Party::Caller],
+                    PartyFilter::Callee => &[Party::Callee],
+                    PartyFilter::Either => &[Party::Caller, Party::Callee],
+                };
+                for party in [Party::Caller, Party::Callee, Party::Service] {
+                    let table = decide(from, command, party);
+                    if admitted.contains(&party) {
+                        assert_eq!(table, Decision::Apply(effect), "{command:?} by {party:?} from {from:?}");
+                    } else if !actor.is_service && party != Party::Service {
+                        assert!(!matches!(table, Decision::Apply(_)), "{command:?}: {party:?} left out of {filter:?}");
+                    }
+                }
+            }
+        }
+        // The lifecycle's steps all take the fast path.
+        assert_eq!(
+            usual_step(Command::Ring, &user).map(|s| (s.0, s.1)),
+            Some((CallStatus::Initiated, PartyFilter::Callee))
+        );
+        assert_eq!(
+            usual_step(Command::Answer, &user).map(|s| (s.0, s.1)),
+            Some((CallStatus::Ringing, PartyFilter::Callee))
+        );
+        assert_eq!(
+            usual_step(Command::End(None), &user).map(|s| (s.0, s.1)),
+            Some((CallStatus::Active, PartyFilter::Either))
+        );
+        assert_eq!(usual_step(Command::Miss, &user), None, "only a service misses calls");
     }
 }
