@@ -293,7 +293,7 @@ impl RecordingStore {
                 }
                 return Ok((Some(current), false));
             }
-            if mine == consent && !(consent && status == RecordingStatus::Requested && theirs) {
+            if mine == consent {
                 return Ok((Some(current), false));
             }
             if consent && call.status.is_terminal() {

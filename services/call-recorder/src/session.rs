@@ -14,7 +14,7 @@ use uuid::Uuid;
 use videocall_domain::CallStatus;
 use videocall_platform::{
     call_store::{CallRecord, CallStore},
-    recordings::{Outcome, RECORDER_PEER, RecordedFile, RecordingStatus, RecordingStore, RecordingView},
+    recordings::{Outcome, RECORDER_PEER, RecordedFile, RecordingStore, RecordingView},
     signal_bus::{Outgoing, SignalBus},
     signals::SignalType,
 };
@@ -160,7 +160,7 @@ impl Recorder {
             }
         }
         let claimed = Instant::now();
-        let mut active: Option<(Instant, RecordingView)> = None;
+        let mut active: Option<Instant> = None;
         let mut media = HashSet::new();
         let mut last_renewal = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -180,7 +180,7 @@ impl Recorder {
                                 Some(now_active) => {
                                     tracing::info!("recording active: media of both parties arrives");
                                     self.bus.push_recording(call, &now_active).await;
-                                    active = Some((Instant::now(), now_active));
+                                    active = Some(Instant::now());
                                 }
                                 None => stop = Some(Stop::Lost),
                             }
@@ -195,7 +195,7 @@ impl Recorder {
                 },
                 _ = tick.tick() => {
                     stop = self.check(call.id, recording, active.is_some(), claimed, &mut last_renewal).await?;
-                    if stop.is_none() && let Some((since, _)) = &active && since.elapsed() >= self.config.max_duration {
+                    if stop.is_none() && let Some(since) = active && since.elapsed() >= self.config.max_duration {
                         stop = Some(Stop::Finish { reason: Some("the longest recording (RECORDER_MAX_SECS) was reached".into()) });
                     }
                 }
@@ -232,8 +232,8 @@ impl Recorder {
         }
         let outcome = match stop {
             Stop::Lost => return Ok(None),
-            Stop::Finish { reason } => match &active {
-                Some((since, _)) => Outcome::Complete {
+            Stop::Finish { reason } => match active {
+                Some(since) => Outcome::Complete {
                     files,
                     duration_ms: i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX),
                     reason,
@@ -287,7 +287,6 @@ impl Recorder {
                 self.config.start_timeout.as_secs()
             ))));
         }
-        debug_assert!(current.status == RecordingStatus::Starting || current.status == RecordingStatus::Active);
         Ok(None)
     }
 

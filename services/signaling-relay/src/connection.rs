@@ -543,8 +543,8 @@ impl State {
         if !known.live {
             return Err(Failure::new("failed_precondition", "call is over".into()));
         }
-        let to = match frame.to.as_deref() {
-            None | Some("") => known.other.clone(),
+        let to: &str = match frame.to.as_deref() {
+            None | Some("") => &known.other,
             Some(RECORDER_PEER) => {
                 if !known.recording {
                     // The `recording` frame that said it started may not have reached us yet.
@@ -556,7 +556,7 @@ impl State {
                         "no recording is starting or active in this call".into(),
                     ));
                 }
-                RECORDER_PEER.to_owned()
+                RECORDER_PEER
             }
             Some(other) => {
                 let other: String = other.chars().take(32).collect();
@@ -569,7 +569,7 @@ impl State {
         let started = Instant::now();
         let seq = self
             .bus
-            .publish_signal(Outgoing { call_id: &frame.call_id, from: &self.user_id, to: &to, signal_type, payload })
+            .publish_signal(Outgoing { call_id: &frame.call_id, from: &self.user_id, to, signal_type, payload })
             .await
             .map_err(|e| match e {
                 BusError::Signal(e) => Failure::new("invalid_argument", e.to_string()),

@@ -41,12 +41,14 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// A protobuf timestamp as RFC 3339 with microseconds.
+fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    t.as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
 pub fn call_json(c: &pb::Call) -> serde_json::Value {
-    let ts = |t: &Option<prost_types::Timestamp>| {
-        t.as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    };
     let name = |s: &str, prefix: &str| s.strip_prefix(prefix).unwrap_or(s).to_ascii_lowercase();
     let call_type =
         pb::CallType::try_from(c.call_type).map(|t| name(t.as_str_name(), "CALL_TYPE_")).unwrap_or_default();
@@ -89,11 +91,6 @@ pub fn call_json(c: &pb::Call) -> serde_json::Value {
 
 /// A recording as the `recording` frames the gateway and recorder push show it.
 pub fn recording_json(r: &pb::Recording) -> serde_json::Value {
-    let ts = |t: &Option<prost_types::Timestamp>| {
-        t.as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    };
     let status = pb::RecordingStatus::try_from(r.status)
         .map(|s| s.as_str_name().trim_start_matches("RECORDING_STATUS_").to_ascii_lowercase())
         .unwrap_or_default();
