@@ -26,6 +26,9 @@ pub struct Scale {
     pub messages: usize,
     /// Messages in flight per pair, end to end.
     pub window: usize,
+    /// Scenario 1 runs the relayed path and both raw baselines this many times, interleaved,
+    /// and judges the medians (this machine's speed drifts between runs).
+    pub rounds: usize,
     /// Lifecycles per client.
     pub lifecycles: usize,
     /// Outbox rows.
@@ -42,8 +45,9 @@ impl Scale {
     pub fn full() -> Self {
         Self {
             pairs: 50,
-            messages: 200,
+            messages: 500,
             window: 1,
+            rounds: 5,
             lifecycles: 100,
             rows: 10_000,
             idle: 10_000,
@@ -58,6 +62,7 @@ impl Scale {
             pairs: 4,
             messages: 20,
             window: 1,
+            rounds: 1,
             lifecycles: 5,
             rows: 200,
             idle: 100,

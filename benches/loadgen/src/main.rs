@@ -28,6 +28,9 @@ struct Cli {
     /// Messages in flight per pair, end to end.
     #[arg(long, global = true)]
     window: Option<usize>,
+    /// Interleaved rounds of scenario 1 (relayed path and both raw baselines).
+    #[arg(long, global = true)]
+    rounds: Option<usize>,
     /// Lifecycles per client.
     #[arg(long, global = true)]
     lifecycles: Option<usize>,
@@ -77,6 +80,7 @@ impl Cli {
         s.pairs = self.pairs.unwrap_or(s.pairs).max(1);
         s.messages = self.messages.unwrap_or(s.messages).max(1);
         s.window = self.window.unwrap_or(s.window).max(1);
+        s.rounds = self.rounds.unwrap_or(s.rounds).max(1);
         s.lifecycles = self.lifecycles.unwrap_or(s.lifecycles);
         s.rows = self.rows.unwrap_or(s.rows);
         s.idle = self.idle.unwrap_or(s.idle);

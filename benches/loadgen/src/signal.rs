@@ -76,18 +76,27 @@ impl RunResult {
 
 pub const HEADER: [&str; 8] = ["path", "pairs", "in flight/pair", "delivered", "msg/s", "p50 ms", "p99 ms", "max ms"];
 
-/// The ICE candidate every sender sends, with the marker in `usernameFragment`.
-pub fn candidate(i: usize, t: u64) -> serde_json::Value {
-    json!({
-        "candidate": "candidate:842163049 1 udp 1677729535 127.0.0.1 50000 typ srflx raddr 0.0.0.0 rport 0 generation 0",
-        "sdpMid": "0",
-        "sdpMLineIndex": 0,
-        "usernameFragment": format!("LG:{i}:{t}:"),
-    })
+/// The ICE candidate every sender sends (as JSON), with the marker in `usernameFragment`.
+/// Formatted, not built as a tree: the load generator's own cost stays small beside what it
+/// measures.
+pub fn candidate(i: usize, t: u64) -> String {
+    format!(
+        r#"{{"candidate":"candidate:842163049 1 udp 1677729535 127.0.0.1 50000 typ srflx raddr 0.0.0.0 rport 0 generation 0","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"LG:{i}:{t}:"}}"#
+    )
 }
 
 pub fn sdp(i: usize, t: u64) -> String {
     format!("v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=LG:{i}:{t}:\r\nt=0 0\r\na=group:BUNDLE 0\r\n")
+}
+
+/// Message `i` of a relayed pair as the client sends it: an `offer`, then `ice-candidate`s.
+pub fn signal_frame(call_id: &str, i: usize, t: u64) -> String {
+    if i == 0 {
+        let sdp = serde_json::to_string(&sdp(i, t)).unwrap_or_default();
+        format!(r#"{{"type":"offer","call_id":"{call_id}","sdp":{sdp}}}"#)
+    } else {
+        format!(r#"{{"type":"ice-candidate","call_id":"{call_id}","candidate":{}}}"#, candidate(i, t))
+    }
 }
 
 /// Builds the text frame for message `i`, sent at `t` µs.
@@ -161,6 +170,8 @@ pub async fn run_ws_pairs(label: &str, pairs: Vec<WsPair>, scale: &Scale) -> Run
             while got < messages {
                 let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, receiver.next()).await else { break };
                 let Message::Text(text) = message else { continue };
+                // Parse as a client would (the raw receivers do the same), then find the marker.
+                let _: Option<serde_json::Value> = serde_json::from_str(text.as_str()).ok();
                 let Some((i, t)) = marker(text.as_str()) else { continue };
                 mine.push(clock.now_us().saturating_sub(t));
                 if i < messages && !seen[i] {
@@ -230,56 +241,86 @@ pub async fn relay_pairs(fleet: &Fleet, scale: &Scale, tag: &str) -> anyhow::Res
         )
         .await?;
         let call_id = ack["call"]["id"].as_str().with_context(|| format!("call.initiate failed: {ack}"))?.to_owned();
-        let frame: FrameFn = Arc::new(move |i, t| {
-            if i == 0 {
-                json!({"type": "offer", "call_id": call_id, "sdp": sdp(i, t)}).to_string()
-            } else {
-                json!({"type": "ice-candidate", "call_id": call_id, "candidate": candidate(i, t)}).to_string()
-            }
-        });
+        let frame: FrameFn = Arc::new(move |i, t| signal_frame(&call_id, i, t));
         pairs.push(WsPair { sender, receiver, frame });
     }
     Ok(pairs)
 }
 
-/// Raw Redis: PUBLISH on one (multiplexed) connection from `pairs` tasks, SUBSCRIBE on another
-/// to `pairs` channels; payloads are the frames the relay would publish, same marker.
-pub async fn run_raw_redis(scale: &Scale) -> anyhow::Result<RunResult> {
+/// How the raw baseline's parties reach Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawLayout {
+    /// Every sender publishes on one multiplexed connection and one connection subscribes to
+    /// every receiver's channel: Redis' best case, commands and messages of all pairs batched.
+    Shared,
+    /// Each party has its own connection (a publisher per sender, a subscriber per receiver), as
+    /// each party has its own WebSocket in the relayed path.
+    PerParty,
+}
+
+impl RawLayout {
+    fn label(self) -> &'static str {
+        match self {
+            RawLayout::Shared => "raw Redis PUBLISH → SUBSCRIBE, 2 shared connections",
+            RawLayout::PerParty => "raw Redis PUBLISH → SUBSCRIBE, a connection per party",
+        }
+    }
+}
+
+/// Raw Redis: `pairs` sender tasks PUBLISH the frames the relay would publish (same marker) to
+/// `pairs` channels, receivers SUBSCRIBE, with the same window as the relayed run.
+pub async fn run_raw_redis(scale: &Scale, layout: RawLayout) -> anyhow::Result<RunResult> {
     let prefix = videocall_testkit::unique_name("loadgen-raw");
     let client = redis::Client::open(crate::fleet::redis_url())?;
-    let publisher = client.get_multiplexed_async_connection().await?;
-    let mut subscriber = client.get_async_pubsub().await?;
     let n = scale.pairs;
-    for k in 0..n {
-        subscriber.subscribe(format!("{prefix}:{k}")).await?;
+    let channel = |k: usize| format!("{prefix}:{k}");
+    // Publishers (one shared, or one per sender) and subscribers with the pairs they serve.
+    let mut publishers = Vec::new();
+    let mut subscribers: Vec<(redis::aio::PubSub, Vec<usize>)> = Vec::new();
+    match layout {
+        RawLayout::Shared => {
+            publishers.push(client.get_multiplexed_async_connection().await?);
+            let mut subscriber = client.get_async_pubsub().await?;
+            for k in 0..n {
+                subscriber.subscribe(channel(k)).await?;
+            }
+            subscribers.push((subscriber, (0..n).collect()));
+        }
+        RawLayout::PerParty => {
+            for k in 0..n {
+                publishers.push(client.get_multiplexed_async_connection().await?);
+                let mut subscriber = client.get_async_pubsub().await?;
+                subscriber.subscribe(channel(k)).await?;
+                subscribers.push((subscriber, vec![k]));
+            }
+        }
     }
     let clock = Clock::new();
     let expected = (n * scale.messages) as u64;
     let delivered = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + scale.deadline;
     let windows: Vec<Arc<Semaphore>> = (0..n).map(|_| Arc::new(Semaphore::new(scale.window))).collect();
-    let progress = Progress::start("raw redis".into(), "delivered", expected, delivered.clone());
+    let progress = Progress::start(layout.label().into(), "delivered", expected, delivered.clone());
     let started = Instant::now();
-    let receive = {
+    let mut receivers = Vec::new();
+    for (subscriber, pairs) in subscribers {
         let (windows, delivered, messages, prefix) =
-            (windows.clone(), delivered.clone(), scale.messages, prefix.clone());
-        tokio::spawn(async move {
-            let mut stream = subscriber.on_message();
+            (windows.clone(), delivered.clone(), scale.messages, format!("{prefix}:"));
+        receivers.push(tokio::spawn(async move {
+            let mut stream = subscriber.into_on_message();
             let mut seen = vec![vec![false; messages]; windows.len()];
+            let mine = (pairs.len() * messages) as u64;
             let mut got = 0u64;
-            let mut samples = Vec::with_capacity(expected as usize);
-            while got < expected {
+            let mut samples = Vec::with_capacity(mine as usize);
+            while got < mine {
                 let Ok(Some(message)) = tokio::time::timeout_at(deadline, stream.next()).await else { break };
                 let Ok(payload) = message.get_payload::<String>() else { continue };
                 // Parse as a client would, then find the marker.
                 let _: Option<serde_json::Value> = serde_json::from_str(&payload).ok();
                 let Some((i, t)) = marker(&payload) else { continue };
                 samples.push(clock.now_us().saturating_sub(t));
-                let pair = message
-                    .get_channel_name()
-                    .strip_prefix(&format!("{prefix}:"))
-                    .and_then(|k| k.parse::<usize>().ok());
-                if let Some(k) = pair.filter(|&k| k < seen.len())
+                let pair = message.get_channel_name().strip_prefix(&prefix).and_then(|k| k.parse::<usize>().ok());
+                if let Some(k) = pair.filter(|k| pairs.contains(k))
                     && i < messages
                     && !seen[k][i]
                 {
@@ -290,12 +331,12 @@ pub async fn run_raw_redis(scale: &Scale) -> anyhow::Result<RunResult> {
                 }
             }
             samples
-        })
-    };
+        }));
+    }
     let mut senders = Vec::new();
     for (k, window) in windows.into_iter().enumerate() {
-        let mut conn = publisher.clone();
-        let (channel, messages) = (format!("{prefix}:{k}"), scale.messages);
+        let mut conn = publishers[k % publishers.len()].clone();
+        let (channel, messages) = (channel(k), scale.messages);
         let (call_id, from, to) = (uuid::Uuid::now_v7().to_string(), format!("raw-a{k}"), format!("raw-b{k}"));
         senders.push(tokio::spawn(async move {
             for i in 0..messages {
@@ -304,11 +345,8 @@ pub async fn run_raw_redis(scale: &Scale) -> anyhow::Result<RunResult> {
                     _ => break,
                 }
                 let t = clock.now_us();
-                let (kind, payload) = if i == 0 {
-                    (SignalType::Offer, sdp(i, t))
-                } else {
-                    (SignalType::IceCandidate, candidate(i, t).to_string())
-                };
+                let (kind, payload) =
+                    if i == 0 { (SignalType::Offer, sdp(i, t)) } else { (SignalType::IceCandidate, candidate(i, t)) };
                 let tail = frame_tail(kind, &call_id, &from, &to, &payload).unwrap_or_default();
                 let frame = format!("{{\"seq\":{},{tail}", 1_000_000_000_000_000u64 + i as u64);
                 let sent: Result<i64, _> = redis::cmd("PUBLISH").arg(&channel).arg(frame).query_async(&mut conn).await;
@@ -321,12 +359,15 @@ pub async fn run_raw_redis(scale: &Scale) -> anyhow::Result<RunResult> {
     for s in senders {
         let _ = s.await;
     }
-    let samples = receive.await.unwrap_or_default();
+    let mut samples = Vec::with_capacity(expected as usize);
+    for r in receivers {
+        samples.extend(r.await.unwrap_or_default());
+    }
     let elapsed = started.elapsed();
     drop(progress);
     let got = delivered.load(Ordering::Relaxed);
     Ok(RunResult {
-        label: "raw Redis PUBLISH → SUBSCRIBE".into(),
+        label: layout.label().into(),
         expected,
         delivered: got,
         elapsed,
@@ -337,40 +378,111 @@ pub async fn run_raw_redis(scale: &Scale) -> anyhow::Result<RunResult> {
     })
 }
 
-/// Runs the relay path and the raw baseline; the report compares them against the goals.
+/// The middle value (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+/// Runs the relayed path and both raw baselines, interleaved for `scale.rounds` rounds; the
+/// report judges the medians against the goals.
 pub async fn run(scale: &Scale) -> anyhow::Result<Report> {
     let mut report = Report::new("signal", "1. Signal relay vs raw Redis Pub/Sub", &HEADER);
     phase("signal", "starting gateway + 2 relays");
     let fleet = Fleet::spawn(2, crate::fleet::no_ice()).await?;
-    let pairs = relay_pairs(&fleet, scale, "sig").await?;
-    phase(
-        "signal",
-        format!("{} pairs connected and calls initiated; sending {} frames each", pairs.len(), scale.messages),
-    );
-    let relay = run_ws_pairs("relay A → relay 1 → Redis → relay 2 → B", pairs, scale).await;
+    let mut runs: Vec<[RunResult; 3]> = Vec::new();
+    for round in 1..=scale.rounds {
+        let pairs = relay_pairs(&fleet, scale, &format!("sig{round}")).await?;
+        phase(
+            "signal",
+            format!(
+                "round {round}/{}: {} pairs connected and calls initiated; sending {} frames each",
+                scale.rounds,
+                pairs.len(),
+                scale.messages
+            ),
+        );
+        let relay =
+            run_ws_pairs(&format!("relay A → relay 1 → Redis → relay 2 → B · round {round}"), pairs, scale).await;
+        let mut per_party = run_raw_redis(scale, RawLayout::PerParty).await?;
+        let mut shared = run_raw_redis(scale, RawLayout::Shared).await?;
+        per_party.label += &format!(" · round {round}");
+        shared.label += &format!(" · round {round}");
+        phase(
+            "signal",
+            format!(
+                "round {round}: relay {:.0}/s, raw per party {:.0}/s, raw shared {:.0}/s",
+                relay.rate(),
+                per_party.rate(),
+                shared.rate()
+            ),
+        );
+        relay.check(&mut report, true);
+        per_party.check(&mut report, false);
+        shared.check(&mut report, false);
+        runs.push([relay, per_party, shared]);
+    }
     fleet.stop().await;
-    phase(
-        "signal",
-        format!("relay: {}/{} in {:.2?} ({:.0}/s)", relay.delivered, relay.expected, relay.elapsed, relay.rate()),
-    );
-    let raw = run_raw_redis(scale).await?;
-    phase("signal", format!("raw: {}/{} in {:.2?} ({:.0}/s)", raw.delivered, raw.expected, raw.elapsed, raw.rate()));
-    report.row(relay.row(scale.pairs, scale.window));
-    report.row(raw.row(scale.pairs, scale.window));
-    relay.check(&mut report, true);
-    raw.check(&mut report, false);
-    let ratio = relay.rate() / raw.rate().max(1e-9);
-    report.verdict("≥ 50% of raw throughput", ratio >= 0.5, format!("{:.0}%", ratio * 100.0));
-    let bound = 2 * raw.latency.p99_us + 1000;
+    for path in 0..3 {
+        for round in &runs {
+            report.row(round[path].row(scale.pairs, scale.window));
+        }
+    }
+    let rate = |path: usize| median(runs.iter().map(|r| r[path].rate()).collect());
+    let p99 = |path: usize| median(runs.iter().map(|r| r[path].latency.p99_us as f64).collect()) as u64;
+    let (relay_rate, relay_p99) = (rate(0), p99(0));
+    // The goals are judged against the like-for-like baseline, a connection per party (ADR 0012);
+    // the shared-connection figures are Redis' best case, reported beside them.
+    let (ratio, bound) = (relay_rate / rate(1).max(1e-9), 2 * p99(1) + 1000);
     report.verdict(
-        "p99 ≤ 2× raw + 1 ms",
-        relay.latency.p99_us <= bound,
-        format!("{} ms vs bound {} ms", ms(relay.latency.p99_us), ms(bound)),
+        "≥ 50% of raw throughput (raw with a connection per party, medians)",
+        ratio >= 0.5,
+        format!("{:.0}%: {relay_rate:.0} vs {:.0} msg/s", ratio * 100.0, rate(1)),
     );
+    report.verdict(
+        "p99 ≤ 2× raw + 1 ms (raw with a connection per party, medians)",
+        relay_p99 <= bound,
+        format!("{} ms vs bound {} ms", ms(relay_p99), ms(bound)),
+    );
+    let (ratio, bound) = (relay_rate / rate(2).max(1e-9), 2 * p99(2) + 1000);
     report.notes.push(format!(
-        "{} messages per pair: one `offer`, then `ice-candidate` frames; the sender embeds its send time (µs, one clock in this process) in the SDP / candidate, the receiver subtracts it. A sender sends its next frame when the receiver got one ({} in flight per pair). The relay's per-socket rate limit is lifted for the run.",
-        scale.messages, scale.window
+        "Against raw Redis on 2 shared connections (its best case: the 50 publishers' commands and the 50 channels' messages batched on two sockets, which parties with a socket each cannot share) the relay reaches {:.0}% of the throughput ({relay_rate:.0} vs {:.0} msg/s), p99 {} ms vs 2× + 1 ms = {} ms (medians): neither goal would be met against that baseline.",
+        ratio * 100.0,
+        rate(2),
+        ms(relay_p99),
+        ms(bound)
     ));
-    report.notes.push("The raw baseline publishes the byte-identical frame the relay publishes; the relay also runs its Lua script (INCR, RPUSH, LTRIM, 2× EXPIRE, PUBLISH), parses and validates JSON at both relays and acks every frame.".into());
+    report.notes.push(format!(
+        "{} rounds, each the relayed path, then raw with a connection per party, then raw on shared connections, so a drift in this shared machine's speed touches all three; the verdicts compare medians over rounds. {} messages per pair: one `offer`, then `ice-candidate` frames; the sender embeds its send time (µs, one clock in this process) in the SDP / candidate, the receiver subtracts it. A sender sends its next frame when the receiver got one ({} in flight per pair). The relay's per-socket rate limit is lifted for the run.",
+        scale.rounds, scale.messages, scale.window
+    ));
+    report.notes.push("The raw baselines publish the byte-identical frame the relay publishes; the relay also runs its Lua script (INCR, EXPIRE, RPUSH, EXPIRE, PUBLISH; LTRIM once the log is full), parses and validates JSON at both relays and acks every frame.".into());
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn relayed_frames_are_the_protocols_signals_with_the_marker() {
+        let offer: Value = serde_json::from_str(&signal_frame("c-1", 0, 123)).expect("json");
+        assert_eq!((offer["type"].as_str(), offer["call_id"].as_str()), (Some("offer"), Some("c-1")));
+        let sdp = offer["sdp"].as_str().expect("sdp");
+        assert!(sdp.starts_with("v=0\r\n"), "{sdp}");
+        assert_eq!(marker(sdp), Some((0, 123)));
+
+        let text = signal_frame("c-1", 7, 456);
+        let ice: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(ice["type"], "ice-candidate");
+        assert_eq!(ice["candidate"]["sdpMLineIndex"], 0);
+        assert!(ice["candidate"]["candidate"].as_str().is_some_and(|c| c.starts_with("candidate:")));
+        assert_eq!(marker(&text), Some((7, 456)));
+        let payload = serde_json::to_string(&ice["candidate"]).expect("json");
+        videocall_platform::signals::validate_payload(SignalType::IceCandidate, &candidate(7, 456))
+            .expect("the relay accepts the candidate");
+        assert!(payload.contains("LG:7:456:"));
+    }
 }

@@ -18,16 +18,20 @@ use crate::{
 
 /// A call's counter starts at Redis' clock in microseconds (rounded to the millisecond), so
 /// sequence numbers keep growing even if Redis loses its data and the counter starts again.
+/// Five commands in the usual case: INCR answers 1 only for a new counter, and the log is trimmed
+/// only when RPUSH says it outgrew its capacity.
 const PUBLISH_SIGNAL: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000)
-end
 local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  local t = redis.call('TIME')
+  seq = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000 + 1
+  redis.call('SET', KEYS[1], seq)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local frame = '{"seq":' .. string.format('%d', seq) .. ',' .. ARGV[1]
-redis.call('RPUSH', KEYS[2], frame)
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+if redis.call('RPUSH', KEYS[2], frame) > tonumber(ARGV[2]) then
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], frame)
 return seq

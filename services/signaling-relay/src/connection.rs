@@ -2,11 +2,13 @@
 //! out (the user's channel), heartbeats, limits, and resync after a late join or a Redis restart.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     time::{Duration, Instant},
 };
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
 use tonic::{Request, transport::Channel};
 use videocall_platform::{
     recordings::RECORDER_PEER,
@@ -25,6 +27,9 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INTERNAL: u16 = 1011;
+
+/// Queued outbound frames written with one flush.
+const OUTBOUND_BATCH: usize = 32;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -127,8 +132,30 @@ impl Connection {
                 outbound = registration.rx.recv() => match outbound {
                     None => break (CLOSE_INTERNAL, "relay lost this connection"),
                     Some(Outbound::Frame(frame)) => {
-                        if let Some(text) = state.filter_outbound(&frame)
-                            && send(&mut socket, text).await.is_err()
+                        // Frames that queued up meanwhile (a burst of ICE candidates) go out in
+                        // one write: buffered with `feed`, flushed once.
+                        let (mut next, mut resync, mut batched) = (Some(frame), None, 0);
+                        while let Some(frame) = next.take() {
+                            if let Some(text) = state.filter_outbound(&frame)
+                                && socket.feed(Message::Text(Utf8Bytes::from(text))).await.is_err()
+                            {
+                                return;
+                            }
+                            batched += 1;
+                            if batched == OUTBOUND_BATCH {
+                                break;
+                            }
+                            match registration.rx.try_recv() {
+                                Ok(Outbound::Frame(frame)) => next = Some(frame),
+                                Ok(Outbound::Resync { lost }) => resync = Some(lost),
+                                Err(_) => {}
+                            }
+                        }
+                        if socket.flush().await.is_err() {
+                            return;
+                        }
+                        if let Some(lost) = resync
+                            && state.sync(&mut socket, lost).await.is_err()
                         {
                             return;
                         }
@@ -273,13 +300,16 @@ impl State {
     /// Decides whether a frame from the user's channel goes out: drops signals already delivered
     /// (by seq) and keeps the call cache current from call_state frames.
     fn filter_outbound(&mut self, frame: &str) -> Option<String> {
+        // Borrowed where the JSON string has no escapes (ids and types never do).
         #[derive(serde::Deserialize)]
-        struct Head {
-            #[serde(rename = "type")]
-            frame_type: String,
+        struct Head<'a> {
+            #[serde(rename = "type", borrow)]
+            frame_type: Cow<'a, str>,
             seq: Option<u64>,
-            call_id: Option<String>,
-            from: Option<String>,
+            #[serde(borrow)]
+            call_id: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            from: Option<Cow<'a, str>>,
             call: Option<CallHead>,
             recording: Option<RecordingHead>,
         }
@@ -296,21 +326,25 @@ impl State {
         }
         let head: Head = serde_json::from_str(frame).ok()?;
         if head.frame_type == "recording"
-            && let (Some(call_id), Some(recording)) = (head.call_id.as_ref(), head.recording.as_ref())
+            && let (Some(call_id), Some(recording)) = (head.call_id.as_deref(), head.recording.as_ref())
         {
             if let Some(known) = self.calls.get_mut(call_id) {
                 known.recording = matches!(recording.status.as_str(), "starting" | "active");
             }
-        } else if let (Some(seq), Some(call_id)) = (head.seq, head.call_id.as_ref()) {
-            let from = head.from.clone().unwrap_or_default();
-            let known = self.calls.entry(call_id.clone()).or_insert(KnownCall {
-                // The recorder is never the other party; the call's details come with GetCall.
-                other: if from == RECORDER_PEER { String::new() } else { from },
-                live: true,
-                last_seq: 0,
-                sent: false,
-                recording: false,
-            });
+        } else if let (Some(seq), Some(call_id)) = (head.seq, head.call_id.as_deref()) {
+            if !self.calls.contains_key(call_id) {
+                let from = head.from.as_deref().unwrap_or_default();
+                let known = KnownCall {
+                    // The recorder is never the other party; the call's details come with GetCall.
+                    other: if from == RECORDER_PEER { String::new() } else { from.to_owned() },
+                    live: true,
+                    last_seq: 0,
+                    sent: false,
+                    recording: false,
+                };
+                self.calls.insert(call_id.to_owned(), known);
+            }
+            let known = self.calls.get_mut(call_id)?;
             if seq <= known.last_seq {
                 return None;
             }
@@ -350,7 +384,13 @@ impl State {
             "call.history" => self.history().await,
             "recording.consent" => self.consent(text).await,
             "resume" => return self.resume(text, id).await,
-            signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => self.signal(signal, text).await,
+            signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => {
+                // The hot path: its ack is written straight, without building a JSON tree.
+                return match self.signal(signal, text).await {
+                    Ok(seq) => vec![protocol::signal_ack(id, seq)],
+                    Err(f) => vec![self.failed(id, &f)],
+                };
+            }
             other => Err(Failure::new(
                 "unknown_type",
                 format!("unknown frame type `{}`", other.chars().take(32).collect::<String>()),
@@ -364,11 +404,14 @@ impl State {
                 }
                 vec![ack.to_string()]
             }
-            Err(f) => {
-                self.metrics.errors.get_or_create(&TypeLabel { r#type: f.code.clone() }).inc();
-                vec![protocol::error(id, &f.code, &f.message)]
-            }
+            Err(f) => vec![self.failed(id, &f)],
         }
+    }
+
+    /// The error frame for `f`, counted.
+    fn failed(&self, id: Option<&serde_json::Value>, f: &Failure) -> String {
+        self.metrics.errors.get_or_create(&TypeLabel { r#type: f.code.clone() }).inc();
+        protocol::error(id, &f.code, &f.message)
     }
 
     async fn initiate(&mut self, text: &str) -> Result<serde_json::Value, Failure> {
@@ -528,7 +571,8 @@ impl State {
         self.calls.get(call_id).cloned().ok_or_else(|| Failure::new("internal", "call not cached".into()))
     }
 
-    async fn signal(&mut self, kind: &str, text: &str) -> Result<serde_json::Value, Failure> {
+    /// Validates and publishes a signal; returns its sequence number.
+    async fn signal(&mut self, kind: &str, text: &str) -> Result<u64, Failure> {
         let signal_type: SignalType = kind
             .parse()
             .map_err(|e: videocall_platform::signals::SignalError| Failure::new("invalid_argument", e.to_string()))?;
@@ -582,8 +626,8 @@ impl State {
             known.sent = true;
         }
         self.metrics.signal_latency.observe(started.elapsed().as_secs_f64());
-        self.metrics.signals.get_or_create(&TypeLabel { r#type: signal_type.as_str().to_owned() }).inc();
-        Ok(serde_json::json!({"seq": seq}))
+        self.metrics.count_signal(signal_type);
+        Ok(seq)
     }
 }
 

@@ -24,6 +24,19 @@ pub fn error(id: Option<&serde_json::Value>, code: &str, message: &str) -> Strin
     serde_json::to_string(&Error { frame_type: "error", id, code, message }).unwrap_or_default()
 }
 
+/// A signal's ack: its sequence number, and the frame's `id` when it had one.
+pub fn signal_ack(id: Option<&serde_json::Value>, seq: u64) -> String {
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        #[serde(rename = "type")]
+        frame_type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a serde_json::Value>,
+        seq: u64,
+    }
+    serde_json::to_string(&Ack { frame_type: "ack", id, seq }).unwrap_or_default()
+}
+
 /// The snake_case name of a gRPC code, as error frames carry it.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
@@ -133,4 +146,19 @@ pub fn ice_json(servers: &[pb::IceServer]) -> serde_json::Value {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    #[test]
+    fn signal_acks_carry_the_seq_and_the_frames_id() {
+        let with_id: Value = serde_json::from_str(&super::signal_ack(Some(&json!("s-7")), 42)).expect("json");
+        assert_eq!(with_id, json!({"type": "ack", "id": "s-7", "seq": 42}));
+        let numeric: Value = serde_json::from_str(&super::signal_ack(Some(&json!(9)), 1)).expect("json");
+        assert_eq!(numeric, json!({"type": "ack", "id": 9, "seq": 1}));
+        let without: Value = serde_json::from_str(&super::signal_ack(None, u64::MAX)).expect("json");
+        assert_eq!(without, json!({"type": "ack", "seq": u64::MAX}));
+    }
 }

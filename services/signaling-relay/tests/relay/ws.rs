@@ -210,3 +210,48 @@ async fn the_upgrade_needs_a_valid_token_and_an_allowed_origin() {
     assert_eq!(status_of(Client::connect(&url).await.err().expect("fourth")), 429);
     fleet.stop().await;
 }
+
+/// A burst of trickled candidates sent without waiting for acks: the sender gets every ack with
+/// consecutive sequence numbers, and the receiver on the other relay gets every candidate once,
+/// in order (the relay writes frames that queued up for a socket with one flush).
+#[tokio::test]
+async fn a_burst_of_candidates_arrives_complete_and_in_order() {
+    const BURST: usize = 150;
+    let fleet = spawn_fleet(FleetOptions::default()).await;
+    let mut alice = fleet.connect(0, "alice").await;
+    let mut bob = fleet.connect(1, "bob").await;
+    let ack = alice.request(json!({"type": "call.initiate", "callee_id": "bob", "call_type": "support"})).await;
+    let call_id = ack["call"]["id"].as_str().expect("call id").to_owned();
+    bob.next_of("call_state").await;
+
+    let candidate = |i: usize| json!({"candidate": format!("candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host", 40000 + i), "sdpMLineIndex": 0});
+    for i in 0..BURST {
+        let frame =
+            json!({"type": "ice-candidate", "id": format!("b{i}"), "call_id": call_id, "candidate": candidate(i)});
+        alice.send_raw(frame.to_string()).await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < BURST {
+        let frame = alice.next().await.expect("an ack for every candidate");
+        if frame["type"] == "call_state" {
+            continue;
+        }
+        assert_eq!(frame["type"], "ack", "{frame}");
+        assert_eq!(frame["id"], format!("b{}", acks.len()), "acks come in the order sent");
+        acks.push(frame["seq"].as_u64().expect("seq"));
+    }
+    assert!(acks.windows(2).all(|w| w[1] == w[0] + 1), "consecutive: {acks:?}");
+
+    let mut got = Vec::new();
+    while got.len() < BURST {
+        let frame = bob.next().await.expect("every candidate arrives");
+        if frame["type"] != "ice-candidate" {
+            continue;
+        }
+        assert_eq!(frame["candidate"], candidate(got.len()), "in the order sent");
+        got.push(frame["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(got, acks, "each delivered once, with the sequence number its sender was told");
+    assert!(bob.next_within(Duration::from_millis(300)).await.is_none(), "nothing more");
+    fleet.stop().await;
+}
