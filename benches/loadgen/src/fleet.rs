@@ -21,9 +21,7 @@ use videocall_platform::{
 
 pub const JWT_SECRET: &str = "loadgen-secret-0123456789abcdef";
 
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub use videocall_testkit::redis_url;
 
 /// Relay limits for load: the per-socket rate limit is lifted (a benchmark sender is one socket
 /// sending far more than a browser would), everything else as shipped.

@@ -10,13 +10,9 @@ use videocall_platform::{
     signal_bus::{Outgoing, SignalBus, SignalBusConfig},
     signals::SignalType,
 };
-use videocall_testkit::unique_name;
+use videocall_testkit::{redis_url, unique_name};
 
 const CAPACITY: usize = 4;
-
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 async fn bus(cell: &str) -> SignalBus {
     SignalBus::connect(SignalBusConfig {
@@ -56,13 +52,10 @@ async fn sequences_cap_and_expire_the_call_log() {
 
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
     let clock_us = seconds * 1_000_000 + micros;
-    let seqs: Vec<u64> = {
-        let mut v = Vec::new();
-        for i in 0..CAPACITY + 3 {
-            v.push(send(&bus, "c1", i).await);
-        }
-        v
-    };
+    let mut seqs = Vec::new();
+    for i in 0..CAPACITY + 3 {
+        seqs.push(send(&bus, "c1", i).await);
+    }
     assert!(seqs[0] > clock_us - 1_000, "the first number comes from Redis' clock: {} vs {clock_us}", seqs[0]);
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "consecutive within a call: {seqs:?}");
 

@@ -24,9 +24,7 @@ use videocall_platform::call_store::{Actor, CallStore, NewCall};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub use videocall_testkit::redis_url;
 
 pub struct Harness {
     pub db: DatabaseConnection,

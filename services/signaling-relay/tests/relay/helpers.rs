@@ -16,9 +16,7 @@ pub use videocall_testkit::ws::Client;
 
 pub const JWT_SECRET: &str = "relay-test-secret-0123456789";
 
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub use videocall_testkit::redis_url;
 
 pub struct Fleet {
     pub relays: Vec<SocketAddr>,
