@@ -49,6 +49,7 @@ pub fn relay_config(
         heartbeat: Duration::from_secs(20),
         signal_bus: bus_config(cell),
         shutdown_grace: Duration::from_secs(2),
+        presence_interval: Duration::from_secs(5),
     }
 }
 

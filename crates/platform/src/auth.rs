@@ -27,6 +27,8 @@ pub enum Role {
 pub struct Principal {
     pub user_id: String,
     pub role: Role,
+    /// The token's `exp` (unix seconds): a connection authenticated by it ends then.
+    pub expires_at: i64,
 }
 
 impl Principal {
@@ -120,7 +122,7 @@ impl JwtKeys {
         if claims.sub.trim().is_empty() || claims.sub.len() > 128 || claims.sub.starts_with('@') {
             return Err(AuthError::Subject);
         }
-        Ok(Principal { user_id: claims.sub, role: claims.role })
+        Ok(Principal { user_id: claims.sub, role: claims.role, expires_at: claims.exp })
     }
 
     /// Signs a token for `user_id` valid until `exp` (unix seconds).
@@ -163,7 +165,10 @@ mod tests {
     #[test]
     fn minted_tokens_verify() {
         let token = keys().mint("alice", Role::Agent, NOW + 60);
-        assert_eq!(keys().verify(&token, NOW), Ok(Principal { user_id: "alice".into(), role: Role::Agent }));
+        assert_eq!(
+            keys().verify(&token, NOW),
+            Ok(Principal { user_id: "alice".into(), role: Role::Agent, expires_at: NOW + 60 })
+        );
     }
 
     #[test]

@@ -37,12 +37,20 @@ pub struct LocalSignalBus {
     tx: broadcast::Sender<Published>,
     capacity: usize,
     ttl: Duration,
+    /// Presence leases: user → until when (unix ms) they count as connected.
+    leases: Mutex<HashMap<String, i64>>,
 }
 
 impl LocalSignalBus {
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         let (tx, _) = broadcast::channel(DELIVERY_BUFFER);
-        Self { calls: Mutex::new((HashMap::new(), 0)), tx, capacity: capacity.max(1), ttl }
+        Self {
+            calls: Mutex::new((HashMap::new(), 0)),
+            tx,
+            capacity: capacity.max(1),
+            ttl,
+            leases: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Sequences `tail` (a frame without its opening `{"seq":N,`), logs it and delivers it to
@@ -98,9 +106,42 @@ impl LocalSignalBus {
             .collect()
     }
 
+    /// Renews `users`' presence leases until `lease` from now (zero: they left now); drops leases
+    /// older than the retention, as the Redis script does.
+    pub fn mark_present(&self, users: &[String], lease: Duration) {
+        let now = unix_millis();
+        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
+        let retention = crate::signal_bus::PRESENCE_RETENTION.as_millis() as i64;
+        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for user in users {
+            leases.insert(user.clone(), until);
+        }
+        leases.retain(|_, lease| *lease >= now - retention);
+    }
+
+    /// The users whose lease ran out more than `grace` but less than `grace + lookback` ago.
+    pub fn away_longer_than(
+        &self,
+        grace: Duration,
+        lookback: Duration,
+    ) -> Vec<(String, chrono::DateTime<chrono::Utc>)> {
+        let now = unix_millis();
+        let (newest, oldest) = (now - grace.as_millis() as i64, now - (grace + lookback).as_millis() as i64);
+        let leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        leases
+            .iter()
+            .filter(|(_, lease)| (oldest..newest).contains(*lease))
+            .filter_map(|(user, lease)| Some((user.clone(), chrono::DateTime::from_timestamp_millis(*lease)?)))
+            .collect()
+    }
+
     pub fn receiver(&self) -> broadcast::Receiver<Published> {
         self.tx.subscribe()
     }
+}
+
+fn unix_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Where a new call's counter starts: the clock in microseconds rounded to the millisecond, as

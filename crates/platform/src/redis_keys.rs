@@ -17,6 +17,12 @@ pub fn call_seq(cell_id: &str, call_id: &str) -> String {
     format!("{cell_id}:vc:call:{call_id}:seq")
 }
 
+/// Sorted set of presence leases: user id → until when (ms of Redis' clock) the user counts as
+/// connected to some relay.
+pub fn presence(cell_id: &str) -> String {
+    format!("{cell_id}:vc:presence")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

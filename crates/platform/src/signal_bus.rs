@@ -4,6 +4,10 @@
 //! Lua script, so log order is sequence order. Pub/Sub loses what a disconnected subscriber
 //! missed; the log is how it catches up.
 
+mod presence;
+
+pub use presence::PRESENCE_RETENTION;
+
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;

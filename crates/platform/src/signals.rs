@@ -5,6 +5,7 @@ use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use videocall_domain::CallStatus;
 
 /// Largest SDP accepted in an offer or answer.
 pub const MAX_SDP_BYTES: usize = 48 * 1024;
@@ -66,6 +67,23 @@ pub enum SignalError {
     BadCandidate,
     #[error("hangup reason is longer than {MAX_REASON_BYTES} bytes")]
     ReasonTooLong,
+}
+
+/// No media before the callee accepts: until a call is `active`, only the caller negotiates (its
+/// `offer` and `ice-candidate`s are relayed and kept for the callee's replay) and either party may
+/// send `hangup`; an `answer`, and the callee's `offer` or `ice-candidate`s, are refused. Once
+/// active, either party may (re)negotiate. Terminal calls are refused before this is asked.
+pub fn check_negotiation(status: CallStatus, from_caller: bool, signal_type: SignalType) -> Result<(), String> {
+    let allowed = status == CallStatus::Active
+        || signal_type == SignalType::Hangup
+        || (from_caller && matches!(signal_type, SignalType::Offer | SignalType::IceCandidate));
+    if allowed {
+        Ok(())
+    } else if from_caller {
+        Err(format!("call is {status}: the caller sends no {signal_type} before the callee answers"))
+    } else {
+        Err(format!("call is {status}: answer it (call.answer / AnswerCall) before sending {signal_type}"))
+    }
 }
 
 /// Checks a signal's payload: SDP for offer/answer, a JSON object for ice-candidate, a short
@@ -188,6 +206,27 @@ impl ParsedSignal<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn before_the_call_is_active_only_the_caller_negotiates() {
+        use CallStatus::*;
+        use SignalType::*;
+        for status in [Initiated, Ringing] {
+            assert!(check_negotiation(status, true, Offer).is_ok());
+            assert!(check_negotiation(status, true, IceCandidate).is_ok());
+            assert!(check_negotiation(status, true, Hangup).is_ok());
+            assert!(check_negotiation(status, false, Hangup).is_ok());
+            assert!(check_negotiation(status, true, Answer).is_err());
+            for refused in [Offer, Answer, IceCandidate] {
+                let message = check_negotiation(status, false, refused).unwrap_err();
+                assert!(message.contains(status.as_str()) && message.contains("answer it"), "{message}");
+            }
+        }
+        for signal in SignalType::ALL {
+            assert!(check_negotiation(Active, true, signal).is_ok());
+            assert!(check_negotiation(Active, false, signal).is_ok());
+        }
+    }
 
     #[test]
     fn payload_rules() {

@@ -78,9 +78,12 @@ fn user_id(field: &str, raw: &str) -> Result<String, ApiError> {
 }
 
 impl CallApi {
+    fn ice_servers(&self, user: &str) -> Vec<pb::IceServer> {
+        convert::ice_servers(self.ice.servers_for(user, Utc::now().timestamp()))
+    }
+
     fn with_ice(&self, call: CallRecord, user: &str) -> pb::CallWithIceServers {
-        let ice_servers = convert::ice_servers(self.ice.servers_for(user, Utc::now().timestamp()));
-        pb::CallWithIceServers { call: Some(convert::call(&call)), ice_servers }
+        pb::CallWithIceServers { call: Some(convert::call(&call)), ice_servers: self.ice_servers(user) }
     }
 
     async fn command(&self, p: &Principal, raw_id: &str, command: Command) -> Result<CallRecord, ApiError> {
@@ -294,6 +297,14 @@ impl CallService for CallApi {
     ) -> Result<Response<pb::GetUserCallsResponse>, Status> {
         let p = principal(&request)?;
         Ok(Response::new(self.history(&p, request.into_inner()).await?))
+    }
+
+    async fn get_ice_servers(
+        &self,
+        request: Request<pb::GetIceServersRequest>,
+    ) -> Result<Response<pb::GetIceServersResponse>, Status> {
+        let p = principal(&request)?;
+        Ok(Response::new(pb::GetIceServersResponse { ice_servers: self.ice_servers(&p.user_id) }))
     }
 
     type SubscribeToSignalsStream = SignalStream;

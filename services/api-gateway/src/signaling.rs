@@ -10,7 +10,7 @@ use videocall_platform::{
     call_store::{Actor, CallRecord, CallStore},
     recordings::{RECORDER_PEER, RecordingStore},
     signal_bus::{BusError, Outgoing, SignalBus},
-    signals::{ParsedSignal, SignalType},
+    signals::{ParsedSignal, SignalType, check_negotiation},
 };
 use videocall_proto::v1 as pb;
 
@@ -59,7 +59,10 @@ pub async fn send(
         return Err(Status::invalid_argument(format!("`to` must be empty (the other party) or `{RECORDER_PEER}`")));
     }
     let (call, mut to) = live_call_for_party(store, &req.call_id, actor).await?;
-    if req.to == RECORDER_PEER {
+    if req.to.is_empty() {
+        let from_caller = call.caller_id == actor.id;
+        check_negotiation(call.status, from_caller, signal_type).map_err(Status::failed_precondition)?;
+    } else {
         let running = recordings.get(call.id).await.map_err(ApiError::from)?.is_some_and(|r| r.status.is_running());
         if !running {
             return Err(Status::failed_precondition("no recording is starting or active in this call"));

@@ -11,13 +11,19 @@ pub struct SweeperArgs {
     /// PostgreSQL URL (or sqlite:).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Cron expression with seconds; the default sweeps every 5 seconds.
-    #[arg(long, env = "SWEEP_SCHEDULE", default_value = "*/5 * * * * *")]
+    /// Cron expression with seconds; the default sweeps every second (a sweep with nothing due is
+    /// a few indexed queries).
+    #[arg(long, env = "SWEEP_SCHEDULE", default_value = "* * * * * *")]
     pub sweep_schedule: String,
     /// Active calls with no activity (state change, signal through the gateway, quality report)
     /// for this long end with reason connection_lost; 0 turns this off.
     #[arg(long, env = "ZOMBIE_TIMEOUT_SECS", default_value = "600")]
     pub zombie_timeout_secs: String,
+    /// A party of a live call whose sockets have all been gone from the relays this long ends the
+    /// call with reason connection_lost (needs REDIS_URL, where the relays keep presence); 0 turns
+    /// this off. Must exceed twice the relays' PRESENCE_SECS.
+    #[arg(long, env = "PARTY_GRACE_SECS", default_value = "30")]
+    pub party_grace_secs: String,
     /// `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9091")]
     pub ops_listen_addr: String,
@@ -38,6 +44,7 @@ pub struct SweeperConfig {
     pub batch_size: u64,
     pub ops_listen_addr: std::net::SocketAddr,
     pub zombie_timeout: Option<std::time::Duration>,
+    pub party_grace: Option<std::time::Duration>,
     pub redis_url: Option<String>,
 }
 
@@ -67,6 +74,10 @@ impl SweeperArgs {
                 "must be 0 (off) or between 60 and 86400",
             );
         }
+        let party_grace = c.parse::<u64>("PARTY_GRACE_SECS", &self.party_grace_secs);
+        if let Some(g) = party_grace {
+            c.check("PARTY_GRACE_SECS", g <= 3600, "must be 0 (off) or at most 3600");
+        }
         if let Some(b) = batch_size {
             c.check("SWEEP_BATCH_SIZE", (1..=5000).contains(&b), "must be between 1 and 5000");
         }
@@ -76,9 +87,18 @@ impl SweeperArgs {
             c.check("REDIS_URL", ok, "must start with redis://, rediss:// or unix://");
         }
         c.finish()?;
-        match (common, database_url, schedule, batch_size, ops, zombie) {
-            (Some(common), Some(database_url), Some(schedule), Some(batch_size), Some(ops_listen_addr), Some(z)) => {
+        match (common, database_url, schedule, batch_size, ops, zombie, party_grace) {
+            (
+                Some(common),
+                Some(database_url),
+                Some(schedule),
+                Some(batch_size),
+                Some(ops_listen_addr),
+                Some(z),
+                Some(g),
+            ) => {
                 let zombie_timeout = (z > 0).then(|| std::time::Duration::from_secs(z));
+                let party_grace = (g > 0).then(|| std::time::Duration::from_secs(g));
                 Ok(SweeperConfig {
                     common,
                     database_url,
@@ -86,6 +106,7 @@ impl SweeperArgs {
                     batch_size,
                     ops_listen_addr,
                     zombie_timeout,
+                    party_grace,
                     redis_url,
                 })
             }
@@ -127,11 +148,12 @@ mod tests {
     }
 
     #[test]
-    fn defaults_sweep_every_five_seconds() {
+    fn defaults_sweep_every_second_with_a_30_second_party_grace() {
         let args = SweeperArgs::try_parse_from(["missed-call-sweeper", "--database-url=sqlite://x.db"]).expect("parse");
         let config = args.validate().expect("valid");
         let ticks: Vec<_> = config.schedule.upcoming(chrono::Utc).take(2).collect();
-        assert_eq!((ticks[1] - ticks[0]).num_seconds(), 5);
+        assert_eq!((ticks[1] - ticks[0]).num_seconds(), 1);
         assert_eq!(config.batch_size, 200);
+        assert_eq!(config.party_grace, Some(std::time::Duration::from_secs(30)));
     }
 }

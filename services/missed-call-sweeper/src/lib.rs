@@ -40,6 +40,8 @@ pub struct SweepReport {
     pub missed: u64,
     /// Active calls ended as `connection_lost` for lack of activity.
     pub zombies: u64,
+    /// Calls ended as `connection_lost` because a party's sockets were gone past the grace.
+    pub lost: u64,
     pub batches: u64,
 }
 
@@ -60,13 +62,26 @@ pub struct Sweeper {
     batch_size: u64,
     /// Active calls silent this long end with `connection_lost`; None leaves them alone.
     zombie_timeout: Option<Duration>,
+    /// A party whose presence lease ran out this long ago loses their call (needs `bus`).
+    party_grace: Option<Duration>,
     bus: Option<SignalBus>,
 }
+
+/// A party counts as one that used a relay in this call if its lease ran out no earlier than this
+/// before the call was created (clock skew between the bus and the database, and the lease's
+/// renewal period, fit in it). Parties that never connected to a relay (gRPC clients) are left
+/// alone.
+const PRESENCE_MARGIN: chrono::Duration = chrono::Duration::seconds(15);
+/// Parties away for longer than the grace plus this are no longer looked at (their calls were
+/// ended when the grace ran out, or the zombie sweep ends them).
+const PRESENCE_LOOKBACK: Duration = Duration::from_secs(600);
+/// Away users looked up in one query.
+const AWAY_CHUNK: usize = 500;
 
 impl Sweeper {
     pub fn new(db: DatabaseConnection, cell_id: &str, service_name: &str, batch_size: u64) -> Self {
         let store = CallStore::new(db, event_source(cell_id, service_name), Arc::new(Notify::new()));
-        Self { store, actor: service_name.to_owned(), batch_size, zombie_timeout: None, bus: None }
+        Self { store, actor: service_name.to_owned(), batch_size, zombie_timeout: None, party_grace: None, bus: None }
     }
 
     /// Counts the calls it misses or ends into `metrics` (`videocall_call_transitions_total`).
@@ -84,6 +99,15 @@ impl Sweeper {
     /// Also end active calls with no activity for `timeout` (reason `connection_lost`).
     pub fn with_zombie_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.zombie_timeout = timeout;
+        self
+    }
+
+    /// Also end live calls whose party's sockets have all been gone for `grace` (reason
+    /// `connection_lost`): an active call when either party is away, a ringing one when the
+    /// caller is (a callee who is away simply does not answer: the call is missed). Needs the bus
+    /// ([`Self::with_bus`]), where the relays keep their users' presence leases.
+    pub fn with_party_grace(mut self, grace: Option<Duration>) -> Self {
+        self.party_grace = grace;
         self
     }
 
@@ -109,8 +133,17 @@ impl Sweeper {
                 }
             }
         }
-        if report.missed + report.zombies > 0 {
-            tracing::info!(missed = report.missed, zombies = report.zombies, batches = report.batches, "calls swept");
+        if let (Some(grace), Some(bus)) = (self.party_grace, &self.bus) {
+            report.lost = self.sweep_lost_parties(bus, grace).await?;
+        }
+        if report.missed + report.zombies + report.lost > 0 {
+            tracing::info!(
+                missed = report.missed,
+                zombies = report.zombies,
+                lost = report.lost,
+                batches = report.batches,
+                "calls swept"
+            );
         }
         Ok(report)
     }
@@ -152,18 +185,74 @@ impl Sweeper {
             }
         }
         txn.commit().await?;
+        self.committed(&changed).await;
+        Ok((claimed, changed.len() as u64))
+    }
+
+    /// Ends the live calls of parties away longer than `grace` (see [`Self::with_party_grace`]).
+    /// A bus that cannot be read skips this part of the sweep (logged): nobody is judged away on
+    /// data that could not be read.
+    async fn sweep_lost_parties(&self, bus: &SignalBus, grace: Duration) -> Result<u64, StoreError> {
+        let away = match bus.away_longer_than(grace, PRESENCE_LOOKBACK).await {
+            Ok(away) => away,
+            Err(error) => {
+                tracing::warn!(%error, "presence leases unreadable; party grace not checked this sweep");
+                return Ok(0);
+            }
+        };
+        let mut ended = 0;
+        for chunk in away.chunks(AWAY_CHUNK) {
+            let left: std::collections::HashMap<&str, DateTime<Utc>> =
+                chunk.iter().map(|(user, at)| (user.as_str(), *at)).collect();
+            let users: Vec<&str> = left.keys().copied().collect();
+            let db = self.store.db();
+            let txn = db.begin().await?;
+            let live = [CallStatus::Initiated.as_str(), CallStatus::Ringing.as_str(), CallStatus::Active.as_str()];
+            let mut query = calls::Entity::find().filter(calls::Column::Status.is_in(live)).filter(
+                sea_orm::Condition::any()
+                    .add(calls::Column::CallerId.is_in(users.clone()))
+                    .add(calls::Column::CalleeId.is_in(users)),
+            );
+            if db.get_database_backend() == DbBackend::Postgres {
+                query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            }
+            let mut changed = Vec::new();
+            for row in query.all(&txn).await? {
+                let call = CallRecord::from_model(row)?;
+                let away_since =
+                    |user: &str| left.get(user).copied().filter(|at| *at >= call.created_at - PRESENCE_MARGIN);
+                let lost = away_since(&call.caller_id).is_some()
+                    || (call.status == CallStatus::Active && away_since(&call.callee_id).is_some());
+                if !lost {
+                    continue;
+                }
+                let command = Command::End(Some(EndReason::ConnectionLost));
+                if let Decision::Apply(effect) = decide(call.status, command, Party::Service)
+                    && let Some(after) = self.store.transition_in(&txn, &call, effect, &self.actor).await?
+                {
+                    changed.push(after);
+                }
+            }
+            txn.commit().await?;
+            ended += changed.len() as u64;
+            self.committed(&changed).await;
+        }
+        Ok(ended)
+    }
+
+    /// After a sweep's transaction: wake the outbox relay, count, tell both parties.
+    async fn committed(&self, changed: &[CallRecord]) {
         if !changed.is_empty() {
             self.store.wake_outbox();
         }
-        for call in &changed {
+        for call in changed {
             self.store.count_committed(call);
         }
         if let Some(bus) = &self.bus {
-            for call in &changed {
+            for call in changed {
                 bus.push_call_state(call).await;
             }
         }
-        Ok((claimed, changed.len() as u64))
     }
 
     /// Sweeps at every tick of `schedule` until `shutdown`. A failed sweep is logged and retried at
@@ -191,6 +280,7 @@ impl Sweeper {
                 Ok(report) => {
                     metrics.missed.inc_by(report.missed);
                     metrics.zombies.inc_by(report.zombies);
+                    metrics.lost.inc_by(report.lost);
                     metrics.sweeps.get_or_create(&ResultLabel { result: "ok" }).inc();
                     ready.set(true);
                 }
@@ -235,6 +325,7 @@ pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::
     };
     let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size)
         .with_zombie_timeout(config.zombie_timeout)
+        .with_party_grace(config.party_grace)
         .with_bus(bus)
         .with_metrics(call_metrics);
     sweeper.run(config.schedule, metrics, ready, shutdown).await;

@@ -17,6 +17,7 @@ pub struct SweeperMetrics {
     pub sweeps: Family<ResultLabel, Counter>,
     pub missed: Counter,
     pub zombies: Counter,
+    pub lost: Counter,
     pub duration: Histogram,
 }
 
@@ -26,6 +27,7 @@ impl SweeperMetrics {
             sweeps: Family::default(),
             missed: Counter::default(),
             zombies: Counter::default(),
+            lost: Counter::default(),
             duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
         };
         registry.register("videocall_sweeps", "Sweeps run, by result (ok, error)", metrics.sweeps.clone());
@@ -34,6 +36,11 @@ impl SweeperMetrics {
             "videocall_calls_ended_inactive",
             "Active calls this sweeper ended as connection_lost",
             metrics.zombies.clone(),
+        );
+        registry.register(
+            "videocall_calls_ended_party_lost",
+            "Live calls this sweeper ended as connection_lost because a party's sockets were gone past the grace",
+            metrics.lost.clone(),
         );
         registry.register("videocall_sweep_duration_seconds", "Time one sweep took", metrics.duration.clone());
         metrics

@@ -240,3 +240,70 @@ async fn silent_active_calls_end_as_connection_lost_and_activity_keeps_them() {
     assert_eq!(plain.sweep_once().await.expect("sweep").zombies, 0);
     assert_eq!(store.get(talking).await.expect("call").status, CallStatus::Active);
 }
+
+#[tokio::test]
+async fn parties_gone_past_the_grace_lose_their_calls_and_no_one_else_does() {
+    let (db, store) = setup().await;
+    let cell = videocall_testkit::unique_name("gracetest").replace('.', "-");
+    let bus = SignalBus::connect(SignalBusConfig {
+        redis_url: videocall_testkit::redis_url(),
+        cell_id: cell.clone(),
+        log_capacity: 16,
+        log_ttl: Duration::from_secs(60),
+    })
+    .await
+    .expect("Redis reachable");
+    // 0: active, the caller left.  1: active, the callee left.  2: active, the caller left and
+    // came back.  3: ringing, the callee left (not answering: it will be missed, not lost).
+    // 4: ringing, the caller left (gave up).  5: active, its parties never used a relay.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(call(&store, i, 45).await);
+    }
+    for i in [0, 1, 2, 5] {
+        store.apply(ids[i], Command::Answer, &callee(i)).await.expect("answer");
+    }
+    for i in [3, 4] {
+        store.apply(ids[i], Command::Ring, &callee(i)).await.expect("ring");
+    }
+    let users = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let lease = Duration::from_secs(60);
+    bus.mark_present(&users(&["agent-0", "customer-1", "agent-2", "customer-3", "agent-4"]), lease)
+        .await
+        .expect("here");
+    bus.mark_present(&users(&["customer-0", "agent-1", "customer-2", "agent-3", "customer-4"]), Duration::ZERO)
+        .await
+        .expect("left");
+
+    let mut caller = bus.subscriber().await.expect("subscriber");
+    caller.subscribe("agent-0").await.expect("subscribe");
+    let sweeper = Sweeper::new(db.clone(), &cell, "missed-call-sweeper", 100)
+        .with_bus(Some(bus.clone()))
+        .with_party_grace(Some(Duration::from_secs(1)));
+    assert_eq!(sweeper.sweep_once().await.expect("sweep").lost, 0, "within the grace nothing ends");
+    bus.mark_present(&users(&["customer-2"]), lease).await.expect("customer-2 is back");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(sweeper.sweep_once().await.expect("sweep").lost, 3);
+    assert_eq!(sweeper.sweep_once().await.expect("sweep").lost, 0, "each call ends once");
+
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        let call = store.get(*id).await.expect("call");
+        outcomes.push((call.status, call.end_reason));
+    }
+    let lost = (CallStatus::Ended, Some(EndReason::ConnectionLost));
+    assert_eq!(
+        outcomes,
+        [lost, lost, (CallStatus::Active, None), (CallStatus::Ringing, None), lost, (CallStatus::Active, None)]
+    );
+    let events = events_by_call(&db).await;
+    for i in [0, 1, 4] {
+        let ended = events[&ids[i]].iter().filter(|k| *k == "call.ended").count();
+        assert_eq!(ended, 1, "call {i}: one CallEnded");
+    }
+    // The party still there is told at once.
+    let (_, frame) = tokio::time::timeout(Duration::from_secs(5), caller.next()).await.expect("pushed").expect("frame");
+    let frame: serde_json::Value = serde_json::from_str(&frame).expect("json");
+    assert_eq!(frame["call"]["end_reason"], "connection_lost", "{frame}");
+}

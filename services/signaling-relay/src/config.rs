@@ -51,6 +51,10 @@ pub struct RelayArgs {
     pub signal_log_ttl_secs: String,
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "10")]
     pub shutdown_grace_secs: String,
+    /// How often the relay renews the presence lease (twice this) of every user connected here;
+    /// the sweeper ends a call whose party's lease ran out more than PARTY_GRACE_SECS ago.
+    #[arg(long, env = "PRESENCE_SECS", default_value = "5")]
+    pub presence_secs: String,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +72,7 @@ pub struct RelayConfig {
     pub heartbeat: Duration,
     pub signal_bus: SignalBusConfig,
     pub shutdown_grace: Duration,
+    pub presence_interval: Duration,
 }
 
 impl RelayArgs {
@@ -96,6 +101,7 @@ impl RelayArgs {
         let log_capacity = number("SIGNAL_LOG_CAPACITY", &self.signal_log_capacity, 1..=10_000);
         let log_ttl = number("SIGNAL_LOG_TTL_SECS", &self.signal_log_ttl_secs, 1..=86_400);
         let grace = number("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs, 0..=600);
+        let presence = number("PRESENCE_SECS", &self.presence_secs, 1..=60);
         c.finish()?;
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         let common = common.ok_or_else(missing)?;
@@ -117,6 +123,7 @@ impl RelayArgs {
                 log_ttl: Duration::from_secs(log_ttl.ok_or_else(missing)?),
             },
             shutdown_grace: Duration::from_secs(grace.ok_or_else(missing)?),
+            presence_interval: Duration::from_secs(presence.ok_or_else(missing)?),
             common,
         })
     }

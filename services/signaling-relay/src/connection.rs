@@ -10,10 +10,11 @@ use std::{
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tonic::{Request, transport::Channel};
+use videocall_domain::CallStatus;
 use videocall_platform::{
     recordings::RECORDER_PEER,
     signal_bus::{BusError, Outgoing, SignalBus},
-    signals::{SignalType, validate_payload},
+    signals::{SignalType, check_negotiation, validate_payload},
 };
 use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 
@@ -27,6 +28,8 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INTERNAL: u16 = 1011;
+/// The token that opened the socket expired: connect again with a fresh one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 /// Queued outbound frames written with one flush.
 const OUTBOUND_BATCH: usize = 32;
@@ -44,6 +47,10 @@ pub struct Limits {
 struct KnownCall {
     other: String,
     live: bool,
+    /// The status as last seen (before `active`, only the caller negotiates).
+    status: CallStatus,
+    /// This connection's user is the caller.
+    caller: bool,
     /// Highest signal sequence number delivered to this connection.
     last_seq: u64,
     /// This connection sent a signal of this call.
@@ -83,6 +90,8 @@ pub struct Connection {
     pub socket: WebSocket,
     pub registration: Registration,
     pub token: String,
+    /// The token's `exp` (unix seconds): the socket is closed then.
+    pub token_expires_at: i64,
     pub gateway: CallServiceClient<Channel>,
     pub bus: SignalBus,
     pub limits: Limits,
@@ -100,7 +109,10 @@ struct State {
 
 impl Connection {
     pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
-        let Connection { mut socket, mut registration, token, gateway, bus, limits, metrics } = self;
+        let Connection { mut socket, mut registration, token, token_expires_at, gateway, bus, limits, metrics } = self;
+        let token_left = u64::try_from(token_expires_at.saturating_sub(chrono::Utc::now().timestamp())).unwrap_or(0);
+        let token_expiry = tokio::time::sleep(Duration::from_secs(token_left));
+        tokio::pin!(token_expiry);
         let mut state = State {
             user_id: registration.user_id.clone(),
             token,
@@ -123,6 +135,7 @@ impl Connection {
         let flow = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break (CLOSE_GOING_AWAY, "server shutting down"),
+                () = &mut token_expiry => break (CLOSE_TOKEN_EXPIRED, "token expired"),
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > limits.heartbeat * 3 {
                         break (CLOSE_GOING_AWAY, "heartbeat timeout");
@@ -224,10 +237,9 @@ impl State {
 
     fn remember(&mut self, call: &pb::Call) {
         let other = if call.caller_id == self.user_id { call.callee_id.clone() } else { call.caller_id.clone() };
-        let live = matches!(
-            pb::CallStatus::try_from(call.status),
-            Ok(pb::CallStatus::Initiated | pb::CallStatus::Ringing | pb::CallStatus::Active)
-        );
+        let status = pb::CallStatus::try_from(call.status).map_or(CallStatus::Ended, protocol::domain_status);
+        let live = !status.is_terminal();
+        let caller = call.caller_id == self.user_id;
         let recording = call.recording.as_ref().is_some_and(|r| {
             matches!(
                 pb::RecordingStatus::try_from(r.status),
@@ -237,12 +249,16 @@ impl State {
         let entry = self.calls.entry(call.id.clone()).or_insert(KnownCall {
             other: other.clone(),
             live,
+            status,
+            caller,
             last_seq: 0,
             sent: false,
             recording,
         });
         entry.other = other;
         entry.live = live;
+        entry.status = status;
+        entry.caller = caller;
         // Only the replies that load the recording (GetCall, history, consent) carry it.
         if call.recording.is_some() {
             entry.recording = recording;
@@ -338,6 +354,8 @@ impl State {
                     // The recorder is never the other party; the call's details come with GetCall.
                     other: if from == RECORDER_PEER { String::new() } else { from.to_owned() },
                     live: true,
+                    status: CallStatus::Initiated,
+                    caller: false,
                     last_seq: 0,
                     sent: false,
                     recording: false,
@@ -352,17 +370,23 @@ impl State {
         } else if head.frame_type == "call_state"
             && let Some(call) = head.call
         {
-            let other = if call.caller_id == self.user_id { call.callee_id } else { call.caller_id };
-            let live = matches!(call.status.as_str(), "initiated" | "ringing" | "active");
+            let caller = call.caller_id == self.user_id;
+            let other = if caller { call.callee_id } else { call.caller_id };
+            let status: CallStatus = call.status.parse().unwrap_or(CallStatus::Ended);
+            let live = !status.is_terminal();
             let known = self.calls.entry(call.id).or_insert(KnownCall {
                 other: other.clone(),
                 live,
+                status,
+                caller,
                 last_seq: 0,
                 sent: false,
                 recording: false,
             });
             known.other = other;
             known.live = live;
+            known.status = status;
+            known.caller = caller;
         }
         Some(frame.to_owned())
     }
@@ -382,6 +406,7 @@ impl State {
             "call.ring" | "call.answer" | "call.reject" | "call.end" => self.control(&envelope.frame_type, text).await,
             "call.quality" => self.quality(text).await,
             "call.history" => self.history().await,
+            "ice.servers" => self.ice_servers().await,
             "recording.consent" => self.consent(text).await,
             "resume" => return self.resume(text, id).await,
             signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => {
@@ -497,6 +522,12 @@ impl State {
         Ok(self.call_ack(reply.call, &[]))
     }
 
+    async fn ice_servers(&mut self) -> Result<serde_json::Value, Failure> {
+        let request = self.request(pb::GetIceServersRequest {});
+        let reply = self.gateway.clone().get_ice_servers(request).await.map_err(Failure::from)?.into_inner();
+        Ok(serde_json::json!({"ice_servers": protocol::ice_json(&reply.ice_servers)}))
+    }
+
     async fn history(&mut self) -> Result<serde_json::Value, Failure> {
         let request = self.request(pb::GetUserCallsRequest { page_size: 20, ..Default::default() });
         let reply = self.gateway.clone().get_user_calls(request).await.map_err(Failure::from)?.into_inner();
@@ -588,7 +619,18 @@ impl State {
             return Err(Failure::new("failed_precondition", "call is over".into()));
         }
         let to: &str = match frame.to.as_deref() {
-            None | Some("") => &known.other,
+            None | Some("") => {
+                if check_negotiation(known.status, known.caller, signal_type).is_err() {
+                    // The call_state that says it was answered (elsewhere) may not have reached us.
+                    known = self.call_info(&frame.call_id, true).await?;
+                    if !known.live {
+                        return Err(Failure::new("failed_precondition", format!("call is {}", known.status)));
+                    }
+                    check_negotiation(known.status, known.caller, signal_type)
+                        .map_err(|m| Failure::new("failed_precondition", m))?;
+                }
+                &known.other
+            }
             Some(RECORDER_PEER) => {
                 if !known.recording {
                     // The `recording` frame that said it started may not have reached us yet.

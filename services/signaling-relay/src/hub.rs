@@ -45,6 +45,9 @@ pub struct Hub {
 struct Inner {
     conns: Mutex<Conns>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Users whose first socket arrived or last socket left here: their presence lease is
+    /// written at once.
+    presence: mpsc::UnboundedSender<(String, bool)>,
     next_id: AtomicU64,
     connected: AtomicBool,
 }
@@ -72,18 +75,29 @@ pub enum RegisterError {
 }
 
 impl Hub {
-    /// Starts the hub's subscriber task; it runs until `shutdown`.
-    pub fn start(bus: SignalBus, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the hub's subscriber task and its presence task (leases renewed every
+    /// `presence_interval`); both run until `shutdown`.
+    pub fn start(
+        bus: SignalBus,
+        presence_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         let hub = Hub {
             inner: Arc::new(Inner {
                 conns: Mutex::new(HashMap::new()),
                 commands: tx,
+                presence: presence_tx,
                 next_id: AtomicU64::new(1),
                 connected: AtomicBool::new(false),
             }),
         };
-        let task = tokio::spawn(hub.clone().run(bus, rx, shutdown));
+        let presence = hub.clone().presence(bus.clone(), presence_rx, presence_interval, shutdown.clone());
+        let subscriber = hub.clone().run(bus, rx, shutdown);
+        let task = tokio::spawn(async move {
+            tokio::join!(subscriber, presence);
+        });
         (hub, task)
     }
 
@@ -111,6 +125,9 @@ impl Hub {
             if mine.len() >= max_per_user {
                 return Err(RegisterError::TooManyForUser(mine.len()));
             }
+            if mine.is_empty() {
+                let _ = self.inner.presence.send((user_id.to_owned(), true));
+            }
             mine.insert(id, tx);
         }
         let registration = Registration { id, user_id: user_id.to_owned(), rx, hub: self.clone() };
@@ -136,6 +153,7 @@ impl Hub {
             if mine.is_empty() {
                 conns.remove(user_id);
                 let _ = self.inner.commands.send(Command::Unsubscribe(user_id.to_owned()));
+                let _ = self.inner.presence.send((user_id.to_owned(), false));
             }
         }
     }
@@ -146,6 +164,42 @@ impl Hub {
             for tx in mine.values() {
                 // A full queue means a stalled client; it notices the missing seq and resumes.
                 let _ = tx.try_send(Outbound::Frame(payload.clone()));
+            }
+        }
+    }
+
+    /// Keeps the bus' presence leases of this relay's users: a user's lease is renewed for two
+    /// intervals when their first socket arrives and every interval while one is open, and ends
+    /// when their last socket leaves (the party grace starts then). Failures are logged and the
+    /// next round writes everything again.
+    async fn presence(
+        self,
+        bus: SignalBus,
+        mut changes: mpsc::UnboundedReceiver<(String, bool)>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let lease = interval * 2;
+        let mut renew = tokio::time::interval(interval);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = renew.tick() => {
+                    let users: Vec<String> = self.lock().keys().cloned().collect();
+                    if let Err(error) = bus.mark_present(&users, lease).await {
+                        tracing::warn!(%error, users = users.len(), "presence leases not renewed");
+                    }
+                }
+                change = changes.recv() => {
+                    let Some((user, arrived)) = change else { return };
+                    // A user who left and came back meanwhile is here: renew rather than end.
+                    let here = arrived || self.connections_of(&user) > 0;
+                    let lease = if here { lease } else { Duration::ZERO };
+                    if let Err(error) = bus.mark_present(std::slice::from_ref(&user), lease).await {
+                        tracing::warn!(%error, "presence lease not written");
+                    }
+                }
             }
         }
     }

@@ -61,6 +61,19 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
+/// The domain's status of a call the gateway returned.
+pub fn domain_status(status: pb::CallStatus) -> videocall_domain::CallStatus {
+    use videocall_domain::CallStatus as S;
+    match status {
+        pb::CallStatus::Initiated | pb::CallStatus::Unspecified => S::Initiated,
+        pb::CallStatus::Ringing => S::Ringing,
+        pb::CallStatus::Active => S::Active,
+        pb::CallStatus::Ended => S::Ended,
+        pb::CallStatus::Rejected => S::Rejected,
+        pb::CallStatus::Missed => S::Missed,
+    }
+}
+
 pub fn call_json(c: &pb::Call) -> serde_json::Value {
     let name = |s: &str, prefix: &str| s.strip_prefix(prefix).unwrap_or(s).to_ascii_lowercase();
     let call_type =

@@ -80,7 +80,7 @@ impl Application {
             .context("GATEWAY_URL")?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
-        let (hub, hub_task) = Hub::start(bus.clone(), shutdown.clone());
+        let (hub, hub_task) = Hub::start(bus.clone(), config.presence_interval, shutdown.clone());
         let grace = config.shutdown_grace;
         let max_connections = config.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -228,6 +228,7 @@ async fn upgrade(
                     socket,
                     registration,
                     token,
+                    token_expires_at: principal.expires_at,
                     gateway: state.gateway.clone(),
                     bus: state.bus.clone(),
                     limits,

@@ -81,6 +81,10 @@ pub struct StandaloneArgs {
     /// Active calls silent this long end as `connection_lost`.
     #[arg(long, env = "ZOMBIE_TIMEOUT_SECS", default_value = "600")]
     pub zombie_timeout_secs: u64,
+    /// A party of a live call whose sockets have all been gone this long ends the call as
+    /// `connection_lost` (a reload or reconnect within it keeps the call); 0 turns this off.
+    #[arg(long, env = "PARTY_GRACE_SECS", default_value = "30")]
+    pub party_grace_secs: u64,
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -103,6 +107,7 @@ pub struct StandaloneConfig {
     pub ice: IceConfig,
     pub ring_timeout_secs: i32,
     pub zombie_timeout: Duration,
+    pub party_grace: Option<Duration>,
     pub log_format: LogFormat,
 }
 
@@ -131,6 +136,11 @@ impl StandaloneArgs {
         let ice = self.ice.check(&mut c);
         c.check("RING_TIMEOUT_SECS", (5..=600).contains(&self.ring_timeout_secs), "must be between 5 and 600");
         c.check("ZOMBIE_TIMEOUT_SECS", self.zombie_timeout_secs >= 30, "must be at least 30");
+        c.check(
+            "PARTY_GRACE_SECS",
+            self.party_grace_secs == 0 || (2..=3600).contains(&self.party_grace_secs),
+            "must be 0 (off) or between 2 and 3600",
+        );
         let log_format = c.parse::<LogFormat>("LOG_FORMAT", &self.log_format);
         c.finish()?;
         match (ice, log_format) {
@@ -144,6 +154,7 @@ impl StandaloneArgs {
                 ice,
                 ring_timeout_secs: self.ring_timeout_secs,
                 zombie_timeout: Duration::from_secs(self.zombie_timeout_secs),
+                party_grace: (self.party_grace_secs > 0).then(|| Duration::from_secs(self.party_grace_secs)),
                 log_format,
             }),
             _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
@@ -252,6 +263,10 @@ impl Standalone {
             heartbeat: Duration::from_secs(20),
             signal_bus: bus_config.clone(),
             shutdown_grace: Duration::from_secs(5),
+            // Leases renewed well within the grace, even a short one.
+            presence_interval: config
+                .party_grace
+                .map_or(Duration::from_secs(5), |g| (g / 3).clamp(Duration::from_secs(1), Duration::from_secs(5))),
         };
         let relay = signaling_relay::startup::Application::build_with_bus(relay_config, bus.clone()).await?;
 
@@ -264,6 +279,7 @@ impl Standalone {
         let sweeper_metrics = missed_call_sweeper::metrics::SweeperMetrics::new(&mut workers_registry);
         let sweeper = missed_call_sweeper::Sweeper::new(db.clone(), CELL_ID, "missed-call-sweeper", 500)
             .with_zombie_timeout(Some(config.zombie_timeout))
+            .with_party_grace(config.party_grace)
             .with_bus(Some(bus.clone()))
             .with_metrics(worker_calls);
         // Recordings go under the data directory; the recorder's peer listens on loopback only,
@@ -347,7 +363,7 @@ impl Standalone {
         tasks.spawn(async move { ("signaling-relay", relay.run_until_stopped(stop).await) });
         let (stop, sweeper_ready) = (shutdown.clone(), ready.clone());
         tasks.spawn(async move {
-            let schedule = missed_call_sweeper::parse_schedule("*/2 * * * * *").map_err(anyhow::Error::msg);
+            let schedule = missed_call_sweeper::parse_schedule("* * * * * *").map_err(anyhow::Error::msg);
             match schedule {
                 Ok(schedule) => {
                     sweeper.run(schedule, sweeper_metrics, sweeper_ready, stop).await;

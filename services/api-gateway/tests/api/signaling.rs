@@ -70,7 +70,8 @@ async fn signals_reach_the_other_party_in_order_byte_for_byte_and_replay() {
         .expect("signal");
     assert_eq!((replayed.seq, replayed.signal_type.as_str()), (s2, "ice-candidate"));
 
-    // bob answers: alice gets it; signals bob sent are not echoed to bob.
+    // bob answers (the call, then the SDP): alice gets it; signals bob sent are not echoed to bob.
+    client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer call");
     let sub = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
     let mut alice = client.subscribe_to_signals(app.as_user("alice", sub)).await.expect("subscribe").into_inner();
     let s3 = client.send_signal(app.as_user("bob", signal(&id, "answer", SDP))).await.expect("answer").into_inner().seq;
@@ -96,6 +97,43 @@ async fn signals_reach_the_other_party_in_order_byte_for_byte_and_replay() {
         }
     }
     assert!(ended, "the subscription closes when the call ends");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn no_media_before_the_callee_answers() {
+    let app = spawn_app().await;
+    let id = live_call(&app).await;
+    let mut client = app.client().await;
+    let sub = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
+    let mut alice = client.subscribe_to_signals(app.as_user("alice", sub)).await.expect("subscribe").into_inner();
+
+    // The caller's offer and candidates go through while the call rings; nothing of the callee's
+    // that could start media does, and the caller cannot answer its own offer.
+    let offer = client.send_signal(app.as_user("alice", signal(&id, "offer", SDP))).await.expect("offer").into_inner();
+    client.ring_call(app.as_user("bob", pb::RingCallRequest { call_id: id.clone() })).await.expect("ring");
+    for (user, kind, payload) in
+        [("bob", "answer", SDP), ("bob", "ice-candidate", CANDIDATE), ("bob", "offer", SDP), ("alice", "answer", SDP)]
+    {
+        let status = client.send_signal(app.as_user(user, signal(&id, kind, payload))).await.expect_err(kind);
+        assert_eq!(status.code(), Code::FailedPrecondition, "{user} {kind}: {status:?}");
+        assert!(status.message().starts_with("call is ringing:"), "{}", status.message());
+    }
+    // Nothing was published: alice's stream is silent and no sequence number was taken.
+    let silent = tokio::time::timeout(Duration::from_millis(500), alice.message()).await;
+    assert!(silent.is_err(), "nothing reaches the caller before the answer: {silent:?}");
+    let candidate =
+        client.send_signal(app.as_user("alice", signal(&id, "ice-candidate", CANDIDATE))).await.expect("candidate");
+    assert_eq!(candidate.into_inner().seq, offer.seq + 1);
+
+    // Once the callee answers the call, its answer and candidates go through.
+    client.answer_call(app.as_user("bob", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer call");
+    let answer = client.send_signal(app.as_user("bob", signal(&id, "answer", SDP))).await.expect("answer").into_inner();
+    assert_eq!(answer.seq, offer.seq + 2);
+    client.send_signal(app.as_user("bob", signal(&id, "ice-candidate", CANDIDATE))).await.expect("bob's candidate");
+    let got = tokio::time::timeout(Duration::from_secs(5), alice.message()).await.expect("in time").expect("ok");
+    let got = got.expect("signal");
+    assert_eq!((got.seq, got.signal_type.as_str(), got.from_user_id.as_str()), (answer.seq, "answer", "bob"));
     app.stop().await.expect("clean stop");
 }
 

@@ -101,6 +101,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             heartbeat: Duration::from_secs(20),
             signal_bus: bus.clone(),
             shutdown_grace: Duration::from_secs(2),
+            presence_interval: Duration::from_secs(5),
         };
         let app = signaling_relay::Application::build(config, &shutdown).await.expect("relay builds");
         relays.push(app.local_addr());
@@ -111,7 +112,12 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
 
 impl Fleet {
     pub fn token(&self, user: &str) -> String {
-        self.keys.mint(user, Role::User, chrono::Utc::now().timestamp() + 600)
+        self.token_for(user, 600)
+    }
+
+    /// A user's token valid for `secs` more seconds.
+    pub fn token_for(&self, user: &str, secs: i64) -> String {
+        self.keys.mint(user, Role::User, chrono::Utc::now().timestamp() + secs)
     }
 
     /// Connects `user` to relay `i` with `?token=`.

@@ -5,6 +5,7 @@ mod helpers;
 mod recording;
 mod redis_restart;
 mod sigterm;
+mod trust;
 mod turn_hardening;
 mod webrtc;
 mod ws;

@@ -134,6 +134,8 @@ async fn negotiations_caught_by_a_redis_restart_are_told_and_renegotiate() {
             assert_eq!(offer["seq"], *first_seq, "only the unread first offer may come before: {offer}");
         };
         assert_eq!(offer["call_id"], call_id.as_str());
+        let answered = b.request(json!({"type": "call.answer", "call_id": call_id})).await;
+        assert_eq!(answered["call"]["status"], "active", "{answered}");
         let answer = b.request(json!({"type": "answer", "call_id": call_id, "sdp": SDP})).await;
         let answer_seq = answer["seq"].as_u64().unwrap_or_else(|| panic!("answer {i}: {answer}"));
         assert_eq!(a.next_of("answer").await["seq"], answer_seq);
