@@ -28,7 +28,7 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use videocall_platform::{
-    auth::{JwtKeys, Role},
+    auth::{JwtKeys, Role, bearer},
     call_store::CallMetrics,
     config::{Checker, Common, ConfigError, Secret},
     db,
@@ -342,7 +342,7 @@ impl Standalone {
     /// and its error is returned.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            config: _,
+            config,
             db,
             events,
             gateway,
@@ -380,8 +380,11 @@ impl Standalone {
         let stop = shutdown.clone();
         let mut registry = workers_registry;
         events.register_metrics(&mut registry);
-        let app = ops::router(Arc::new(registry), ready.clone(), stop.clone())
-            .merge(Router::new().route("/events/{exchange}/{routing_key}", post(ingest)).with_state(events));
+        let app = ops::router(Arc::new(registry), ready.clone(), stop.clone()).merge(
+            Router::new()
+                .route("/events/{exchange}/{routing_key}", post(ingest))
+                .with_state((events, JwtKeys::new(config.jwt_secret.clone()))),
+        );
         tasks.spawn(async move {
             let served = axum::serve(workers, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
             ("workers endpoint", served.context("workers endpoint"))
@@ -419,16 +422,41 @@ impl Standalone {
 /// the AMQP message id; else the CloudEvents `id`) is what they dedupe on. 202 once applied (or a
 /// duplicate), 404 when nothing listens there, 422 when a consumer can never apply it (the
 /// reason says why; nothing was changed), 503 when a consumer asks to try again later.
+/// Only a service principal may post (`Authorization: Bearer`, role `service`: 401 without a
+/// valid token, 403 for another role), and only JSON (`application/cloudevents+json` or
+/// `application/json`, else 415): a web page cannot send either without a CORS preflight, which
+/// this endpoint never answers, so no page the developer opens can end their calls.
 async fn ingest(
-    State(events): State<Arc<LocalEvents>>,
+    State((events, keys)): State<(Arc<LocalEvents>, JwtKeys)>,
     Path((exchange, routing_key)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let message_id = headers.get("message-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let reply = |status: StatusCode, value: serde_json::Value| {
         (status, [(axum::http::header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
     };
+    let token = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
+    let principal = match token.map(|t| keys.verify(t, chrono::Utc::now().timestamp())) {
+        None => {
+            let error = "missing authorization: Bearer <token of a service principal>";
+            return reply(StatusCode::UNAUTHORIZED, serde_json::json!({ "error": error }));
+        }
+        Some(Err(e)) => return reply(StatusCode::UNAUTHORIZED, serde_json::json!({"error": e.to_string()})),
+        Some(Ok(principal)) => principal,
+    };
+    if !principal.is_service() {
+        let error = "only a service principal may post events";
+        return reply(StatusCode::FORBIDDEN, serde_json::json!({ "error": error }));
+    }
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !matches!(media_type.as_str(), "application/cloudevents+json" | "application/json") {
+        let error = format!("content-type must be application/cloudevents+json or application/json, not `{}`", {
+            content_type.chars().take(64).collect::<String>()
+        });
+        return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, serde_json::json!({ "error": error }));
+    }
+    let message_id = headers.get("message-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     match events.deliver(&exchange, &routing_key, message_id.as_deref(), &body).await {
         Ok(delivery) if delivery.consumers == 0 => reply(
             StatusCode::NOT_FOUND,

@@ -64,7 +64,7 @@ fn print_welcome(app: &Standalone) {
          gRPC:          {grpc}  (videocall.v1.CallService, health, reflection)\n  \
          WebSocket:     ws://{http}/ws?token=...  (docs/protocol.md)\n  \
          Health:        http://{ops}/readyz  http://{workers}/readyz  http://{http}/readyz\n  \
-         Events in:     POST http://{workers}/events/presence.events/user.offline (CloudEvents JSON)\n  \
+         Events in:     POST http://{workers}/events/presence.events/user.offline (CloudEvents JSON, a service token)\n  \
          More tokens:   cargo run -- --token USER --role user|agent|service\n\n\
          Ctrl-C stops.\n",
         data = data.display(),

@@ -122,31 +122,60 @@ async fn the_binary_runs_calls_quality_and_events_on_sqlite() {
     assert_eq!(entry["quality"]["avg_rtt_ms"], 40.0, "{entry}");
     assert_eq!(entry["quality"]["resolution"], "640x480", "{entry}");
 
-    // Upstream events over HTTP: a support ticket offers the customer video support, once.
+    // Upstream events over HTTP, from a service principal only, JSON only: a page the developer
+    // opens (no token, or a simple text/plain POST) and a user's token are refused, and change
+    // nothing.
     let ticket = json!({"specversion":"1.0","id":"ticket-evt-1","source":"/support","type":"SupportTicketCreated",
         "data":{"ticket_id":"T-42","customer_id":"customer-1","agent_id":"agent-1","subject":"camera"}});
     let body = ticket.to_string();
-    let (status, reply) =
-        http_post(app.workers, "/events/support.events/ticket.created", &[], body.as_bytes()).await.expect("answers");
+    let service = format!("Bearer {}", Standalone::token("upstream", "service").await);
+    let user = format!("Bearer {}", Standalone::token("customer-1", "user").await);
+    let cloudevent = ("content-type", "application/cloudevents+json");
+    for (headers, expected) in [
+        (vec![], 401),
+        (vec![("content-type", "text/plain")], 401),
+        (vec![("authorization", "Bearer not-a-token")], 401),
+        (vec![("authorization", user.as_str())], 403),
+        (vec![("authorization", service.as_str()), ("content-type", "text/plain")], 415),
+        (vec![("authorization", service.as_str()), ("content-type", "application/x-www-form-urlencoded")], 415),
+    ] {
+        let (status, reply) =
+            http_post(app.workers, "/events/support.events/ticket.created", &headers, body.as_bytes())
+                .await
+                .expect("answers");
+        assert_eq!(status, expected, "{headers:?}: {reply}");
+        assert!(reply.contains("error"), "{reply}");
+    }
+    let authorized = [("authorization", service.as_str()), cloudevent];
+    let (status, reply) = http_post(app.workers, "/events/support.events/ticket.created", &authorized, body.as_bytes())
+        .await
+        .expect("answers");
     assert_eq!(status, 202, "{reply}");
     let notice = customer.next_of("video_support_offered").await;
     assert_eq!(notice["ticket_id"], "T-42");
-    let (status, _) =
-        http_post(app.workers, "/events/support.events/ticket.created", &[], body.as_bytes()).await.expect("answers");
+    let (status, _) = http_post(app.workers, "/events/support.events/ticket.created", &authorized, body.as_bytes())
+        .await
+        .expect("answers");
     assert_eq!(status, 202, "a redelivery is accepted (and ignored)");
     while let Some(frame) = customer.next_within(Duration::from_millis(500)).await {
         assert_ne!(frame["type"], "video_support_offered", "no second offer for the same ticket event");
     }
 
     // Bad upstream input: a clear error and nothing changed.
-    let (status, reply) =
-        http_post(app.workers, "/events/support.events/ticket.created", &[("message-id", "m-bad")], b"{not json")
-            .await
-            .expect("answers");
+    let (status, reply) = http_post(
+        app.workers,
+        "/events/support.events/ticket.created",
+        &[("message-id", "m-bad"), authorized[0]],
+        b"{not json",
+    )
+    .await
+    .expect("answers");
     assert_eq!(status, 422, "{reply}");
     assert!(reply.contains("event-consumer"), "names the consumer that refused it: {reply}");
     let (status, reply) =
-        http_post(app.workers, "/events/nowhere/nothing", &[("message-id", "m-x")], b"{}").await.expect("answers");
+        http_post(app.workers, "/events/nowhere/nothing", &[("message-id", "m-x"), authorized[0]], b"{}")
+            .await
+            .expect("answers");
     assert_eq!(status, 404, "{reply}");
     assert!(reply.contains("no consumer is bound to `nothing` on `nowhere`"), "{reply}");
 
@@ -156,7 +185,7 @@ async fn the_binary_runs_calls_quality_and_events_on_sqlite() {
     let (status, reply) = http_post(
         app.workers,
         "/events/presence.events/user.offline",
-        &[("message-id", "offline-1")],
+        &[("message-id", "offline-1"), authorized[0]],
         offline.as_bytes(),
     )
     .await
