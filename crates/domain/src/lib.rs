@@ -10,6 +10,6 @@ mod transition;
 pub use call::{CallStatus, CallType, EndReason, ParseEnumError, Party};
 pub use limits::{
     MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES, MAX_REQUEST_ID_BYTES, MetadataError,
-    validate_metadata,
+    RESERVED_METADATA_KEYS, validate_metadata,
 };
 pub use transition::{Command, Decision, Effect, decide};

@@ -5,6 +5,9 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub const MAX_METADATA_ENTRIES: usize = 16;
 pub const MAX_METADATA_KEY_BYTES: usize = 64;
 pub const MAX_METADATA_VALUE_BYTES: usize = 512;
+/// Keys the gateway sets itself on a call that takes up a support offer; a client may not forge
+/// the link to a ticket.
+pub const RESERVED_METADATA_KEYS: [&str; 2] = ["ticket_id", "support_offer_id"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
@@ -14,6 +17,8 @@ pub enum MetadataError {
     BadKey(String),
     #[error("metadata value of `{0}` is longer than {MAX_METADATA_VALUE_BYTES} bytes")]
     ValueTooLong(String),
+    #[error("metadata key `{0}` is reserved: it is set from a support offer (support_offer_id)")]
+    Reserved(String),
 }
 
 /// Checks client metadata against the limits above.
@@ -30,6 +35,9 @@ pub fn validate_metadata<'a>(
         }
         if value.len() > MAX_METADATA_VALUE_BYTES {
             return Err(MetadataError::ValueTooLong(key.clone()));
+        }
+        if RESERVED_METADATA_KEYS.contains(&key.as_str()) {
+            return Err(MetadataError::Reserved(key.clone()));
         }
     }
     Ok(())
@@ -55,6 +63,11 @@ mod tests {
 
         let long_value = HashMap::from([("k".to_owned(), "v".repeat(513))]);
         assert_eq!(validate_metadata(long_value.iter()), Err(MetadataError::ValueTooLong("k".into())));
+
+        for key in RESERVED_METADATA_KEYS {
+            let forged = HashMap::from([(key.to_owned(), "T-1".to_owned())]);
+            assert_eq!(validate_metadata(forged.iter()), Err(MetadataError::Reserved(key.into())));
+        }
 
         let empty_key = HashMap::from([(String::new(), "v".to_owned())]);
         assert!(matches!(validate_metadata(empty_key.iter()), Err(MetadataError::BadKey(_))));

@@ -112,14 +112,21 @@ impl JwtKeys {
         mac.update(&token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()]);
         mac.verify_slice(&signature).map_err(|_| AuthError::Signature)?;
         let claims: Claims = decode_json(claims_b64)?;
-        if claims.exp + LEEWAY_SECS < now {
+        if claims.exp.saturating_add(LEEWAY_SECS) < now {
             return Err(AuthError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf - LEEWAY_SECS > now) {
+        if claims.nbf.is_some_and(|nbf| nbf.saturating_sub(LEEWAY_SECS) > now) {
             return Err(AuthError::NotYetValid);
         }
         // `@…` names the services' own peers on the signal bus (the recorder): no user takes one.
-        if claims.sub.trim().is_empty() || claims.sub.len() > 128 || claims.sub.starts_with('@') {
+        // The same rule as user ids in requests: 1-128 bytes of printable text, no padding.
+        let sub = &claims.sub;
+        if sub.trim().is_empty()
+            || sub.trim() != sub
+            || sub.len() > 128
+            || sub.starts_with('@')
+            || sub.chars().any(char::is_control)
+        {
             return Err(AuthError::Subject);
         }
         Ok(Principal { user_id: claims.sub, role: claims.role, expires_at: claims.exp })
@@ -191,8 +198,29 @@ mod tests {
     fn reserved_subjects_are_refused() {
         let token = keys().mint("@recorder", Role::User, NOW + 60);
         assert_eq!(keys().verify(&token, NOW), Err(AuthError::Subject));
-        let token = keys().mint(" ", Role::User, NOW + 60);
-        assert_eq!(keys().verify(&token, NOW), Err(AuthError::Subject));
+        for sub in [" ", " alice", "al\u{0}ice", "bob\r\nrole: service", "\u{1b}[31mred"] {
+            let token = keys().mint(sub, Role::User, NOW + 60);
+            assert_eq!(keys().verify(&token, NOW), Err(AuthError::Subject), "{sub:?}");
+        }
+    }
+
+    /// A token signed with the test key carrying any claims.
+    fn signed(claims: &Claims) -> String {
+        let header = encode_json(&Header { alg: "HS256".into(), typ: Some("JWT".into()) });
+        let input = format!("{header}.{}", encode_json(claims));
+        let mut mac = keys().mac();
+        mac.update(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn extreme_times_do_not_overflow() {
+        let far = signed(&Claims { sub: "alice".into(), role: Role::User, exp: i64::MAX, nbf: Some(i64::MIN) });
+        assert!(keys().verify(&far, NOW).is_ok());
+        let never = signed(&Claims { sub: "alice".into(), role: Role::User, exp: i64::MIN, nbf: None });
+        assert_eq!(keys().verify(&never, NOW), Err(AuthError::Expired));
+        let later = signed(&Claims { sub: "alice".into(), role: Role::User, exp: i64::MAX, nbf: Some(i64::MAX) });
+        assert_eq!(keys().verify(&later, NOW), Err(AuthError::NotYetValid));
     }
 
     #[test]

@@ -89,6 +89,14 @@ impl Checker {
         }
     }
 
+    /// The RabbitMQ URL, required (no `guest:guest` default: RabbitMQ's guest user is for
+    /// loopback development only), `amqp://` or `amqps://`.
+    pub fn amqp_url(&mut self, raw: &Option<String>) -> Option<String> {
+        let url = self.require("AMQP_URL", raw)?;
+        let ok = url.starts_with("amqp://") || url.starts_with("amqps://");
+        self.check("AMQP_URL", ok, "must start with amqp:// or amqps://").then_some(url)
+    }
+
     /// A database URL this build can talk to.
     pub fn database_url(&mut self, var: &str, raw: &Option<String>) -> Option<String> {
         let url = self.require(var, raw)?;

@@ -1,6 +1,8 @@
 //! ICE servers handed to each party: the STUN list, plus TURN with ephemeral credentials in the
 //! TURN REST API scheme that coturn's `use-auth-secret` accepts:
-//! username `<unix expiry>:<user id>`, password base64(HMAC-SHA1(secret, username)).
+//! username `<unix expiry>:<handle>`, password base64(HMAC-SHA1(secret, username)). The handle
+//! stands for the user without naming them: STUN carries the username in cleartext, and the TURN
+//! server's logs keep it.
 
 use std::time::Duration;
 
@@ -40,12 +42,23 @@ impl IceConfig {
         }
         if let (false, Some(secret)) = (self.turn_urls.is_empty(), &self.turn_secret) {
             let expiry = now + i64::try_from(self.turn_ttl.as_secs()).unwrap_or(i64::MAX / 2);
-            let username = format!("{expiry}:{user_id}");
+            let username = format!("{expiry}:{}", turn_handle(secret, user_id));
             let credential = turn_password(secret, &username);
             servers.push(IceServer { urls: self.turn_urls.clone(), username, credential });
         }
         servers
     }
+}
+
+/// An opaque, stable stand-in for `user_id` in TURN usernames: the first 16 bytes of
+/// HMAC-SHA256(secret, "videocall-turn-user:" + user id), base64url (22 characters). Whoever holds
+/// the TURN secret can tell which user a handle is; nobody else can.
+pub fn turn_handle(secret: &Secret, user_id: &str) -> String {
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(b"videocall-turn-user:");
+    mac.update(user_id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
 }
 
 /// base64(HMAC-SHA1(secret, username)), as coturn computes it.

@@ -23,8 +23,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// RabbitMQ URL the outbox relay publishes to.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    pub amqp_url: String,
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp_url: Option<String>,
     /// Redis URL of the signal bus (or a host name with REDIS_HOST).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -116,8 +116,7 @@ impl GatewayArgs {
         let mut c = Checker::new();
         let common = self.common.check("api-gateway", &mut c);
         let database_url = c.database_url("DATABASE_URL", &self.database_url);
-        let amqp_ok = self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://");
-        c.check("AMQP_URL", amqp_ok, "must start with amqp:// or amqps://");
+        let amqp_url = c.amqp_url(&self.amqp_url);
         let redis_url = Some(c.redis_url(&self.redis_url, &self.redis_host));
         let log_capacity = c.parse::<usize>("SIGNAL_LOG_CAPACITY", &self.signal_log_capacity);
         if let Some(cap) = log_capacity {
@@ -158,7 +157,7 @@ impl GatewayArgs {
         Ok(GatewayConfig {
             common: common.clone().ok_or_else(missing)?,
             database_url: database_url.ok_or_else(missing)?,
-            amqp_url: self.amqp_url.clone(),
+            amqp_url: amqp_url.ok_or_else(missing)?,
             signal_bus: SignalBusConfig {
                 redis_url: redis_url.ok_or_else(missing)?,
                 cell_id: common.as_ref().map(|c| c.cell_id.clone()).ok_or_else(missing)?,
@@ -200,6 +199,7 @@ mod tests {
             "--turn-server=turn:127.0.0.1:3478",
             "--turn-secret=s",
             "--ring-timeout-sales-secs=30",
+            "--amqp-url=amqp://videocall:secret@127.0.0.1:5672/%2f",
         ])
         .validate()
         .expect("valid");
@@ -239,5 +239,6 @@ mod tests {
         let err = args(&[]).validate().unwrap_err();
         assert!(err.0.iter().any(|l| l.starts_with("DATABASE_URL: is required")));
         assert!(err.0.iter().any(|l| l.starts_with("JWT_SECRET: is required")));
+        assert!(err.0.iter().any(|l| l.starts_with("AMQP_URL: is required")), "no guest:guest default");
     }
 }

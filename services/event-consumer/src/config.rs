@@ -14,8 +14,8 @@ pub struct ConsumerArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    pub amqp_url: String,
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp_url: Option<String>,
     /// Redis URL for the customers' notices; wins over REDIS_HOST.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -98,8 +98,7 @@ impl ConsumerArgs {
         let mut c = Checker::new();
         let common = self.common.check("event-consumer", &mut c);
         let database_url = c.database_url("DATABASE_URL", &self.database_url);
-        let amqp_ok = ["amqp://", "amqps://"].iter().any(|p| self.amqp_url.trim().starts_with(p));
-        c.check("AMQP_URL", amqp_ok, "must start with amqp:// or amqps://");
+        let amqp_url = c.amqp_url(&self.amqp_url);
         let redis_url = match self.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
             Some(url) => {
                 let ok = videocall_platform::config::is_redis_url(url);
@@ -163,7 +162,7 @@ impl ConsumerArgs {
             ) => Ok(ConsumerConfig {
                 common,
                 database_url,
-                amqp_url: self.amqp_url.trim().to_owned(),
+                amqp_url: amqp_url.unwrap_or_default(),
                 redis_url,
                 user_offline,
                 ticket_created,
@@ -182,9 +181,18 @@ impl ConsumerArgs {
 mod tests {
     use super::*;
 
+    const AMQP: &str = "--amqp-url=amqp://videocall:secret@rabbitmq:5672/%2f";
+
+    #[test]
+    fn the_broker_url_has_no_default() {
+        let args = ConsumerArgs::try_parse_from(["event-consumer", "--database-url=postgres://x/y"]).expect("parse");
+        assert_eq!(args.validate().unwrap_err().0, ["AMQP_URL: is required"]);
+    }
+
     #[test]
     fn defaults_follow_the_design() {
-        let args = ConsumerArgs::try_parse_from(["event-consumer", "--database-url=postgres://x/y"]).expect("parse");
+        let args =
+            ConsumerArgs::try_parse_from(["event-consumer", "--database-url=postgres://x/y", AMQP]).expect("parse");
         let config = args.validate().expect("valid");
         assert_eq!(config.user_offline.exchange, "presence.events");
         assert_eq!(config.user_offline.routing_key, "user.offline");
@@ -230,9 +238,13 @@ mod tests {
 
     #[test]
     fn redis_host_becomes_a_url() {
-        let args =
-            ConsumerArgs::try_parse_from(["event-consumer", "--database-url=sqlite://x.db", "--redis-host=cache:6380"])
-                .expect("parse");
+        let args = ConsumerArgs::try_parse_from([
+            "event-consumer",
+            "--database-url=sqlite://x.db",
+            "--redis-host=cache:6380",
+            AMQP,
+        ])
+        .expect("parse");
         assert_eq!(args.validate().expect("valid").redis_url, "redis://cache:6380");
     }
 }

@@ -15,8 +15,8 @@ pub struct AggregatorArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    pub amqp_url: String,
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp_url: Option<String>,
     /// Topic exchange of the domain events (the gateway's EVENTS_EXCHANGE).
     #[arg(long, env = "EVENTS_EXCHANGE", default_value = "videocall.events")]
     pub events_exchange: String,
@@ -62,8 +62,7 @@ impl AggregatorArgs {
         let mut c = Checker::new();
         let common = self.common.check("quality-aggregator", &mut c);
         let database_url = c.database_url("DATABASE_URL", &self.database_url);
-        let amqp_ok = ["amqp://", "amqps://"].iter().any(|p| self.amqp_url.trim().starts_with(p));
-        c.check("AMQP_URL", amqp_ok, "must start with amqp:// or amqps://");
+        let amqp_url = c.amqp_url(&self.amqp_url);
         let events_exchange = amqp_name(&mut c, "EVENTS_EXCHANGE", &self.events_exchange, 255);
         // `<queue>.dlq` must still be a valid name.
         let queue = amqp_name(&mut c, "QUALITY_QUEUE", &self.quality_queue, 251);
@@ -91,7 +90,7 @@ impl AggregatorArgs {
             ) => Ok(AggregatorConfig {
                 common,
                 database_url,
-                amqp_url: self.amqp_url.trim().to_owned(),
+                amqp_url: amqp_url.unwrap_or_default(),
                 events_exchange,
                 queue,
                 dlx_exchange,
@@ -110,8 +109,12 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_design() {
-        let args =
-            AggregatorArgs::try_parse_from(["quality-aggregator", "--database-url=postgres://x/y"]).expect("parse");
+        let args = AggregatorArgs::try_parse_from([
+            "quality-aggregator",
+            "--database-url=postgres://x/y",
+            "--amqp-url=amqp://x/%2f",
+        ])
+        .expect("parse");
         let config = args.validate().expect("valid");
         assert_eq!(config.events_exchange, "videocall.events");
         assert_eq!(config.queue, "videocall.quality-aggregator");

@@ -48,6 +48,19 @@ async fn bad_initiate_requests_are_refused_with_clear_errors() {
         (big_value, Code::InvalidArgument, "metadata value of `note` is longer than 512 bytes"),
         (many, Code::InvalidArgument, "metadata has 17 entries, at most 16 are allowed"),
         (
+            pb::InitiateCallRequest { metadata: [("ticket_id".to_owned(), "T-9".to_owned())].into(), ..good() },
+            Code::InvalidArgument,
+            "metadata key `ticket_id` is reserved: it is set from a support offer (support_offer_id)",
+        ),
+        (
+            pb::InitiateCallRequest {
+                metadata: [("support_offer_id".to_owned(), "019abf70-0000-7000-8000-0000000000aa".to_owned())].into(),
+                ..good()
+            },
+            Code::InvalidArgument,
+            "metadata key `support_offer_id` is reserved: it is set from a support offer (support_offer_id)",
+        ),
+        (
             pb::InitiateCallRequest { request_id: "r".repeat(129), ..good() },
             Code::InvalidArgument,
             "request_id is longer than 128 bytes",

@@ -352,14 +352,18 @@ async fn each_party_gets_stun_and_its_own_expiring_turn_credentials() {
         .expect("answer")
         .into_inner();
 
+    let mut handles = Vec::new();
     for (user, servers) in [("alice", &reply.ice_servers), ("bob", &answer.ice_servers)] {
         assert_eq!(servers.len(), 2, "{servers:?}");
         assert_eq!(servers[0].urls, ["stun:127.0.0.1:3478"]);
         assert!(servers[0].username.is_empty() && servers[0].credential.is_empty());
         let turn = &servers[1];
         assert_eq!(turn.urls, ["turn:127.0.0.1:3478?transport=udp"]);
-        let (expiry, name) = turn.username.split_once(':').expect("expiry:user");
-        assert_eq!(name, user);
+        let (expiry, handle) = turn.username.split_once(':').expect("expiry:handle");
+        // An opaque handle, not the user id (STUN carries usernames in cleartext).
+        assert!(!handle.contains(user) && handle.len() == 22, "{handle}");
+        assert!(handle.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{handle}");
+        handles.push(handle.to_owned());
         let expiry: i64 = expiry.parse().expect("numeric expiry");
         assert!((before + 3600..=before + 3605).contains(&expiry), "expiry {expiry} vs now {before}");
         // coturn's check: base64(HMAC-SHA1(static-auth-secret, username)).
@@ -368,5 +372,10 @@ async fn each_party_gets_stun_and_its_own_expiring_turn_credentials() {
         assert_eq!(turn.credential, STANDARD.encode(mac.finalize().into_bytes()));
         assert_eq!(STANDARD.decode(&turn.credential).expect("base64").len(), 20, "an HMAC-SHA1 digest");
     }
+    assert_ne!(handles[0], handles[1], "each user has their own handle");
+    // The same user gets the same handle again (coturn's quotas and logs see one user).
+    let again = client.get_ice_servers(app.as_user("alice", pb::GetIceServersRequest {})).await.expect("ice");
+    let username = &again.into_inner().ice_servers[1].username;
+    assert_eq!(username.split_once(':').map(|(_, h)| h), Some(handles[0].as_str()));
     app.stop().await.expect("clean stop");
 }
