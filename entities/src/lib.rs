@@ -5,6 +5,7 @@ pub mod call_transitions;
 pub mod calls;
 pub mod live_call_parties;
 pub mod outbox;
+pub mod principals;
 pub mod processed_messages;
 pub mod quality_samples;
 pub mod recordings;

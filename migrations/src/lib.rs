@@ -7,6 +7,7 @@ mod m20261125_000001_create_call_tables;
 mod m20261125_000002_create_support_offers;
 mod m20261125_000003_create_quality_tables;
 mod m20261202_000004_create_recordings;
+mod m20261204_000005_create_principals;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_create_support_offers::Migration),
             Box::new(m20261125_000003_create_quality_tables::Migration),
             Box::new(m20261202_000004_create_recordings::Migration),
+            Box::new(m20261204_000005_create_principals::Migration),
         ]
     }
 }

@@ -88,6 +88,7 @@ impl Fleet {
         let shutdown = CancellationToken::new();
         let database_url = videocall_testkit::fresh_database().await;
         let config = api_gateway::GatewayConfig {
+            call_policy: api_gateway::CallPolicy::open(),
             common: Common { service_name: "api-gateway".into(), cell_id: cell.clone(), log_format: LogFormat::Text },
             database_url: database_url.clone(),
             amqp_url: videocall_testkit::amqp_url(),

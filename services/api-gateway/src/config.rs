@@ -67,6 +67,13 @@ pub struct GatewayArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "20")]
     pub shutdown_grace_secs: String,
+    /// `users-call-agents`: users may call agents only (and take support offers); agents and
+    /// services may call anyone. `open`: anyone may call anyone.
+    #[arg(long, env = "CALL_POLICY", default_value = "users-call-agents")]
+    pub call_policy: String,
+    /// Calls one caller may start per minute (per gateway replica); more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "INITIATE_CALLS_PER_MIN", default_value = "10")]
+    pub initiate_calls_per_min: String,
 }
 
 /// Ring timeouts per call type, in seconds.
@@ -108,6 +115,7 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Where the operations endpoint listens; None: not served.
     pub ops_listen_addr: Option<SocketAddr>,
+    pub call_policy: crate::CallPolicy,
 }
 
 impl GatewayArgs {
@@ -152,9 +160,25 @@ impl GatewayArgs {
             "" => None,
             raw => c.parse::<SocketAddr>("OPS_LISTEN_ADDR", raw),
         };
+        let open = match self.call_policy.trim() {
+            "users-call-agents" => Some(false),
+            "open" => Some(true),
+            _ => {
+                c.check("CALL_POLICY", false, "must be `users-call-agents` or `open`");
+                None
+            }
+        };
+        let per_minute = c.parse::<u32>("INITIATE_CALLS_PER_MIN", &self.initiate_calls_per_min);
+        if let Some(n) = per_minute {
+            c.check("INITIATE_CALLS_PER_MIN", (1..=100_000).contains(&n), "must be between 1 and 100000");
+        }
         c.finish()?;
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         Ok(GatewayConfig {
+            call_policy: crate::CallPolicy {
+                users_may_call_users: open.ok_or_else(missing)?,
+                initiate_per_minute: per_minute.ok_or_else(missing)?,
+            },
             common: common.clone().ok_or_else(missing)?,
             database_url: database_url.ok_or_else(missing)?,
             amqp_url: amqp_url.ok_or_else(missing)?,

@@ -9,6 +9,11 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A per-caller allowance is spent; the client may retry after `retry_after_secs`.
+    #[error("{message}")]
+    TooMany { message: String, retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -28,6 +33,14 @@ impl From<ApiError> for Status {
         match error {
             ApiError::InvalidArgument(m) => Status::invalid_argument(m),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
+            ApiError::TooMany { message, retry_after_secs } => {
+                let mut status = Status::resource_exhausted(message);
+                if let Ok(value) = retry_after_secs.to_string().parse() {
+                    status.metadata_mut().insert("retry-after", value);
+                }
+                status
+            }
+            ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Store(e) => store_status(e),
         }
     }

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod deadline;
 pub mod error;
 pub mod health;
+pub mod policy;
 pub mod quality;
 pub mod recording;
 pub mod service;
@@ -16,4 +17,5 @@ pub mod signaling;
 pub mod startup;
 
 pub use config::{GatewayArgs, GatewayConfig, RingTimeouts};
+pub use policy::CallPolicy;
 pub use startup::Application;

@@ -26,6 +26,7 @@ const MAX_PAGE_SIZE: u64 = 100;
 /// The gRPC handlers. Cheap to clone.
 #[derive(Clone)]
 pub struct CallApi {
+    pub policy: crate::policy::Policy,
     pub store: CallStore,
     pub recordings: RecordingStore,
     pub ice: IceConfig,
@@ -78,6 +79,13 @@ fn user_id(field: &str, raw: &str) -> Result<String, ApiError> {
 }
 
 impl CallApi {
+    /// The request's principal; an agent's or service's role is recorded for the call policy.
+    async fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let p = principal(request)?;
+        self.policy.note(&p).await;
+        Ok(p)
+    }
+
     fn ice_servers(&self, user: &str) -> Vec<pb::IceServer> {
         convert::ice_servers(self.ice.servers_for(user, Utc::now().timestamp()))
     }
@@ -123,6 +131,8 @@ impl CallApi {
         if callee_id == caller_id {
             return Err(ApiError::invalid("a user cannot call themselves"));
         }
+        let offer_agent = offer.as_ref().and_then(|o| o.agent_id.as_deref());
+        self.policy.may_call(p, &callee_id, offer_agent).await?;
         let call_type = match (convert::call_type(req.call_type)?, &offer) {
             (None | Some(CallType::Support), Some(_)) => CallType::Support,
             (Some(_), Some(_)) => return Err(ApiError::invalid("a call taking up a support offer is of type support")),
@@ -133,6 +143,7 @@ impl CallApi {
         if req.request_id.len() > MAX_REQUEST_ID_BYTES {
             return Err(ApiError::invalid(format!("request_id is longer than {MAX_REQUEST_ID_BYTES} bytes")));
         }
+        self.policy.take_initiate(&p.user_id)?;
         let request_id = if req.request_id.is_empty() { Uuid::now_v7().to_string() } else { req.request_id };
         let mut metadata = req.metadata.into_iter().collect::<BTreeMap<_, _>>();
         if let Some(offer) = &offer {
@@ -216,7 +227,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::InitiateCallRequest>,
     ) -> Result<Response<pb::CallWithIceServers>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         Ok(Response::new(self.initiate(&p, request.into_inner()).await?))
     }
 
@@ -224,7 +235,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::RingCallRequest>,
     ) -> Result<Response<pb::CallWithIceServers>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let call = self.command(&p, &request.get_ref().call_id, Command::Ring).await?;
         Ok(Response::new(self.with_ice(call, &p.user_id)))
     }
@@ -233,19 +244,19 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::AnswerCallRequest>,
     ) -> Result<Response<pb::CallWithIceServers>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let call = self.command(&p, &request.get_ref().call_id, Command::Answer).await?;
         Ok(Response::new(self.with_ice(call, &p.user_id)))
     }
 
     async fn reject_call(&self, request: Request<pb::RejectCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let call = self.command(&p, &request.get_ref().call_id, Command::Reject).await?;
         Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
     }
 
     async fn end_call(&self, request: Request<pb::EndCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let reason = convert::end_reason(request.get_ref().reason)?;
         let call = self.command(&p, &request.get_ref().call_id, Command::End(reason)).await?;
         Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
@@ -255,7 +266,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::SendSignalRequest>,
     ) -> Result<Response<pb::SendSignalResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let reply = signaling::send(&self.store, &self.recordings, &self.bus, &actor(&p), request.into_inner()).await?;
         Ok(Response::new(reply))
     }
@@ -264,12 +275,12 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::UpdateCallQualityRequest>,
     ) -> Result<Response<pb::UpdateCallQualityResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         Ok(Response::new(quality::report(&self.store, &actor(&p), request.into_inner()).await?))
     }
 
     async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let id = convert::call_id(&request.get_ref().call_id)?;
         let call = self.store.get(id).await.map_err(ApiError::from)?;
         if call.party_of(&actor(&p)).is_none() {
@@ -285,7 +296,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::SetRecordingConsentRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let reply =
             recording::set_consent(&self.store, &self.recordings, &self.bus, &actor(&p), request.into_inner()).await?;
         Ok(Response::new(reply))
@@ -295,7 +306,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::GetUserCallsRequest>,
     ) -> Result<Response<pb::GetUserCallsResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         Ok(Response::new(self.history(&p, request.into_inner()).await?))
     }
 
@@ -303,7 +314,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::GetIceServersRequest>,
     ) -> Result<Response<pb::GetIceServersResponse>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         Ok(Response::new(pb::GetIceServersResponse { ice_servers: self.ice_servers(&p.user_id) }))
     }
 
@@ -313,7 +324,7 @@ impl CallService for CallApi {
         &self,
         request: Request<pb::SubscribeToSignalsRequest>,
     ) -> Result<Response<Self::SubscribeToSignalsStream>, Status> {
-        let p = principal(&request)?;
+        let p = self.principal(&request).await?;
         let stream =
             signaling::subscribe(&self.store, &self.bus, &actor(&p), request.into_inner(), self.stopping.clone())
                 .await?;

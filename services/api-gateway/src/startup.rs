@@ -112,6 +112,7 @@ impl Application {
         let store = CallStore::new(db.clone(), source.clone(), outbox_wake.clone()).with_metrics(call_metrics.clone());
         let stop_serving = CancellationToken::new();
         let api = CallApi {
+            policy: crate::policy::Policy::new(db.clone(), config.call_policy),
             store,
             recordings: RecordingStore::new(db.clone(), source),
             ice: config.ice.clone(),

@@ -149,6 +149,7 @@ impl Harness {
 
 fn gateway_config(database_url: String, exchange: &str, cell: &str) -> GatewayConfig {
     GatewayConfig {
+        call_policy: api_gateway::CallPolicy::open(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: videocall_testkit::amqp_url(),

@@ -358,6 +358,7 @@ mod end_to_end {
 
     fn gateway_config(database_url: String, exchange: &str) -> GatewayConfig {
         GatewayConfig {
+            call_policy: api_gateway::CallPolicy::open(),
             common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
             database_url,
             amqp_url: videocall_testkit::amqp_url(),

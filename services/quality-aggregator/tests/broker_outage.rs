@@ -54,6 +54,7 @@ const RABBITMQ: &str = "127.0.0.1:5672";
 
 fn gateway_config(database_url: String, amqp_url: String, exchange: &str) -> GatewayConfig {
     GatewayConfig {
+        call_policy: api_gateway::CallPolicy::open(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url,

@@ -232,6 +232,7 @@ impl Standalone {
         events.bind("event-consumer", "support.events", "ticket.created", tickets);
 
         let gateway_config = api_gateway::GatewayConfig {
+            call_policy: api_gateway::CallPolicy::default(),
             common: common("api-gateway", config.log_format),
             database_url: database_url.clone(),
             amqp_url: String::new(),

@@ -21,6 +21,7 @@ pub const TURN_SECRET: &str = "turn-test-secret";
 
 pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
     GatewayConfig {
+        call_policy: api_gateway::CallPolicy::open(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: amqp_url(),
@@ -66,10 +67,25 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_on(fresh_database().await, exchange, events).await
 }
 
+/// A gateway whose configuration `change` adjusts first.
+pub async fn spawn_app_with(change: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+    init_for_tests();
+    let exchange = videocall_testkit::unique_name("videocall.events.test");
+    let events = EventTap::bind(&exchange).await;
+    let database_url = fresh_database().await;
+    let mut config = config(database_url.clone(), &exchange);
+    change(&mut config);
+    start(config, database_url, exchange, events).await
+}
+
 /// Starts a gateway on an existing database and exchange.
 pub async fn spawn_app_on(database_url: String, exchange: String, events: EventTap) -> TestApp {
+    start(config(database_url.clone(), &exchange), database_url, exchange, events).await
+}
+
+async fn start(config: GatewayConfig, database_url: String, exchange: String, events: EventTap) -> TestApp {
     let shutdown = CancellationToken::new();
-    let app = Application::build(config(database_url.clone(), &exchange), &shutdown).await.expect("gateway builds");
+    let app = Application::build(config, &shutdown).await.expect("gateway builds");
     let addr = app.local_addr();
     let db = app.db().clone();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -88,6 +104,10 @@ impl TestApp {
     /// `message` with a user token for `user`.
     pub fn as_user<T>(&self, user: &str, message: T) -> Request<T> {
         with_token(&self.token(user, Role::User), message)
+    }
+
+    pub fn as_agent<T>(&self, agent: &str, message: T) -> Request<T> {
+        with_token(&self.token(agent, Role::Agent), message)
     }
 
     pub fn as_service<T>(&self, message: T) -> Request<T> {

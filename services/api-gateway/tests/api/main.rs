@@ -9,6 +9,7 @@ mod history;
 mod lifecycle;
 mod limits;
 mod offers;
+mod policy;
 mod quality;
 mod races;
 mod recording;

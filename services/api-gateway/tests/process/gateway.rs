@@ -67,6 +67,9 @@ impl GatewaySettings {
             .env("GRPC_LISTEN_ADDR", self.grpc.to_string())
             .env("OPS_LISTEN_ADDR", self.ops.to_string())
             .env("OUTBOX_POLL_MS", "100")
+            // These tests start calls between plain users, many from one caller.
+            .env("CALL_POLICY", "open")
+            .env("INITIATE_CALLS_PER_MIN", "100000")
             .env("SHUTDOWN_GRACE_SECS", self.grace_secs.to_string());
         let mut process = Process::spawn(&self.name, command, &self.logs);
         process.wait_ready(self.ops, "/readyz").await;

@@ -68,6 +68,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     };
     let exchange = videocall_testkit::unique_name("videocall.events.relaytest");
     let gateway_config = api_gateway::GatewayConfig {
+        call_policy: api_gateway::CallPolicy::open(),
         common: common("api-gateway"),
         database_url: videocall_testkit::fresh_database().await,
         amqp_url: videocall_testkit::amqp_url(),
