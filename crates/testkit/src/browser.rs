@@ -63,6 +63,13 @@ impl Drop for Chromium {
     }
 }
 
+/// A tab opened by [`Cdp::open_tab`].
+#[derive(Debug, Clone)]
+pub struct Tab {
+    pub target: String,
+    pub session: String,
+}
+
 /// A minimal DevTools protocol client: commands by id, events ignored.
 pub struct Cdp {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -100,10 +107,35 @@ impl Cdp {
 
     /// Opens `url` in a new tab; returns the tab's session id.
     pub async fn open(&mut self, url: &str) -> String {
+        self.open_tab(url).await.session
+    }
+
+    /// Opens `url` in a new tab; returns the tab (its target id, to close it, and session id).
+    pub async fn open_tab(&mut self, url: &str) -> Tab {
         let target = self.call(None, "Target.createTarget", json!({"url": url})).await;
-        let attached =
-            self.call(None, "Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true})).await;
-        attached["sessionId"].as_str().expect("session").to_owned()
+        let target = target["targetId"].as_str().expect("target id").to_owned();
+        let attached = self.call(None, "Target.attachToTarget", json!({"targetId": target, "flatten": true})).await;
+        Tab { target, session: attached["sessionId"].as_str().expect("session").to_owned() }
+    }
+
+    /// Opens `url` in a new tab that runs `script` before any of the page's own scripts (on every
+    /// load of the tab), e.g. to take a device away from `navigator.mediaDevices`.
+    pub async fn open_tab_with_script(&mut self, url: &str, script: &str) -> Tab {
+        let tab = self.open_tab("about:blank").await;
+        self.call(Some(&tab.session), "Page.enable", json!({})).await;
+        self.call(Some(&tab.session), "Page.addScriptToEvaluateOnNewDocument", json!({"source": script})).await;
+        self.call(Some(&tab.session), "Page.navigate", json!({"url": url})).await;
+        tab
+    }
+
+    /// Closes a tab, as a person closing it would (the page's `pagehide` runs).
+    pub async fn close_tab(&mut self, tab: &Tab) {
+        self.call(None, "Target.closeTarget", json!({"targetId": tab.target})).await;
+    }
+
+    /// Reloads the tab's page (the session stays attached; `eval` then runs in the new page).
+    pub async fn reload(&mut self, session: &str) {
+        self.call(Some(session), "Page.reload", json!({})).await;
     }
 
     /// Evaluates `expression` in the tab (promises awaited); returns its value.

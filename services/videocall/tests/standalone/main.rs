@@ -5,3 +5,4 @@
 mod binary;
 mod browser;
 mod process;
+mod trust;

@@ -1,0 +1,392 @@
+//! A call a person can trust (issue 14), in headless Chromium against the standalone binary, media
+//! relay-only through a real coturn on loopback:
+//! - no media before the agent accepts: the agent's page opens no camera and builds no peer
+//!   connection while it rings, and nothing arrives on either page; Accept → video both ways;
+//! - the agent's page is reloaded mid-call: it rejoins and video flows both ways again;
+//! - the customer mutes and turns the camera off: the agent's remote tracks go muted and the
+//!   agent's page says so; both come back;
+//! - the customer's page is closed: the call ends as `connection_lost` after the grace period;
+//! - the binary is SIGKILLed and started again on the same ports: both pages reconnect, media never
+//!   stops, and a hang-up afterwards ends the call for both;
+//! - a token expires: the relay closes the socket (4001) and the page asks for a fresh link instead
+//!   of reconnecting.
+//!
+//! The scenarios run one at a time (each has its own Chromium, binary and coturn; two cores do
+//! not encode four video streams well).
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use videocall_platform::{
+    auth::{JwtKeys, Role},
+    config::Secret,
+};
+use videocall_testkit::{
+    browser::{Cdp, Chromium, Tab},
+    coturn::Coturn,
+};
+
+use crate::process::{Standalone, temp_dir};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The remote video shows frames and has played for more than a second.
+const VIDEO_PLAYS: &str = "(() => { const v = document.getElementById('remote'); \
+    return v.videoWidth > 0 && v.currentTime > 1; })()";
+
+/// Bytes received over all inbound RTP streams of the page's peer connection (0 without one).
+const BYTES_RECEIVED: &str = "(async () => { const pc = window.vc.pc; if (!pc) return 0; let bytes = 0; \
+    (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp') bytes += s.bytesReceived || 0; }); \
+    return bytes; })()";
+
+/// The DTLS fingerprint of the other side's description: a new one means a new peer connection.
+const REMOTE_FINGERPRINT: &str = "(() => { const pc = window.vc.pc; const d = pc && pc.remoteDescription; \
+    return d ? (d.sdp.match(/a=fingerprint:(\\S+ \\S+)/) || [])[1] || null : null; })()";
+
+const STATUS: &str = "document.getElementById('status').textContent";
+const CALLSTATE: &str = "document.getElementById('callstate').textContent";
+const REMOTE_TIME: &str = "document.getElementById('remote').currentTime";
+
+/// The `muted` flag of the page's remote track of `kind`.
+fn remote_muted(kind: &str) -> String {
+    format!(
+        "(() => {{ const t = window.vc.pc.getTransceivers().find((t) => t.receiver.track.kind === '{kind}'); \
+         return t.receiver.track.muted; }})()"
+    )
+}
+
+/// A standalone binary with coturn, Chromium, and an agent's and a customer's page connected.
+struct Scene {
+    cdp: Cdp,
+    agent: Tab,
+    customer: Tab,
+    app: Standalone,
+    dir: PathBuf,
+    _chromium: Chromium,
+    _turn: Coturn,
+}
+
+impl Scene {
+    async fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, None).await
+    }
+
+    /// `customer_script` runs in the customer's page before its own scripts.
+    async fn start_with(extra: &[&str], customer_script: Option<&str>) -> Self {
+        let turn = Coturn::start();
+        let dir = temp_dir("vc-trust");
+        let turn_server = format!("--turn-server={}", turn.url());
+        let turn_secret = format!("--turn-secret={}", turn.secret);
+        let mut args = vec![turn_server.as_str(), turn_secret.as_str()];
+        args.extend_from_slice(extra);
+        let app = Standalone::start(&dir.join("data"), &args).await;
+        let base = format!("http://{}", app.http);
+        let agent_token = Standalone::token("agent-1", "agent").await;
+        let customer_token = Standalone::token("customer-1", "user").await;
+        let (chromium, devtools) = Chromium::launch().await;
+        let mut cdp = Cdp::connect(&devtools).await;
+        let agent = cdp.open_tab(&format!("{base}/agent.html?relay=1&token={agent_token}")).await;
+        let customer_url = format!("{base}/customer.html?relay=1&token={customer_token}");
+        let customer = match customer_script {
+            Some(script) => cdp.open_tab_with_script(&customer_url, script).await,
+            None => cdp.open_tab(&customer_url).await,
+        };
+        for tab in [&agent, &customer] {
+            cdp.wait_for(&tab.session, &format!("{STATUS}.startsWith('connected as')"), 20).await;
+        }
+        Self { cdp, agent, customer, app, dir, _chromium: chromium, _turn: turn }
+    }
+
+    /// The customer calls agent-1; returns once the agent's page rings.
+    async fn customer_calls(&mut self) {
+        let customer = &self.customer.session;
+        self.cdp
+            .eval(
+                customer,
+                "document.getElementById('agent').value = 'agent-1'; document.getElementById('call').click(); true",
+            )
+            .await;
+        self.cdp.wait_for(&self.agent.session, "!document.getElementById('incoming').hidden", 20).await;
+    }
+
+    /// The agent accepts; video plays on both pages within `secs`.
+    async fn agent_accepts(&mut self, secs: u64) {
+        let started = Instant::now();
+        self.cdp.eval(&self.agent.session, "document.getElementById('accept').click(); true").await;
+        for tab in [&self.agent, &self.customer] {
+            let left = secs.saturating_sub(started.elapsed().as_secs()).max(1);
+            self.cdp.wait_for(&tab.session, VIDEO_PLAYS, left).await;
+        }
+    }
+
+    /// Waits until the remote video of `tab` has played `secs` more seconds than it had now.
+    async fn video_advances(&mut self, session: &str, secs: f64, within: u64) {
+        let played = self.cdp.eval(session, REMOTE_TIME).await.as_f64().expect("currentTime");
+        self.cdp.wait_for(session, &format!("{REMOTE_TIME} > {}", played + secs), within).await;
+    }
+
+    /// The customer hangs up; both pages show the call ended.
+    async fn customer_hangs_up(&mut self) {
+        self.cdp.eval(&self.customer.session, "document.getElementById('end').click(); true").await;
+        for tab in [&self.agent, &self.customer] {
+            self.cdp.wait_for(&tab.session, &format!("{CALLSTATE}.startsWith('ended')"), 20).await;
+        }
+    }
+
+    async fn stop(self) {
+        drop(self.cdp);
+        drop(self._chromium);
+        self.app.stop().await;
+        std::fs::remove_dir_all(self.dir).ok();
+    }
+}
+
+#[tokio::test]
+async fn no_media_flows_before_the_agent_accepts() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start(&[]).await;
+    scene.customer_calls().await;
+
+    // The agent does nothing for 5 s: its camera stays closed, it has no peer connection, and no
+    // media arrives on either page.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (agent, customer) = (scene.agent.session.clone(), scene.customer.session.clone());
+    assert_eq!(scene.cdp.eval(&agent, "window.vc.localStream === null && window.vc.pc === null").await, true);
+    assert_eq!(scene.cdp.eval(&agent, "document.getElementById('local').srcObject === null").await, true);
+    assert_eq!(scene.cdp.eval(&agent, BYTES_RECEIVED).await, 0);
+    assert_eq!(scene.cdp.eval(&customer, "window.vc.pc !== null").await, true, "the caller offered");
+    assert_eq!(scene.cdp.eval(&customer, BYTES_RECEIVED).await, 0);
+    assert_eq!(scene.cdp.eval(&customer, "document.getElementById('remote').videoWidth").await, 0);
+    assert_eq!(scene.cdp.eval(&customer, CALLSTATE).await, "ringing");
+    // The tab says so while it rings.
+    let title = scene.cdp.eval(&agent, "document.title").await;
+    assert!(title.as_str().is_some_and(|t| t.starts_with("Incoming call")), "{title}");
+
+    // Accept (with the keyboard: Enter) → video both ways.
+    let started = Instant::now();
+    scene.cdp.eval(&agent, "document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'})); true").await;
+    for session in [&agent, &customer] {
+        let left = 10u64.saturating_sub(started.elapsed().as_secs()).max(1);
+        scene.cdp.wait_for(session, VIDEO_PLAYS, left).await;
+    }
+    assert_ne!(scene.cdp.eval(&agent, "document.title").await, title, "the ring stopped");
+    assert_eq!(scene.cdp.eval(&agent, CALLSTATE).await, "active");
+    scene.cdp.wait_for(&agent, "/^[0-9]{2}:[0-9]{2}$/.test(document.getElementById('timer').textContent)", 5).await;
+    scene.customer_hangs_up().await;
+    // The camera is closed again once the call is over.
+    scene.cdp.wait_for(&agent, "window.vc.localStream === null && window.vc.pc === null", 10).await;
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn a_reloaded_agent_page_rejoins_the_call() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start(&[]).await;
+    scene.customer_calls().await;
+    scene.agent_accepts(20).await;
+    let (agent, customer) = (scene.agent.session.clone(), scene.customer.session.clone());
+    // The token is gone from the address bar (kept in the tab's sessionStorage for the reload).
+    assert_eq!(scene.cdp.eval(&agent, "location.search").await, "?relay=1");
+    let before = scene.cdp.eval(&customer, REMOTE_FINGERPRINT).await;
+    assert!(before.is_string(), "{before}");
+
+    let reloaded = Instant::now();
+    scene.cdp.reload(&agent).await;
+    let left = || 10u64.saturating_sub(reloaded.elapsed().as_secs()).max(1);
+    scene.cdp.wait_for(&agent, &format!("{STATUS}.startsWith('connected as')"), left()).await;
+    // The customer's page answered the rejoined page's offer on a new peer connection…
+    scene.cdp.wait_for(&customer, &format!("{REMOTE_FINGERPRINT} !== {before}"), left()).await;
+    // …and video flows both ways again.
+    scene.cdp.wait_for(&agent, VIDEO_PLAYS, left()).await;
+    scene.cdp.wait_for(&customer, VIDEO_PLAYS, left()).await;
+    let elapsed = reloaded.elapsed();
+    scene.video_advances(&customer, 1.0, 10).await;
+    scene.video_advances(&agent, 1.0, 10).await;
+    assert_eq!(scene.cdp.eval(&agent, CALLSTATE).await, "active");
+    assert_eq!(scene.cdp.eval(&customer, CALLSTATE).await, "active");
+    eprintln!("media both ways {elapsed:?} after the reload");
+    scene.customer_hangs_up().await;
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn mute_and_camera_off_are_seen_by_the_other_party() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start(&[]).await;
+    scene.customer_calls().await;
+    scene.agent_accepts(20).await;
+    let (agent, customer) = (scene.agent.session.clone(), scene.customer.session.clone());
+    let label = "document.getElementById('peer-media').textContent";
+    assert_eq!(scene.cdp.eval(&agent, label).await, "");
+    assert_eq!(scene.cdp.eval(&agent, &remote_muted("audio")).await, false);
+
+    scene.cdp.eval(&customer, "document.getElementById('mute').click(); true").await;
+    scene.cdp.wait_for(&agent, &remote_muted("audio"), 10).await;
+    scene.cdp.wait_for(&agent, &format!("{label} === 'customer muted'"), 10).await;
+    assert_eq!(scene.cdp.eval(&customer, "window.vc.micOn").await, false);
+    assert_eq!(scene.cdp.eval(&customer, "document.getElementById('mute').textContent").await, "Unmute");
+
+    scene.cdp.eval(&customer, "document.getElementById('camera').click(); true").await;
+    scene.cdp.wait_for(&agent, &remote_muted("video"), 10).await;
+    scene.cdp.wait_for(&agent, &format!("{label}.includes(\"customer's camera is off\")"), 10).await;
+    assert_eq!(scene.cdp.eval(&customer, "window.vc.cameraOn").await, false);
+
+    // The agent's own camera and microphone were not touched.
+    assert_eq!(scene.cdp.eval(&customer, &remote_muted("video")).await, false);
+    assert_eq!(scene.cdp.eval(&customer, "document.getElementById('peer-media').textContent").await, "");
+
+    scene.cdp.eval(&customer, "document.getElementById('mute').click(); true").await;
+    scene.cdp.wait_for(&agent, &format!("!{}", remote_muted("audio")), 10).await;
+    scene.cdp.eval(&customer, "document.getElementById('camera').click(); true").await;
+    scene.cdp.wait_for(&agent, &format!("!{}", remote_muted("video")), 10).await;
+    scene.cdp.wait_for(&agent, &format!("{label} === ''"), 10).await;
+    assert_eq!(scene.cdp.eval(&customer, "window.vc.micOn && window.vc.cameraOn").await, true);
+    scene.video_advances(&agent, 1.0, 10).await;
+    scene.customer_hangs_up().await;
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn a_closed_customer_page_ends_the_call_after_the_grace_period() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start(&["--party-grace-secs=3"]).await;
+    scene.customer_calls().await;
+    scene.agent_accepts(20).await;
+    let customer = scene.customer.clone();
+    scene.cdp.close_tab(&customer).await;
+    let closed = Instant::now();
+    scene.cdp.wait_for(&scene.agent.session, &format!("{CALLSTATE} === 'ended (connection_lost)'"), 3 + 5).await;
+    eprintln!("the agent's page showed the call ended {:?} after the customer's page closed", closed.elapsed());
+    scene.cdp.wait_for(&scene.agent.session, "window.vc.pc === null && window.vc.localStream === null", 5).await;
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn both_pages_reconnect_after_the_binary_is_killed_and_started_again() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start(&[]).await;
+    scene.customer_calls().await;
+    scene.agent_accepts(20).await;
+    let (agent, customer) = (scene.agent.session.clone(), scene.customer.session.clone());
+
+    scene.app.kill().await;
+    for session in [&agent, &customer] {
+        scene.cdp.wait_for(session, &format!("{STATUS}.startsWith('reconnecting')"), 10).await;
+    }
+    // Media goes on peer to peer (through coturn) while the relay is gone.
+    scene.video_advances(&agent, 1.0, 10).await;
+    scene.video_advances(&customer, 1.0, 10).await;
+
+    scene.app.start_again().await;
+    let ready = Instant::now();
+    for session in [&agent, &customer] {
+        let left = 5u64.saturating_sub(ready.elapsed().as_secs()).max(1);
+        scene.cdp.wait_for(session, &format!("{STATUS}.startsWith('connected as')"), left).await;
+    }
+    eprintln!("both pages connected again {:?} after the binary was ready", ready.elapsed());
+    for session in [&agent, &customer] {
+        assert_eq!(scene.cdp.eval(session, "window.vc.reconnects").await, 1);
+        assert_eq!(scene.cdp.eval(session, "window.vc.pc.connectionState").await, "connected");
+        assert_eq!(scene.cdp.eval(session, CALLSTATE).await, "active");
+    }
+    scene.video_advances(&agent, 1.0, 10).await;
+    scene.video_advances(&customer, 1.0, 10).await;
+    scene.customer_hangs_up().await;
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_asks_for_a_fresh_link_instead_of_reconnecting() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = temp_dir("vc-trust-expiry");
+    let app = Standalone::start(&dir.join("data"), &[]).await;
+    let keys = JwtKeys::new(Secret::new(videocall::DEV_JWT_SECRET.to_owned()));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let token = keys.mint("customer-1", Role::User, i64::try_from(now).expect("seconds") + 5);
+    let (_chromium, devtools) = Chromium::launch().await;
+    let mut cdp = Cdp::connect(&devtools).await;
+    let page = cdp.open(&format!("http://{}/customer.html?token={token}", app.http)).await;
+    cdp.wait_for(&page, &format!("{STATUS}.startsWith('connected as')"), 20).await;
+    // The relay closes the socket with 4001 when the token expires; the page says what to do and
+    // schedules no reconnect.
+    let expired = format!("{STATUS}.startsWith('your access link has expired')");
+    cdp.wait_for(&page, &expired, 15).await;
+    assert_eq!(cdp.eval(&page, "!document.getElementById('banner').hidden").await, true);
+    assert_eq!(cdp.eval(&page, "window.vc.ws === null && window.vc.reconnectTimer === null").await, true);
+    assert_eq!(cdp.eval(&page, "window.vc.reconnects").await, 0);
+    // A reload (the token comes from the tab's sessionStorage) does not try either.
+    cdp.reload(&page).await;
+    cdp.wait_for(&page, &expired, 10).await;
+    assert_eq!(cdp.eval(&page, "window.vc.ws === null && window.vc.everConnected === false").await, true);
+    drop(cdp);
+    app.stop().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn a_reloaded_customer_page_rejoins_while_ringing_and_mid_call() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start(&[]).await;
+    scene.customer_calls().await;
+    let (agent, customer) = (scene.agent.session.clone(), scene.customer.session.clone());
+
+    // Reloaded while it rings: the caller's page offers again from a new peer connection; the
+    // agent's page, still ringing, keeps only that newest offer and answers it on Accept.
+    scene.cdp.reload(&customer).await;
+    scene.cdp.wait_for(&customer, &format!("{STATUS}.startsWith('connected as')"), 10).await;
+    scene
+        .cdp
+        .wait_for(&customer, "window.vc.pc !== null && window.vc.pc.signalingState === 'have-local-offer'", 10)
+        .await;
+    assert_eq!(
+        scene.cdp.eval(&agent, "!document.getElementById('incoming').hidden && window.vc.pc === null").await,
+        true
+    );
+    scene.agent_accepts(20).await;
+
+    // Reloaded mid-call: video both ways again within 10 s.
+    let before = scene.cdp.eval(&agent, REMOTE_FINGERPRINT).await;
+    let reloaded = Instant::now();
+    scene.cdp.reload(&customer).await;
+    let left = || 10u64.saturating_sub(reloaded.elapsed().as_secs()).max(1);
+    scene.cdp.wait_for(&agent, &format!("{REMOTE_FINGERPRINT} !== {before}"), left()).await;
+    scene.cdp.wait_for(&customer, VIDEO_PLAYS, left()).await;
+    scene.cdp.wait_for(&agent, VIDEO_PLAYS, left()).await;
+    eprintln!("media both ways {:?} after the customer's reload", reloaded.elapsed());
+    scene.video_advances(&agent, 1.0, 10).await;
+    scene.video_advances(&customer, 1.0, 10).await;
+    scene.customer_hangs_up().await;
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_without_a_camera_talks_audio_only_and_still_sees_the_agent() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The customer's machine has no camera: every request for video fails as Chromium's does.
+    let no_camera = "(() => { const md = navigator.mediaDevices; const real = md.getUserMedia.bind(md); \
+        md.getUserMedia = (c) => c && c.video \
+          ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError')) : real(c); })();";
+    let mut scene = Scene::start_with(&[], Some(no_camera)).await;
+    scene.customer_calls().await;
+    let (agent, customer) = (scene.agent.session.clone(), scene.customer.session.clone());
+    scene.cdp.eval(&agent, "document.getElementById('accept').click(); true").await;
+    // The agent's video reaches the customer (a recvonly video transceiver on the customer's side)…
+    scene.cdp.wait_for(&customer, VIDEO_PLAYS, 20).await;
+    // …the customer is told plainly, and the agent's page shows the camera off.
+    let note = scene.cdp.eval(&customer, "document.getElementById('media-note').textContent").await;
+    assert!(note.as_str().is_some_and(|n| n.contains("no camera was found") && n.contains("audio-only")), "{note}");
+    assert_eq!(scene.cdp.eval(&customer, "document.getElementById('camera').disabled").await, true);
+    scene
+        .cdp
+        .wait_for(&agent, "document.getElementById('peer-media').textContent === \"customer's camera is off\"", 10)
+        .await;
+    // The customer's sound arrives at the agent.
+    let audio_bytes = "(async () => { let b = 0; (await window.vc.pc.getStats()).forEach((s) => { \
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') b += s.bytesReceived; }); return b > 1000; })()";
+    scene.cdp.wait_for(&agent, audio_bytes, 10).await;
+    assert_eq!(scene.cdp.eval(&agent, "document.getElementById('remote').videoWidth").await, 0);
+    scene.customer_hangs_up().await;
+    scene.stop().await;
+}
