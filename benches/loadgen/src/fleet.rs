@@ -19,7 +19,7 @@ use videocall_platform::{
     telemetry::LogFormat,
 };
 
-pub const JWT_SECRET: &str = "loadgen-secret-0123456789abcdef";
+pub const JWT_SECRET: &str = "loadgen-secret-0123456789abcdef0123456789";
 
 pub use videocall_testkit::redis_url;
 
@@ -39,7 +39,7 @@ pub fn relay_config(
         },
         http_listen_addr: "127.0.0.1:0".parse().expect("addr"),
         gateway_url: format!("http://{gateway}"),
-        jwt_secret: Secret::new(JWT_SECRET),
+        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         allowed_origins: vec![],
         max_connections,
         max_connections_per_user: 5,
@@ -89,12 +89,13 @@ impl Fleet {
         let database_url = videocall_testkit::fresh_database().await;
         let config = api_gateway::GatewayConfig {
             call_policy: api_gateway::CallPolicy::open(),
+            grpc_reflection: false,
             common: Common { service_name: "api-gateway".into(), cell_id: cell.clone(), log_format: LogFormat::Text },
             database_url: database_url.clone(),
             amqp_url: videocall_testkit::amqp_url(),
             signal_bus: bus_config(&cell),
             grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-            jwt_secret: Secret::new(JWT_SECRET),
+            tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             ice,
             ring_timeouts: api_gateway::RingTimeouts::uniform(45),
             events_exchange: exchange.clone(),

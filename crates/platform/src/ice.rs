@@ -145,8 +145,14 @@ mod tests {
         let servers = config.servers_for("alice", 1_000);
         assert_eq!(servers.len(), 2);
         assert_eq!(servers[0].username, "");
-        assert_eq!(servers[1].username, "4600:alice");
-        assert_eq!(servers[1].credential, turn_password(&Secret::new("s3cret"), "4600:alice"));
+        let handle = turn_handle(&Secret::new("s3cret"), "alice");
+        assert_eq!(servers[1].username, format!("4600:{handle}"));
+        assert_eq!(servers[1].credential, turn_password(&Secret::new("s3cret"), &servers[1].username));
+        // Opaque, stable, and each user's own; another secret gives other handles.
+        assert!(handle.len() == 22 && !handle.contains("alice"));
+        assert_eq!(handle, turn_handle(&Secret::new("s3cret"), "alice"));
+        assert_ne!(handle, turn_handle(&Secret::new("s3cret"), "bob"));
+        assert_ne!(handle, turn_handle(&Secret::new("other"), "alice"));
     }
 
     #[test]

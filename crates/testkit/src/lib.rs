@@ -189,6 +189,11 @@ pub async fn database_url_of(db: &sea_orm::DatabaseConnection) -> String {
 
 /// A plain HTTP/1.1 GET on loopback: status code and body (for /healthz, /readyz, /metrics).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_get_with_headers(addr, path).await.map(|(status, _, body)| (status, body))
+}
+
+/// As [`http_get`], with the response's header block (lines `name: value`) too.
+pub async fn http_get_with_headers(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -196,8 +201,8 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    Some((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 /// A TCP port that was free a moment ago, for child processes that must be told their port.

@@ -5,7 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use videocall_domain::CallType;
 use videocall_platform::{
-    config::{Checker, Common, CommonArgs, ConfigError, Secret},
+    auth::JwtKeys,
+    config::{Checker, Common, CommonArgs, ConfigError, TokenArgs},
     ice::{IceArgs, IceConfig},
     signal_bus::SignalBusConfig,
 };
@@ -40,8 +41,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "GRPC_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_listen_addr: String,
     /// HS256 secret of the bearer tokens (at least 16 bytes).
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     #[command(flatten)]
     pub ice: IceArgs,
     /// Ring timeout of every call type without its own.
@@ -67,6 +68,10 @@ pub struct GatewayArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "20")]
     pub shutdown_grace_secs: String,
+    /// Serve gRPC server reflection (lists every RPC to anyone who asks; for grpcurl in
+    /// development).
+    #[arg(long, env = "GRPC_REFLECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    pub grpc_reflection: bool,
     /// `users-call-agents`: users may call agents only (and take support offers); agents and
     /// services may call anyone. `open`: anyone may call anyone.
     #[arg(long, env = "CALL_POLICY", default_value = "users-call-agents")]
@@ -106,7 +111,7 @@ pub struct GatewayConfig {
     pub amqp_url: String,
     pub signal_bus: SignalBusConfig,
     pub grpc_listen_addr: SocketAddr,
-    pub jwt_secret: Secret,
+    pub tokens: JwtKeys,
     pub ice: IceConfig,
     pub ring_timeouts: RingTimeouts,
     pub events_exchange: String,
@@ -116,6 +121,7 @@ pub struct GatewayConfig {
     /// Where the operations endpoint listens; None: not served.
     pub ops_listen_addr: Option<SocketAddr>,
     pub call_policy: crate::CallPolicy,
+    pub grpc_reflection: bool,
 }
 
 impl GatewayArgs {
@@ -132,10 +138,7 @@ impl GatewayArgs {
         }
         let log_ttl = c.parse::<u64>("SIGNAL_LOG_TTL_SECS", &self.signal_log_ttl_secs);
         let grpc_listen_addr = c.parse("GRPC_LISTEN_ADDR", &self.grpc_listen_addr);
-        let jwt_secret = c.require("JWT_SECRET", &self.jwt_secret);
-        if let Some(secret) = &jwt_secret {
-            c.check("JWT_SECRET", secret.len() >= 16, "must be at least 16 bytes");
-        }
+        let tokens = self.tokens.check(&mut c, true);
         let ice = self.ice.check(&mut c);
         let ring = |c: &mut Checker, var: &str, raw: &str| {
             let secs = c.parse::<i32>(var, raw)?;
@@ -175,6 +178,7 @@ impl GatewayArgs {
         c.finish()?;
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         Ok(GatewayConfig {
+            grpc_reflection: self.grpc_reflection,
             call_policy: crate::CallPolicy {
                 users_may_call_users: open.ok_or_else(missing)?,
                 initiate_per_minute: per_minute.ok_or_else(missing)?,
@@ -189,7 +193,7 @@ impl GatewayArgs {
                 log_ttl: Duration::from_secs(log_ttl.ok_or_else(missing)?.max(1)),
             },
             grpc_listen_addr: grpc_listen_addr.ok_or_else(missing)?,
-            jwt_secret: Secret::new(jwt_secret.ok_or_else(missing)?),
+            tokens: tokens.ok_or_else(missing)?,
             ice: ice.ok_or_else(missing)?,
             ring_timeouts: RingTimeouts {
                 support: support.ok_or_else(missing)?,
@@ -219,7 +223,7 @@ mod tests {
     fn valid_flags_give_a_typed_config() {
         let config = args(&[
             "--database-url=postgres://localhost/test",
-            "--jwt-secret=0123456789abcdef",
+            "--jwt-secret=0123456789abcdef0123456789abcdef",
             "--turn-server=turn:127.0.0.1:3478",
             "--turn-secret=s",
             "--ring-timeout-sales-secs=30",
@@ -262,7 +266,7 @@ mod tests {
     fn missing_required_values_are_reported() {
         let err = args(&[]).validate().unwrap_err();
         assert!(err.0.iter().any(|l| l.starts_with("DATABASE_URL: is required")));
-        assert!(err.0.iter().any(|l| l.starts_with("JWT_SECRET: is required")));
+        assert!(err.0.iter().any(|l| l.starts_with("JWT_PUBLIC_KEYS: is required (or JWT_SECRET")));
         assert!(err.0.iter().any(|l| l.starts_with("AMQP_URL: is required")), "no guest:guest default");
     }
 }

@@ -18,7 +18,6 @@ use tonic_health::ServingStatus;
 use videocall_domain::{CallStatus, CallType};
 use videocall_entities::calls;
 use videocall_platform::{
-    auth::JwtKeys,
     call_store::{CallMetrics, CallStore},
     db,
     events::event_source,
@@ -120,7 +119,7 @@ impl Application {
             bus,
             stopping: stop_serving.clone(),
         };
-        let keys = JwtKeys::new(config.jwt_secret.clone());
+        let keys = config.tokens.clone();
         let call_service = CallServiceServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -128,10 +127,16 @@ impl Application {
 
         let health = tonic_health::server::HealthReporter::new();
         let health_service = crate::health::service(health.clone(), stop_serving.clone());
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("reflection service")?;
+        // Reflection lists every RPC to whoever asks: only where an operator turned it on.
+        let reflection = if config.grpc_reflection {
+            let service = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .context("reflection service")?;
+            Some(service)
+        } else {
+            None
+        };
 
         let relay = OutboxRelay::new(
             db.clone(),
@@ -174,7 +179,7 @@ impl Application {
                     .timeout(SERVER_TIMEOUT)
                     .layer(crate::deadline::DeadlineLayer { max: SERVER_TIMEOUT })
                     .add_service(health_service)
-                    .add_service(reflection)
+                    .add_optional_service(reflection)
                     .add_service(call_service)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
                     .await

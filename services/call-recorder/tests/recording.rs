@@ -150,6 +150,7 @@ impl Harness {
 fn gateway_config(database_url: String, exchange: &str, cell: &str) -> GatewayConfig {
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
+        grpc_reflection: false,
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: videocall_testkit::amqp_url(),
@@ -160,7 +161,7 @@ fn gateway_config(database_url: String, exchange: &str, cell: &str) -> GatewayCo
             log_ttl: Duration::from_secs(600),
         },
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        jwt_secret: Secret::new(JWT_SECRET),
+        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: IceConfig { stun_urls: vec![], turn_urls: vec![], turn_secret: None, turn_ttl: Duration::from_secs(3600) },
         ring_timeouts: RingTimeouts { support: 45, sales: 45, consult: 45 },
         events_exchange: exchange.to_owned(),

@@ -359,6 +359,7 @@ mod end_to_end {
     fn gateway_config(database_url: String, exchange: &str) -> GatewayConfig {
         GatewayConfig {
             call_policy: api_gateway::CallPolicy::open(),
+            grpc_reflection: false,
             common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
             database_url,
             amqp_url: videocall_testkit::amqp_url(),
@@ -369,7 +370,7 @@ mod end_to_end {
                 log_ttl: Duration::from_secs(600),
             },
             grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-            jwt_secret: Secret::new(JWT_SECRET),
+            tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             ice: IceConfig {
                 stun_urls: vec![],
                 turn_urls: vec![],

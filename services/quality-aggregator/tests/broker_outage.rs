@@ -55,6 +55,7 @@ const RABBITMQ: &str = "127.0.0.1:5672";
 fn gateway_config(database_url: String, amqp_url: String, exchange: &str) -> GatewayConfig {
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
+        grpc_reflection: false,
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url,
@@ -65,7 +66,7 @@ fn gateway_config(database_url: String, amqp_url: String, exchange: &str) -> Gat
             log_ttl: Duration::from_secs(600),
         },
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        jwt_secret: Secret::new(JWT_SECRET),
+        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: IceConfig { stun_urls: vec![], turn_urls: vec![], turn_secret: None, turn_ttl: Duration::from_secs(3600) },
         ring_timeouts: RingTimeouts::uniform(600),
         events_exchange: exchange.to_owned(),

@@ -4,7 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use videocall_platform::{
-    config::{Checker, Common, CommonArgs, ConfigError, Secret, split_list},
+    auth::JwtKeys,
+    config::{Checker, Common, CommonArgs, ConfigError, TokenArgs, split_list},
     signal_bus::SignalBusConfig,
 };
 
@@ -23,9 +24,8 @@ pub struct RelayArgs {
     pub redis_url: Option<String>,
     #[arg(long, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
-    /// HS256 secret of the bearer tokens (the gateway's).
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// Comma separated browser origins allowed to connect (`*` for any). Same-origin pages and
     /// clients that send no Origin are always allowed.
     #[arg(long, env = "ALLOWED_ORIGINS", default_value = "")]
@@ -62,7 +62,7 @@ pub struct RelayConfig {
     pub common: Common,
     pub http_listen_addr: SocketAddr,
     pub gateway_url: String,
-    pub jwt_secret: Secret,
+    pub tokens: JwtKeys,
     pub allowed_origins: Vec<String>,
     pub max_connections: usize,
     pub max_connections_per_user: usize,
@@ -83,10 +83,7 @@ impl RelayArgs {
         let gateway_ok = self.gateway_url.starts_with("http://") || self.gateway_url.starts_with("https://");
         c.check("GATEWAY_URL", gateway_ok, "must start with http:// or https://");
         let redis_url = c.redis_url(&self.redis_url, &self.redis_host);
-        let jwt = c.require("JWT_SECRET", &self.jwt_secret);
-        if let Some(j) = &jwt {
-            c.check("JWT_SECRET", j.len() >= 16, "must be at least 16 bytes");
-        }
+        let tokens = self.tokens.check(&mut c, true);
         let mut number = |var: &str, raw: &str, range: std::ops::RangeInclusive<u64>| {
             let v = c.parse::<u64>(var, raw)?;
             c.check(var, range.contains(&v), &format!("must be between {} and {}", range.start(), range.end()))
@@ -108,7 +105,7 @@ impl RelayArgs {
         Ok(RelayConfig {
             http_listen_addr: addr.ok_or_else(missing)?,
             gateway_url: self.gateway_url.clone(),
-            jwt_secret: Secret::new(jwt.ok_or_else(missing)?),
+            tokens: tokens.ok_or_else(missing)?,
             allowed_origins: split_list(&self.allowed_origins),
             max_connections: max_connections.ok_or_else(missing)? as usize,
             max_connections_per_user: per_user.ok_or_else(missing)? as usize,
@@ -150,7 +147,8 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let args = RelayArgs::try_parse_from(["signaling-relay", "--jwt-secret=0123456789abcdef"]).expect("flags");
+        let args = RelayArgs::try_parse_from(["signaling-relay", "--jwt-secret=0123456789abcdef0123456789abcdef"])
+            .expect("flags");
         let config = args.validate().expect("valid");
         assert_eq!(config.max_message_bytes, 64 * 1024);
         assert_eq!(config.http_listen_addr.port(), 8080);

@@ -209,9 +209,28 @@ impl Connection {
         let (code, reason): (u16, &'static str) = flow;
         metrics.closes.get_or_create(&TypeLabel { r#type: code.to_string() }).inc();
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = socket.send(Message::Close(Some(frame))).await;
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            finish_close(&mut socket).await;
+        }
     }
 }
+
+/// After our close frame: read (and drop) what the client still sends until its close frame, for
+/// at most `CLOSE_WAIT`. Dropping a socket with unread bytes makes the kernel answer with a TCP
+/// reset, and the client would lose the close frame (and the pongs before it) to it.
+async fn finish_close(socket: &mut WebSocket) {
+    let drained = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drained).await;
+}
+
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 fn is_too_big(error: &axum::Error) -> bool {
     let text = error.to_string();

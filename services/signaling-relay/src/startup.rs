@@ -89,7 +89,7 @@ impl Application {
         let state = AppState {
             metrics,
             registry: Arc::new(registry),
-            keys: JwtKeys::new(config.jwt_secret.clone()),
+            keys: config.tokens.clone(),
             config: Arc::new(config),
             hub: hub.clone(),
             bus,
@@ -134,11 +134,27 @@ async fn web(file: impl AsRef<str>) -> Response {
         "customer.html" => (include_str!("../../../web/customer.html"), "text/html; charset=utf-8"),
         "videocall.js" => (include_str!("../../../web/videocall.js"), "text/javascript; charset=utf-8"),
         "page.js" => (include_str!("../../../web/page.js"), "text/javascript; charset=utf-8"),
+        "agent.js" => (include_str!("../../../web/agent.js"), "text/javascript; charset=utf-8"),
+        "customer.js" => (include_str!("../../../web/customer.js"), "text/javascript; charset=utf-8"),
         "style.css" => (include_str!("../../../web/style.css"), "text/css; charset=utf-8"),
         _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
     };
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        // Page links carry a token until the page takes it out of the address bar.
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    (headers, body).into_response()
 }
+
+/// The web client's policy: its own scripts, styles and WebSocket only, no inline script, never
+/// framed (clickjacking a call's Accept button), no plugins, no forms posting elsewhere.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 async fn serve_metrics(State(state): State<AppState>) -> Response {
     let mut body = String::new();

@@ -28,7 +28,7 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use videocall_platform::{
-    auth::{JwtKeys, Role, bearer},
+    auth::{Ed25519Key, JwtKeys, MIN_HS256_SECRET_BYTES, Role, bearer},
     call_store::CallMetrics,
     config::{Checker, Common, ConfigError, Secret},
     db,
@@ -39,9 +39,39 @@ use videocall_platform::{
     telemetry::LogFormat,
 };
 
-/// The development token secret used when none is given. Anyone can mint tokens with it, which is
-/// why the standalone binary then refuses to listen on anything but loopback.
-pub const DEV_JWT_SECRET: &str = "videocall-standalone-dev-secret";
+/// Where the standalone's Ed25519 token key lives unless `VIDEOCALL_KEY_FILE` says otherwise: one
+/// per OS user, so `videocall --token` mints tokens every standalone of this user accepts.
+pub fn default_key_file() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from(".videocall"));
+    state.join("videocall").join("standalone-signing-key.jwk")
+}
+
+/// The key in `path`, made (mode 0600, published atomically so racing processes agree) if missing.
+pub fn standalone_key(path: &std::path::Path) -> Result<Ed25519Key, String> {
+    if !path.exists() {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let temp = dir.join(format!(".key-{}", uuid::Uuid::now_v7().simple()));
+        {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+            let key = Ed25519Key::generate("standalone");
+            file.write_all(key.private_jwk_json().as_bytes()).map_err(|e| format!("{}: {e}", temp.display()))?;
+        }
+        // Fails if another process published its key first: then that one is used.
+        let _ = std::fs::hard_link(&temp, path);
+        let _ = std::fs::remove_file(&temp);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ed25519Key::from_jwk_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
 const CELL_ID: &str = "standalone";
 const EVENTS_EXCHANGE: &str = "videocall.events";
 
@@ -67,10 +97,14 @@ pub struct StandaloneArgs {
     /// The workers' `/healthz`, `/readyz`, `/metrics`, and `POST /events/{exchange}/{routing_key}`.
     #[arg(long, env = "WORKERS_LISTEN_ADDR", default_value = "127.0.0.1:9091")]
     pub workers: SocketAddr,
-    /// Token secret (at least 16 bytes). Without it a development secret is used and only loopback
-    /// addresses are allowed.
+    /// HS256 token secret (at least 32 bytes). Without it tokens are EdDSA, signed with this
+    /// user's generated key (VIDEOCALL_KEY_FILE), and only loopback addresses are allowed.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// The Ed25519 key tokens are signed with when JWT_SECRET is not set (made if missing;
+    /// default `$XDG_STATE_HOME/videocall/standalone-signing-key.jwk`, or under `~/.local/state`).
+    #[arg(long, env = "VIDEOCALL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
     /// STUN and TURN servers handed to clients (none: host candidates only, enough on one
     /// machine); TURN needs a coturn with `use-auth-secret` and the same secret.
     #[command(flatten)]
@@ -103,7 +137,8 @@ pub struct StandaloneConfig {
     pub grpc: SocketAddr,
     pub ops: SocketAddr,
     pub workers: SocketAddr,
-    pub jwt_secret: Secret,
+    /// Verifies tokens, and mints them (`--token`, the printed page links).
+    pub tokens: JwtKeys,
     pub ice: IceConfig,
     pub ring_timeout_secs: i32,
     pub zombie_timeout: Duration,
@@ -116,8 +151,25 @@ impl StandaloneArgs {
     pub fn validate(&self) -> Result<StandaloneConfig, ConfigError> {
         let mut c = Checker::new();
         let dev_secret = self.jwt_secret.is_none();
-        let secret = self.jwt_secret.clone().unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
-        c.check("JWT_SECRET", secret.len() >= 16, "must be at least 16 bytes");
+        let tokens = match &self.jwt_secret {
+            Some(secret) => c
+                .check(
+                    "JWT_SECRET",
+                    secret.len() >= MIN_HS256_SECRET_BYTES,
+                    "must be at least 32 bytes (RFC 7518 §3.2)",
+                )
+                .then(|| JwtKeys::new(Secret::new(secret.clone()))),
+            None => {
+                let path = self.key_file.clone().unwrap_or_else(default_key_file);
+                match standalone_key(&path) {
+                    Ok(key) => Some(JwtKeys::none().with_signing_key(key)),
+                    Err(e) => {
+                        c.check("VIDEOCALL_KEY_FILE", false, &e);
+                        None
+                    }
+                }
+            }
+        };
         for (name, addr) in [
             ("HTTP_LISTEN_ADDR", self.http),
             ("GRPC_LISTEN_ADDR", self.grpc),
@@ -128,7 +180,7 @@ impl StandaloneArgs {
                 name,
                 !dev_secret || addr.ip().is_loopback(),
                 &format!(
-                    "{addr} is not a loopback address; with the development token secret only loopback is allowed \
+                    "{addr} is not a loopback address; with the development token key only loopback is allowed \
                      (set JWT_SECRET to listen elsewhere)"
                 ),
             );
@@ -143,14 +195,14 @@ impl StandaloneArgs {
         );
         let log_format = c.parse::<LogFormat>("LOG_FORMAT", &self.log_format);
         c.finish()?;
-        match (ice, log_format) {
-            (Some(ice), Some(log_format)) => Ok(StandaloneConfig {
+        match (ice, log_format, tokens) {
+            (Some(ice), Some(log_format), Some(tokens)) => Ok(StandaloneConfig {
                 data_dir: self.data_dir.clone(),
                 http: self.http,
                 grpc: self.grpc,
                 ops: self.ops,
                 workers: self.workers,
-                jwt_secret: Secret::new(secret),
+                tokens,
                 ice,
                 ring_timeout_secs: self.ring_timeout_secs,
                 zombie_timeout: Duration::from_secs(self.zombie_timeout_secs),
@@ -162,8 +214,8 @@ impl StandaloneArgs {
     }
 }
 
-/// Mints a bearer token with the configured secret, valid for `ttl`.
-pub fn mint_token(secret: &Secret, user: &str, role: &str, ttl: Duration) -> anyhow::Result<String> {
+/// Mints a bearer token with the configured key or secret, valid for `ttl`.
+pub fn mint_token(keys: &JwtKeys, user: &str, role: &str, ttl: Duration) -> anyhow::Result<String> {
     let role = match role {
         "user" => Role::User,
         "agent" => Role::Agent,
@@ -171,7 +223,7 @@ pub fn mint_token(secret: &Secret, user: &str, role: &str, ttl: Duration) -> any
         other => anyhow::bail!("role `{other}` is not one of user, agent, service"),
     };
     let exp = chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
-    Ok(JwtKeys::new(secret.clone()).mint(user, role, exp))
+    Ok(keys.mint(user, role, exp))
 }
 
 fn common(service: &str, log_format: LogFormat) -> Common {
@@ -233,12 +285,13 @@ impl Standalone {
 
         let gateway_config = api_gateway::GatewayConfig {
             call_policy: api_gateway::CallPolicy::default(),
+            grpc_reflection: true,
             common: common("api-gateway", config.log_format),
             database_url: database_url.clone(),
             amqp_url: String::new(),
             signal_bus: bus_config.clone(),
             grpc_listen_addr: config.grpc,
-            jwt_secret: config.jwt_secret.clone(),
+            tokens: config.tokens.clone(),
             ice: config.ice.clone(),
             ring_timeouts: api_gateway::RingTimeouts::uniform(config.ring_timeout_secs),
             events_exchange: EVENTS_EXCHANGE.to_owned(),
@@ -254,7 +307,7 @@ impl Standalone {
             common: common("signaling-relay", config.log_format),
             http_listen_addr: config.http,
             gateway_url: format!("http://{}", gateway.local_addr()),
-            jwt_secret: config.jwt_secret.clone(),
+            tokens: config.tokens.clone(),
             allowed_origins: Vec::new(),
             max_connections: 1000,
             max_connections_per_user: 5,
@@ -384,7 +437,7 @@ impl Standalone {
         let app = ops::router(Arc::new(registry), ready.clone(), stop.clone()).merge(
             Router::new()
                 .route("/events/{exchange}/{routing_key}", post(ingest))
-                .with_state((events, JwtKeys::new(config.jwt_secret.clone()))),
+                .with_state((events, config.tokens.clone())),
         );
         tasks.spawn(async move {
             let served = axum::serve(workers, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
         }
     };
     if let Some(user) = &args.token {
-        return match mint_token(&config.jwt_secret, user, &args.role, Duration::from_secs(12 * 3600)) {
+        return match mint_token(&config.tokens, user, &args.role, Duration::from_secs(12 * 3600)) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
 fn print_welcome(app: &Standalone) {
     let config = app.config();
     let day = Duration::from_secs(12 * 3600);
-    let token = |user: &str, role: &str| mint_token(&config.jwt_secret, user, role, day).unwrap_or_default();
+    let token = |user: &str, role: &str| mint_token(&config.tokens, user, role, day).unwrap_or_default();
     let http = app.http_addr();
     let data = config.data_dir.join("videocall.sqlite3");
     let workers = app.workers_addr().map(|a| a.to_string()).unwrap_or_default();

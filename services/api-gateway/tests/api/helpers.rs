@@ -22,6 +22,7 @@ pub const TURN_SECRET: &str = "turn-test-secret";
 pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
+        grpc_reflection: false,
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: amqp_url(),
@@ -32,7 +33,7 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
             log_ttl: Duration::from_secs(600),
         },
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        jwt_secret: Secret::new(JWT_SECRET),
+        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: IceConfig {
             stun_urls: vec!["stun:127.0.0.1:3478".into()],
             turn_urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],

@@ -15,7 +15,7 @@ use crate::helpers::{config, spawn_app};
 
 #[tokio::test]
 async fn health_reports_serving_and_reflection_lists_the_service() {
-    let app = spawn_app().await;
+    let app = crate::helpers::spawn_app_with(|c| c.grpc_reflection = true).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
         .expect("uri")
         .connect()
@@ -46,6 +46,26 @@ async fn health_reports_serving_and_reflection_lists_the_service() {
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"videocall.v1.CallService".to_owned()), "{names:?}");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn reflection_is_off_unless_turned_on() {
+    let app = spawn_app().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let status = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect_err("no reflection service");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
     app.stop().await.expect("clean stop");
 }
 

@@ -21,7 +21,7 @@ use videocall_platform::{
 use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_testkit::process::{Process, loopback, workspace_binary};
 
-pub const JWT_SECRET: &str = "process-test-secret-0123456789";
+pub const JWT_SECRET: &str = "process-test-secret-0123456789-0123456789";
 
 /// Where a gateway listens and what it works on; the same settings start it again after a kill.
 #[derive(Debug, Clone)]

@@ -5,3 +5,4 @@
 mod gateway;
 mod kill;
 mod sigterm;
+mod tokens;

@@ -14,7 +14,7 @@ use videocall_platform::{
 };
 pub use videocall_testkit::ws::Client;
 
-pub const JWT_SECRET: &str = "relay-test-secret-0123456789";
+pub const JWT_SECRET: &str = "relay-test-secret-0123456789-0123456789";
 
 pub use videocall_testkit::redis_url;
 
@@ -69,12 +69,13 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let exchange = videocall_testkit::unique_name("videocall.events.relaytest");
     let gateway_config = api_gateway::GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
+        grpc_reflection: false,
         common: common("api-gateway"),
         database_url: videocall_testkit::fresh_database().await,
         amqp_url: videocall_testkit::amqp_url(),
         signal_bus: bus.clone(),
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        jwt_secret: Secret::new(JWT_SECRET),
+        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: options.ice.clone(),
         ring_timeouts: api_gateway::RingTimeouts::uniform(45),
         events_exchange: exchange,
@@ -92,7 +93,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             common: common(&format!("signaling-relay-{i}")),
             http_listen_addr: "127.0.0.1:0".parse().expect("addr"),
             gateway_url: format!("http://{gateway}"),
-            jwt_secret: Secret::new(JWT_SECRET),
+            tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             allowed_origins: vec!["https://agents.example.com".into()],
             max_connections: 1000,
             max_connections_per_user: 3,

@@ -135,3 +135,27 @@ async fn relays_keep_presence_a_user_away_from_every_relay_is_away() {
     }
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn the_pages_forbid_framing_inline_script_and_sniffing() {
+    let fleet = spawn_fleet(FleetOptions { relays: 1, ..FleetOptions::default() }).await;
+    for page in ["/", "/agent.html", "/customer.html"] {
+        let (status, head, body) =
+            videocall_testkit::http_get_with_headers(fleet.relays[0], page).await.expect("the page answers");
+        assert_eq!(status, 200, "{page}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{page}: {head}");
+        assert!(head.contains("referrer-policy: no-referrer"), "{page}: {head}");
+        let csp = head.lines().find_map(|l| l.strip_prefix("content-security-policy: ")).expect("a CSP");
+        for rule in ["frame-ancestors 'none'", "script-src 'self'", "object-src 'none'", "connect-src 'self'"] {
+            assert!(csp.contains(rule), "{page}: {rule} in {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline") && !body.contains("<script>"), "{page}: no inline script");
+        // Every script the page loads is served, under the same policy.
+        for src in body.split("<script src=\"").skip(1).filter_map(|rest| rest.split('"').next()) {
+            let (status, head, _) = videocall_testkit::http_get_with_headers(fleet.relays[0], src).await.expect(src);
+            assert_eq!(status, 200, "{page} loads {src}");
+            assert!(head.contains("content-type: text/javascript"), "{src}: {head}");
+        }
+    }
+    fleet.stop().await;
+}

@@ -179,6 +179,21 @@ async fn oversize_messages_close_with_1009_and_floods_with_1008() {
 }
 
 #[tokio::test]
+async fn a_flood_gets_the_1008_close_handshake_not_a_reset() {
+    let fleet = spawn_fleet(FleetOptions { relays: 1, ..Default::default() }).await;
+    for round in 0..3 {
+        let mut mallory = fleet.connect(0, &format!("mallory-{round}")).await;
+        // 400 frames written without reading a reply, as a flooding client does: past the burst
+        // of 200 the relay closes; the client must see the close frame, not a TCP reset.
+        for _ in 0..400 {
+            mallory.send_raw(json!({"type": "ping"}).to_string()).await;
+        }
+        assert_eq!(mallory.close_code().await, Some(1008), "round {round}");
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test]
 async fn the_upgrade_needs_a_valid_token_and_an_allowed_origin() {
     use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest, http::HeaderValue};
     let fleet = spawn_fleet(FleetOptions { relays: 1, ..Default::default() }).await;

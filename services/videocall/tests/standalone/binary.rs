@@ -34,7 +34,7 @@ async fn bad_settings_are_refused_before_anything_starts() {
     assert!(stderr.contains("role `admin` is not one of user, agent, service"), "{stderr}");
     // With a real secret, any address is allowed; a short one is not.
     let stderr = refused(&[&data_arg, "--jwt-secret=short"]).await;
-    assert!(stderr.contains("JWT_SECRET: must be at least 16 bytes"), "{stderr}");
+    assert!(stderr.contains("JWT_SECRET: must be at least 32 bytes"), "{stderr}");
 
     assert!(!data.exists(), "nothing was created for a refused start");
     std::fs::remove_dir_all(dir).ok();

@@ -19,10 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use videocall_platform::{
-    auth::{JwtKeys, Role},
-    config::Secret,
-};
+use videocall_platform::auth::{JwtKeys, Role};
 use videocall_testkit::{
     browser::{Cdp, Chromium, Tab},
     coturn::Coturn,
@@ -302,7 +299,8 @@ async fn an_expired_token_asks_for_a_fresh_link_instead_of_reconnecting() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = temp_dir("vc-trust-expiry");
     let app = Standalone::start(&dir.join("data"), &[]).await;
-    let keys = JwtKeys::new(Secret::new(videocall::DEV_JWT_SECRET.to_owned()));
+    let keys =
+        JwtKeys::none().with_signing_key(videocall::standalone_key(&videocall::default_key_file()).expect("the key"));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let token = keys.mint("customer-1", Role::User, i64::try_from(now).expect("seconds") + 5);
     let (_chromium, devtools) = Chromium::launch().await;

@@ -1,0 +1,40 @@
+// The agent page (web/agent.html): what only this page does; the rest is in page.js.
+"use strict";
+
+const vc = Page.start("agent");
+const incomingBox = document.getElementById("incoming");
+const incoming = () => !incomingBox.hidden;
+vc.addEventListener("call", async (e) => {
+  const call = e.detail;
+  const ringing = call.callee_id === vc.userId && ["initiated", "ringing"].includes(call.status) && vc.negotiation !== call.id;
+  incomingBox.hidden = !ringing;
+  incomingBox.classList.toggle("ringing", ringing);
+  document.getElementById("caller").textContent = call.caller_id;
+  document.getElementById("calltype").textContent = call.call_type;
+  if (ringing) Page.ringer.start(call.caller_id);
+  else Page.ringer.stop();
+  if (ringing && call.status === "initiated") await vc.ring().catch((err) => Page.status(err.message));
+  if (["ended", "rejected", "missed"].includes(call.status)) Page.refreshHistory(vc);
+});
+const accept = () => {
+  Page.ringer.stop();
+  incomingBox.hidden = true;
+  vc.accept().catch((err) => Page.status(err.message));
+};
+const decline = () => {
+  Page.ringer.stop();
+  vc.reject().catch((err) => Page.status(err.message));
+};
+document.getElementById("accept").onclick = accept;
+document.getElementById("decline").onclick = decline;
+// Accept is one keystroke away, and so is Decline.
+document.addEventListener("keydown", (e) => {
+  if (!incoming() || e.repeat || e.altKey || e.ctrlKey || e.metaKey) return;
+  if (e.key === "Enter") {
+    e.preventDefault();
+    accept();
+  } else if (e.key === "Escape") {
+    e.preventDefault();
+    decline();
+  }
+});
