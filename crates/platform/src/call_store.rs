@@ -189,7 +189,16 @@ struct TransitionLabels {
 }
 
 impl CallMetrics {
+    /// Registers the family with a zero series for every status and call type, so dashboards and
+    /// alerts see it from the start.
     pub fn register(&self, registry: &mut Registry) {
+        for status in CallStatus::ALL {
+            for call_type in videocall_domain::CallType::ALL {
+                let _ = self
+                    .transitions
+                    .get_or_create(&TransitionLabels { status: status.as_str(), call_type: call_type.as_str() });
+            }
+        }
         registry.register(
             "videocall_call_transitions",
             "Calls that entered a state (initiated, ringing, active, ended, rejected, missed) through this process, by call type",

@@ -29,6 +29,9 @@ impl RecorderMetrics {
             bytes: Counter::default(),
             abandoned: Counter::default(),
         };
+        for status in ["complete", "failed"] {
+            let _ = metrics.finished.get_or_create(&StatusLabel { status });
+        }
         registry.register("videocall_recordings_running", "Recordings this instance runs now", metrics.running.clone());
         registry.register(
             "videocall_recordings_finished",

@@ -101,6 +101,13 @@ impl ConsumerMetrics {
         metrics.lag.register(registry);
         metrics
     }
+
+    /// Zero series for every outcome of `queue`, so the family shows before the first message.
+    pub fn init_queue(&self, queue: &str) {
+        for outcome in ["applied", "dead_lettered", "retried"] {
+            let _ = self.messages.get_or_create(&MessageLabels { queue: queue.to_owned(), outcome });
+        }
+    }
 }
 
 /// The effects of one kind of message as a queue's handler (also what the standalone binary binds

@@ -32,6 +32,9 @@ pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow:
     let ops = OpsServer::bind(config.ops_listen_addr).await?;
     let mut registry = Registry::default();
     let metrics = ConsumerMetrics::new(&mut registry);
+    for binding in [&config.user_offline, &config.ticket_created] {
+        metrics.init_queue(&binding.queue);
+    }
     let call_metrics = CallMetrics::default();
     call_metrics.register(&mut registry);
     let ready = Readiness::default();

@@ -30,6 +30,9 @@ impl SweeperMetrics {
             lost: Counter::default(),
             duration: Histogram::new([0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
         };
+        for result in ["ok", "error"] {
+            let _ = metrics.sweeps.get_or_create(&ResultLabel { result });
+        }
         registry.register("videocall_sweeps", "Sweeps run, by result (ok, error)", metrics.sweeps.clone());
         registry.register("videocall_calls_missed", "Calls this sweeper marked missed", metrics.missed.clone());
         registry.register(

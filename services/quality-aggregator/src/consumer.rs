@@ -86,6 +86,10 @@ pub struct MessageLabels {
 impl ConsumerMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self::default();
+        // Zero series for every outcome, so the family shows before the first message.
+        for outcome in ["applied", "late", "finalized", "duplicate", "dead_lettered", "retried"] {
+            let _ = metrics.messages.get_or_create(&MessageLabels { outcome });
+        }
         registry.register(
             "videocall_quality_messages",
             "Messages handled, by outcome (applied, late, finalized, duplicate, dead_lettered, retried)",

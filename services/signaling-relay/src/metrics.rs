@@ -12,6 +12,26 @@ pub struct TypeLabel {
     pub r#type: String,
 }
 
+/// Error frame codes (docs/protocol.md).
+pub const ERROR_CODES: [&str; 13] = [
+    "malformed",
+    "unknown_type",
+    "invalid_argument",
+    "unauthenticated",
+    "permission_denied",
+    "not_found",
+    "already_exists",
+    "failed_precondition",
+    "resource_exhausted",
+    "unavailable",
+    "unimplemented",
+    "unsupported",
+    "internal",
+];
+
+/// Close codes the relay sends (docs/protocol.md).
+pub const CLOSE_CODES: [u16; 5] = [1001, 1008, 1009, 1011, 4001];
+
 /// Shared handles; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RelayMetrics {
@@ -41,6 +61,14 @@ impl RelayMetrics {
             signal_latency: Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
             signals_lost: Counter::default(),
         };
+        // Zero series for every error code and close code the relay sends, so the families show
+        // from the start.
+        for code in ERROR_CODES {
+            let _ = m.errors.get_or_create(&TypeLabel { r#type: code.to_owned() });
+        }
+        for code in CLOSE_CODES {
+            let _ = m.closes.get_or_create(&TypeLabel { r#type: code.to_string() });
+        }
         registry.register("videocall_relay_connections", "Open WebSocket connections", m.connections.clone());
         registry.register("videocall_relay_signals", "Signals relayed, by type", m.signals.clone());
         registry.register("videocall_relay_errors", "Error frames sent, by code", m.errors.clone());

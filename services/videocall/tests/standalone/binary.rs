@@ -253,3 +253,31 @@ async fn the_binary_runs_calls_quality_and_events_on_sqlite() {
     app.stop().await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn labelled_metric_families_show_zero_series_from_the_start() {
+    let dir = temp_dir("vc-standalone-metrics");
+    let app = Standalone::start(&dir.join("data"), &[]).await;
+    assert_metrics(
+        app.http,
+        &[
+            "videocall_relay_errors_total{type=\"failed_precondition\"} 0",
+            "videocall_relay_closes_total{type=\"1008\"} 0",
+            "videocall_relay_closes_total{type=\"4001\"} 0",
+            "videocall_relay_signals_total{type=\"offer\"} 0",
+        ],
+    )
+    .await;
+    assert_metrics(app.ops, &["videocall_call_transitions_total{status=\"missed\",call_type=\"sales\"} 0"]).await;
+    assert_metrics(
+        app.workers,
+        &[
+            "videocall_call_transitions_total{status=\"ended\",call_type=\"consult\"} 0",
+            "videocall_recordings_finished_total{status=\"failed\"} 0",
+            "videocall_sweeps_total{result=\"error\"} 0",
+        ],
+    )
+    .await;
+    app.stop().await;
+    std::fs::remove_dir_all(dir).ok();
+}
