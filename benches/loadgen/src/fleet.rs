@@ -6,8 +6,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use lapin::{
-    Connection, ConnectionProperties, ExchangeKind,
-    options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions},
+    Connection, ConnectionProperties,
+    options::{ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use tokio_util::sync::CancellationToken;
@@ -90,6 +90,7 @@ impl Fleet {
         let config = api_gateway::GatewayConfig {
             call_policy: api_gateway::CallPolicy::open(),
             grpc_reflection: false,
+            unrouted: Default::default(),
             common: Common { service_name: "api-gateway".into(), cell_id: cell.clone(), log_format: LogFormat::Text },
             database_url: database_url.clone(),
             amqp_url: videocall_testkit::amqp_url(),
@@ -161,15 +162,8 @@ impl EventSink {
         let connection = Connection::connect(&videocall_testkit::amqp_url(), ConnectionProperties::default())
             .await
             .context("RabbitMQ reachable")?;
+        videocall_platform::amqp::declare_events_exchange(&connection, exchange, None).await?;
         let channel = connection.create_channel().await?;
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await?;
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -205,7 +199,10 @@ impl EventSink {
 
     pub async fn delete(&self, exchange: &str) {
         if let Ok(channel) = self.connection.create_channel().await {
+            let unrouted = videocall_platform::amqp::unrouted_name(exchange);
             let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel.exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel.queue_delete(unrouted.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
         }
         let _ = self.connection.close(200, "done".into()).await;
     }

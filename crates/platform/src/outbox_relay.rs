@@ -7,11 +7,14 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use lapin::{
-    BasicProperties, Channel, Confirmation, ExchangeKind,
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    BasicProperties, Channel, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
-use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
@@ -33,6 +36,8 @@ pub struct OutboxRelayConfig {
     /// Poll period when nothing wakes the relay (events written by other processes).
     pub poll_interval: Duration,
     pub connection_name: String,
+    /// The bounds of the queue that keeps events no consumer is bound for.
+    pub unrouted: amqp::UnroutedRetention,
 }
 
 /// Health of the relay, for readiness.
@@ -49,9 +54,18 @@ pub struct OutboxRelay {
     state: watch::Sender<RelayState>,
     published: Counter,
     postponed: Counter,
+    /// Messages waiting in `<exchange>.unrouted` (events no consumer was bound for), as last read.
+    unrouted: Gauge,
+    /// The last "not published" warning, and how many were held back since: at most one a minute.
+    warned: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     /// Deliver to these in-process consumers instead of RabbitMQ.
     local: Option<Arc<LocalEvents>>,
 }
+
+/// How often the unrouted queue's depth is read.
+const UNROUTED_READ_EVERY: Duration = Duration::from_secs(10);
+/// At most one "not published" warning this often (the rest are counted into the next one).
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -70,6 +84,8 @@ impl OutboxRelay {
             state: watch::Sender::new(RelayState::Connecting),
             published: Counter::default(),
             postponed: Counter::default(),
+            unrouted: Gauge::default(),
+            warned: std::sync::Mutex::new((None, 0)),
             local: None,
         }
     }
@@ -89,6 +105,11 @@ impl OutboxRelay {
             "videocall_outbox_postponed",
             "Publish attempts that failed (unroutable, nacked, broker error) and were postponed",
             self.postponed.clone(),
+        );
+        registry.register(
+            "videocall_outbox_unrouted_messages",
+            "Events no queue was bound for, kept in <exchange>.unrouted (read every 10 s)",
+            self.unrouted.clone(),
         );
     }
 
@@ -119,7 +140,12 @@ impl OutboxRelay {
             };
             self.state.send_replace(RelayState::Connected);
             tracing::info!(exchange = %self.config.exchange, "outbox relay connected");
+            let mut unrouted_read: Option<std::time::Instant> = None;
             loop {
+                if unrouted_read.is_none_or(|at| at.elapsed() >= UNROUTED_READ_EVERY) {
+                    unrouted_read = Some(std::time::Instant::now());
+                    self.read_unrouted(&channel).await;
+                }
                 match self.publish_batch(&channel).await {
                     Ok(n) => {
                         db_backoff.reset();
@@ -208,17 +234,19 @@ impl OutboxRelay {
     }
 
     async fn open_channel(&self, connection: &lapin::Connection) -> Result<Channel, lapin::Error> {
+        amqp::declare_events_exchange(connection, &self.config.exchange, Some(self.config.unrouted)).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        channel
-            .exchange_declare(
-                self.config.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await?;
         Ok(channel)
+    }
+
+    /// Reads how many events wait in the unrouted queue into the gauge (a passive declare).
+    async fn read_unrouted(&self, channel: &Channel) {
+        let name = amqp::unrouted_name(&self.config.exchange);
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        if let Ok(queue) = channel.queue_declare(name.as_str().into(), passive, FieldTable::default()).await {
+            self.unrouted.set(i64::from(queue.message_count()));
+        }
     }
 
     /// Claims up to `batch_size` due rows, publishes them, waits for every confirm, then records
@@ -293,7 +321,14 @@ impl OutboxRelay {
         self.published.inc_by(sent.len() as u64);
         self.postponed.inc_by(failed.len() as u64);
         if !failed.is_empty() {
-            tracing::warn!(sent = sent.len(), failed = failed.len(), first_error = %failed[0].1, "some events were not published; will retry");
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            if warned.0.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                let held_back = std::mem::take(&mut warned.1);
+                *warned = (Some(std::time::Instant::now()), 0);
+                tracing::warn!(sent = sent.len(), failed = failed.len(), first_error = %failed[0].1, similar_warnings_held_back = held_back, "some events were not published; will retry");
+            } else {
+                warned.1 += 1;
+            }
         } else {
             tracing::debug!(sent = sent.len(), "events published");
         }

@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::{
-    Connection, ConnectionProperties, ExchangeKind,
-    options::{
-        BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    },
+    Connection, ConnectionProperties,
+    options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use sea_orm::{ConnectionTrait, Database};
@@ -81,16 +79,9 @@ impl EventTap {
     pub async fn bind(exchange: &str) -> Self {
         let connection =
             Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("RabbitMQ reachable");
+        // As every service declares it (with its alternate exchange), so neither refuses the other.
+        videocall_platform::amqp::declare_events_exchange(&connection, exchange, None).await.expect("declare exchange");
         let channel = connection.create_channel().await.expect("channel");
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -166,9 +157,14 @@ impl EventTap {
         }
     }
 
+    /// Deletes a test's events exchange, with its alternate exchange and the queue behind it.
     pub async fn delete_exchange(&self, exchange: &str) {
         if let Ok(channel) = self.connection.create_channel().await {
+            let unrouted = videocall_platform::amqp::unrouted_name(exchange);
             let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+            let _ = channel.exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let options = lapin::options::QueueDeleteOptions::default();
+            let _ = channel.queue_delete(unrouted.as_str().into(), options).await;
         }
     }
 }

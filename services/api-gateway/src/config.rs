@@ -68,6 +68,20 @@ pub struct GatewayArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "20")]
     pub shutdown_grace_secs: String,
+    /// Shortest time between two quality samples (UpdateCallQuality) of one reporter in one call;
+    /// sooner ones get RESOURCE_EXHAUSTED. 0 turns it off.
+    #[arg(long, env = "QUALITY_MIN_INTERVAL_MS", default_value = "1000")]
+    pub quality_min_interval_ms: String,
+    /// SubscribeToSignals streams one user may hold open at once (per replica).
+    #[arg(long, env = "MAX_STREAMS_PER_USER", default_value = "5")]
+    pub max_streams_per_user: String,
+    /// Events no queue is bound for are kept in `<EVENTS_EXCHANGE>.unrouted`, at most this many
+    /// (the oldest dropped first)...
+    #[arg(long, env = "UNROUTED_MAX_MESSAGES", default_value = "100000")]
+    pub unrouted_max_messages: String,
+    /// ...and at most this long.
+    #[arg(long, env = "UNROUTED_TTL_SECS", default_value = "86400")]
+    pub unrouted_ttl_secs: String,
     /// Serve gRPC server reflection (lists every RPC to anyone who asks; for grpcurl in
     /// development).
     #[arg(long, env = "GRPC_REFLECTION", default_value_t = false, action = clap::ArgAction::Set)]
@@ -122,6 +136,7 @@ pub struct GatewayConfig {
     pub ops_listen_addr: Option<SocketAddr>,
     pub call_policy: crate::CallPolicy,
     pub grpc_reflection: bool,
+    pub unrouted: videocall_platform::amqp::UnroutedRetention,
 }
 
 impl GatewayArgs {
@@ -172,6 +187,22 @@ impl GatewayArgs {
             }
         };
         let per_minute = c.parse::<u32>("INITIATE_CALLS_PER_MIN", &self.initiate_calls_per_min);
+        let quality_ms = c.parse::<u64>("QUALITY_MIN_INTERVAL_MS", &self.quality_min_interval_ms);
+        if let Some(ms) = quality_ms {
+            c.check("QUALITY_MIN_INTERVAL_MS", ms <= 60_000, "must be at most 60000");
+        }
+        let max_streams = c.parse::<usize>("MAX_STREAMS_PER_USER", &self.max_streams_per_user);
+        if let Some(n) = max_streams {
+            c.check("MAX_STREAMS_PER_USER", (1..=1000).contains(&n), "must be between 1 and 1000");
+        }
+        let unrouted_max = c.parse::<i64>("UNROUTED_MAX_MESSAGES", &self.unrouted_max_messages);
+        if let Some(n) = unrouted_max {
+            c.check("UNROUTED_MAX_MESSAGES", (1..=100_000_000).contains(&n), "must be between 1 and 100000000");
+        }
+        let unrouted_ttl = c.parse::<u64>("UNROUTED_TTL_SECS", &self.unrouted_ttl_secs);
+        if let Some(t) = unrouted_ttl {
+            c.check("UNROUTED_TTL_SECS", (1..=30 * 86_400).contains(&t), "must be between 1 and 2592000");
+        }
         if let Some(n) = per_minute {
             c.check("INITIATE_CALLS_PER_MIN", (1..=100_000).contains(&n), "must be between 1 and 100000");
         }
@@ -179,9 +210,15 @@ impl GatewayArgs {
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         Ok(GatewayConfig {
             grpc_reflection: self.grpc_reflection,
+            unrouted: videocall_platform::amqp::UnroutedRetention {
+                max_messages: unrouted_max.ok_or_else(missing)?,
+                ttl: Duration::from_secs(unrouted_ttl.ok_or_else(missing)?),
+            },
             call_policy: crate::CallPolicy {
                 users_may_call_users: open.ok_or_else(missing)?,
                 initiate_per_minute: per_minute.ok_or_else(missing)?,
+                quality_min_interval: Duration::from_millis(quality_ms.ok_or_else(missing)?),
+                max_streams_per_user: max_streams.ok_or_else(missing)?,
             },
             common: common.clone().ok_or_else(missing)?,
             database_url: database_url.ok_or_else(missing)?,

@@ -29,18 +29,32 @@ pub struct CallPolicy {
     pub users_may_call_users: bool,
     /// Calls one caller may start per minute; a burst of that many is allowed.
     pub initiate_per_minute: u32,
+    /// Shortest time between two quality samples of one reporter in one call.
+    pub quality_min_interval: Duration,
+    /// `SubscribeToSignals` streams one user may hold open at once (per gateway replica).
+    pub max_streams_per_user: usize,
 }
 
 impl Default for CallPolicy {
     fn default() -> Self {
-        Self { users_may_call_users: false, initiate_per_minute: 10 }
+        Self {
+            users_may_call_users: false,
+            initiate_per_minute: 10,
+            quality_min_interval: Duration::from_secs(1),
+            max_streams_per_user: 5,
+        }
     }
 }
 
 impl CallPolicy {
     /// Anyone may call anyone, as often as they like (load tests, closed deployments).
     pub fn open() -> Self {
-        Self { users_may_call_users: true, initiate_per_minute: u32::MAX }
+        Self {
+            users_may_call_users: true,
+            initiate_per_minute: u32::MAX,
+            quality_min_interval: Duration::ZERO,
+            max_streams_per_user: usize::MAX,
+        }
     }
 }
 
@@ -51,11 +65,40 @@ pub struct Policy {
     rules: CallPolicy,
     recorded: Arc<Mutex<HashMap<String, (Role, Instant)>>>,
     buckets: Arc<Mutex<HashMap<String, (f64, Instant)>>>,
+    /// When each (call, reporter) last reported quality.
+    samples: Arc<Mutex<HashMap<(uuid::Uuid, String), Instant>>>,
+    /// Open signal streams per user.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open signal stream of a user; dropping it (the stream ended) gives the place back.
+pub struct StreamPermit {
+    user: String,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = streams.get_mut(&self.user) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl Policy {
     pub fn new(db: DatabaseConnection, rules: CallPolicy) -> Self {
-        Self { db, rules, recorded: Arc::default(), buckets: Arc::default() }
+        Self {
+            db,
+            rules,
+            recorded: Arc::default(),
+            buckets: Arc::default(),
+            samples: Arc::default(),
+            streams: Arc::default(),
+        }
     }
 
     /// Records that `p` is an agent or a service (users need no row: anyone not recorded is
@@ -117,6 +160,50 @@ impl Policy {
             message: format!("too many calls started: at most {per_minute} a minute; retry in {wait} s"),
             retry_after_secs: wait,
         })
+    }
+
+    /// Admits one quality sample of `reporter` in `call`: RESOURCE_EXHAUSTED when the last one
+    /// came less than `quality_min_interval` ago (per gateway replica).
+    pub fn take_quality_sample(&self, call: uuid::Uuid, reporter: &str) -> Result<(), ApiError> {
+        let interval = self.rules.quality_min_interval;
+        if interval.is_zero() {
+            return Ok(());
+        }
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.len() >= MAX_TRACKED {
+            samples.retain(|_, at| at.elapsed() < interval);
+        }
+        let key = (call, reporter.to_owned());
+        if let Some(last) = samples.get(&key)
+            && last.elapsed() < interval
+        {
+            let wait = (interval - last.elapsed()).as_secs_f64().ceil().max(1.0) as u64;
+            return Err(ApiError::TooMany {
+                message: format!(
+                    "quality samples come at most one per {} ms per reporter and call; retry in {wait} s",
+                    interval.as_millis()
+                ),
+                retry_after_secs: wait,
+            });
+        }
+        samples.insert(key, Instant::now());
+        Ok(())
+    }
+
+    /// A place for one more signal stream of `user`, or RESOURCE_EXHAUSTED when they hold
+    /// `max_streams_per_user` already.
+    pub fn open_stream(&self, user: &str) -> Result<StreamPermit, ApiError> {
+        let max = self.rules.max_streams_per_user;
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let open = streams.entry(user.to_owned()).or_default();
+        if *open >= max {
+            return Err(ApiError::TooMany {
+                message: format!("at most {max} signal streams per user are open at once; close one first"),
+                retry_after_secs: 1,
+            });
+        }
+        *open += 1;
+        Ok(StreamPermit { user: user.to_owned(), streams: self.streams.clone() })
     }
 
     /// Whether `p` may call `callee` (`offer_agent`: the agent of the support offer being taken up).

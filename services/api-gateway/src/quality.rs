@@ -23,6 +23,7 @@ const ALL: &str = "all";
 #[tracing::instrument(skip_all, fields(call_id = %req.call_id, user_id = %actor.id), err)]
 pub async fn report(
     store: &CallStore,
+    policy: &crate::policy::Policy,
     actor: &Actor,
     req: pb::UpdateCallQualityRequest,
 ) -> Result<pb::UpdateCallQualityResponse, ApiError> {
@@ -48,6 +49,8 @@ pub async fn report(
     if call.status != CallStatus::Active {
         return Err(StoreError::WrongState(call.status).into());
     }
+    // Only a sample that would be recorded counts against the reporter's pace.
+    policy.take_quality_sample(call.id, &actor.id)?;
     store.record_quality_sample(call.id, &actor.id, &sample).await?;
     // A report is activity: it keeps the sweeper from ending the call as connection_lost.
     if let Err(error) = store.touch_activity(call.id).await {

@@ -276,7 +276,7 @@ impl CallService for CallApi {
         request: Request<pb::UpdateCallQualityRequest>,
     ) -> Result<Response<pb::UpdateCallQualityResponse>, Status> {
         let p = self.principal(&request).await?;
-        Ok(Response::new(quality::report(&self.store, &actor(&p), request.into_inner()).await?))
+        Ok(Response::new(quality::report(&self.store, &self.policy, &actor(&p), request.into_inner()).await?))
     }
 
     async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
@@ -325,9 +325,16 @@ impl CallService for CallApi {
         request: Request<pb::SubscribeToSignalsRequest>,
     ) -> Result<Response<Self::SubscribeToSignalsStream>, Status> {
         let p = self.principal(&request).await?;
-        let stream =
-            signaling::subscribe(&self.store, &self.bus, &actor(&p), request.into_inner(), self.stopping.clone())
-                .await?;
+        let permit = self.policy.open_stream(&p.user_id)?;
+        let stream = signaling::subscribe(
+            &self.store,
+            &self.bus,
+            &actor(&p),
+            request.into_inner(),
+            self.stopping.clone(),
+            permit,
+        )
+        .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -113,6 +113,7 @@ pub async fn subscribe(
     actor: &Actor,
     req: pb::SubscribeToSignalsRequest,
     stopping: tokio_util::sync::CancellationToken,
+    permit: crate::policy::StreamPermit,
 ) -> Result<ReceiverStream<Result<pb::Signal, Status>>, Status> {
     let (call, _) = live_call_for_party(store, &req.call_id, actor).await?;
     let call_id = call.id.to_string();
@@ -122,6 +123,7 @@ pub async fn subscribe(
 
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
     tokio::spawn(async move {
+        let _permit = permit; // the user's place, given back when the stream ends
         let mut last = req.after_seq;
         for (seq, frame) in backlog {
             if let Some(signal) = to_pb(&frame) {

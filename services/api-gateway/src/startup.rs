@@ -146,6 +146,7 @@ impl Application {
                 batch_size: config.outbox_batch_size,
                 poll_interval: config.outbox_poll_interval,
                 connection_name: format!("{}-outbox", config.common.service_name),
+                unrouted: config.unrouted,
             },
             outbox_wake,
         );

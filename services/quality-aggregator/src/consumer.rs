@@ -35,13 +35,13 @@ pub struct Settings {
     pub max_retries: u32,
 }
 
-/// Declares the events exchange (durable topic), the dead-letter exchange and queue, and the
+/// Declares (the events exchange being declared already, with its alternate exchange: see
+/// `videocall_platform::amqp::declare_events_exchange`) the dead-letter exchange and queue, and the
 /// durable queue bound to the events exchange with every key of [`ROUTING_KEYS`] (dead-lettering
 /// to the DLX, should anything reject). Every declaration is idempotent.
 pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), lapin::Error> {
     let (exchange, queue, dlx) = (settings.exchange.as_str(), settings.queue.as_str(), settings.dlx_exchange.as_str());
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel.exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
     channel.exchange_declare(dlx.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
     let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
     let dlq = dlq_name(queue);

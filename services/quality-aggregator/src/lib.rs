@@ -92,6 +92,9 @@ async fn session(
     ready: &Readiness,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    videocall_platform::amqp::declare_events_exchange(connection, &settings.exchange, None)
+        .await
+        .with_context(|| format!("declaring exchange {}", settings.exchange))?;
     let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
     consumer::declare(&publisher, settings)
         .await

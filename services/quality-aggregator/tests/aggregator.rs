@@ -360,6 +360,7 @@ mod end_to_end {
         GatewayConfig {
             call_policy: api_gateway::CallPolicy::open(),
             grpc_reflection: false,
+            unrouted: Default::default(),
             common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
             database_url,
             amqp_url: videocall_testkit::amqp_url(),

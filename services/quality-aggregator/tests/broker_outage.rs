@@ -56,6 +56,7 @@ fn gateway_config(database_url: String, amqp_url: String, exchange: &str) -> Gat
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
+        unrouted: Default::default(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url,

@@ -286,6 +286,7 @@ impl Standalone {
         let gateway_config = api_gateway::GatewayConfig {
             call_policy: api_gateway::CallPolicy::default(),
             grpc_reflection: true,
+            unrouted: Default::default(),
             common: common("api-gateway", config.log_format),
             database_url: database_url.clone(),
             amqp_url: String::new(),

@@ -23,6 +23,7 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
+        unrouted: Default::default(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: amqp_url(),
@@ -82,6 +83,18 @@ pub async fn spawn_app_with(change: impl FnOnce(&mut GatewayConfig)) -> TestApp 
 /// Starts a gateway on an existing database and exchange.
 pub async fn spawn_app_on(database_url: String, exchange: String, events: EventTap) -> TestApp {
     start(config(database_url.clone(), &exchange), database_url, exchange, events).await
+}
+
+/// As [`spawn_app_on`], with the configuration adjusted by `change` first.
+pub async fn spawn_app_on_with(
+    database_url: String,
+    exchange: String,
+    events: EventTap,
+    change: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
+    let mut config = config(database_url.clone(), &exchange);
+    change(&mut config);
+    start(config, database_url, exchange, events).await
 }
 
 async fn start(config: GatewayConfig, database_url: String, exchange: String, events: EventTap) -> TestApp {

@@ -66,3 +66,71 @@ async fn each_caller_starts_a_bounded_number_of_calls_a_minute() {
     client.initiate_call(app.as_user("olivia", call("agent-1"))).await.expect("another caller");
     app.stop().await.expect("clean stop");
 }
+
+fn sample(call_id: &str, rtt_ms: f64) -> pb::UpdateCallQualityRequest {
+    pb::UpdateCallQualityRequest {
+        call_id: call_id.into(),
+        rtt_ms,
+        jitter_ms: 2.0,
+        packet_loss_percent: 0.5,
+        bitrate_kbps: 900.0,
+        width: 640,
+        height: 480,
+        fps: 25.0,
+        direction: "inbound".into(),
+    }
+}
+
+#[tokio::test]
+async fn each_reporter_sends_at_most_one_quality_sample_a_second_per_call() {
+    let app = spawn_app_with(|c| c.call_policy = api_gateway::CallPolicy::default()).await;
+    let mut client = app.client().await;
+    client.get_user_calls(app.as_agent("agent-3", pb::GetUserCallsRequest::default())).await.expect("agent known");
+    let call = client.initiate_call(app.as_user("zoe", call("agent-3"))).await.expect("call").into_inner();
+    let id = call.call.expect("call").id;
+    client.answer_call(app.as_agent("agent-3", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer");
+
+    client.update_call_quality(app.as_user("zoe", sample(&id, 40.0))).await.expect("first sample");
+    let status = client.update_call_quality(app.as_user("zoe", sample(&id, 41.0))).await.expect_err("too soon");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("quality samples come at most one per 1000 ms"), "{status:?}");
+    assert_eq!(status.metadata().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    // The other party has its own pace; a refused (bad) sample does not use one up.
+    client.update_call_quality(app.as_agent("agent-3", sample(&id, 40.0))).await.expect("the agent's sample");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let bad = client.update_call_quality(app.as_user("zoe", sample(&id, -1.0))).await.expect_err("negative rtt");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    client.update_call_quality(app.as_user("zoe", sample(&id, 42.0))).await.expect("a second later");
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_user_holds_a_bounded_number_of_signal_streams() {
+    let app = spawn_app_with(|c| c.call_policy = api_gateway::CallPolicy::default()).await;
+    let mut client = app.client().await;
+    client.get_user_calls(app.as_agent("agent-4", pb::GetUserCallsRequest::default())).await.expect("agent known");
+    let call = client.initiate_call(app.as_user("yuri", call("agent-4"))).await.expect("call").into_inner();
+    let id = call.call.expect("call").id;
+    let subscribe = || pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
+    let mut open = Vec::new();
+    for i in 0..5 {
+        let stream = client.subscribe_to_signals(app.as_user("yuri", subscribe())).await;
+        open.push(stream.unwrap_or_else(|s| panic!("stream {i}: {s:?}")).into_inner());
+    }
+    let status = client.subscribe_to_signals(app.as_user("yuri", subscribe())).await.expect_err("a sixth stream");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "at most 5 signal streams per user are open at once; close one first");
+    // The other party has places of its own; a closed stream gives its place back.
+    client.subscribe_to_signals(app.as_agent("agent-4", subscribe())).await.expect("the agent's stream");
+    drop(open.pop());
+    let mut reopened = false;
+    for _ in 0..50 {
+        if client.subscribe_to_signals(app.as_user("yuri", subscribe())).await.is_ok() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reopened, "the place of the closed stream came back");
+    app.stop().await.expect("clean stop");
+}

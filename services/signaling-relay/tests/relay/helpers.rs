@@ -70,6 +70,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let gateway_config = api_gateway::GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
+        unrouted: Default::default(),
         common: common("api-gateway"),
         database_url: videocall_testkit::fresh_database().await,
         amqp_url: videocall_testkit::amqp_url(),
