@@ -39,6 +39,19 @@ const SETTINGS: &[&str] = &[
     "MAX_CONNECTIONS_PER_USER",
     "MAX_MESSAGE_BYTES",
     "HEARTBEAT_SECS",
+    "PRESENCE_SECS",
+    "PARTY_GRACE_SECS",
+    "RING_TIMEOUT_SECS",
+    "ZOMBIE_TIMEOUT_SECS",
+    "SWEEP_SCHEDULE",
+    "CALL_POLICY",
+    "JWT_PUBLIC_KEYS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "USER_OFFLINE_QUEUE",
+    "TICKET_CREATED_QUEUE",
+    "RECORDINGS_DIR",
+    "RECORDER_CANDIDATE_NETWORKS",
 ];
 
 /// The path of a binary of the workspace: beside this test's own executable
@@ -111,16 +124,24 @@ impl Process {
     /// Waits until `GET path` on `addr` answers 200 (at most 60 s: a cold migration takes a
     /// moment). Panics with the process's output if it exits first or never gets there.
     pub async fn wait_ready(&mut self, addr: SocketAddr, path: &str) {
+        if let Err(why) = self.try_wait_ready(addr, path).await {
+            panic!("{why}:\n{}", self.output());
+        }
+    }
+
+    /// As [`Process::wait_ready`], but says why instead of panicking (an exit — e.g. its port was
+    /// taken meanwhile — or 60 s without a 200), for callers that try again on other ports.
+    pub async fn try_wait_ready(&mut self, addr: SocketAddr, path: &str) -> Result<(), String> {
         for _ in 0..600 {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status}:\n{}", self.name, self.output());
+                return Err(format!("{} exited with {status}", self.name));
             }
             if let Some((200, _)) = http_get(addr, path).await {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("{} not ready on {addr}{path} within 60 s:\n{}", self.name, self.output());
+        Err(format!("{} not ready on {addr}{path} within 60 s", self.name))
     }
 
     /// Whether it is still running (not exited, not killed).

@@ -121,11 +121,10 @@ impl Connection {
             calls: HashMap::new(),
             metrics: metrics.clone(),
         };
+        // The user's calls are read before `hello` goes out: once a client sees `hello`, the
+        // gateway has met this user (an agent is callable from then on, docs/api.md).
         let hello = serde_json::json!({"type": "hello", "user_id": state.user_id, "connection_id": registration.id});
-        if send(&mut socket, hello.to_string()).await.is_err() {
-            return;
-        }
-        if state.sync(&mut socket, false).await.is_err() {
+        if state.sync_after(&mut socket, false, Some(hello.to_string())).await.is_err() {
             return;
         }
         let mut bucket = Bucket::new(limits.rate_per_sec, limits.burst);
@@ -290,8 +289,22 @@ impl State {
     /// connection was negotiating may be gone for good: it is told so (`signals_lost`), and the
     /// caller renegotiates (docs/protocol.md).
     async fn sync(&mut self, socket: &mut WebSocket, bus_lost: bool) -> Result<(), axum::Error> {
+        self.sync_after(socket, bus_lost, None).await
+    }
+
+    /// [`Self::sync`], sending `first` (the `hello`) once the calls are read and before them.
+    async fn sync_after(
+        &mut self,
+        socket: &mut WebSocket,
+        bus_lost: bool,
+        first: Option<String>,
+    ) -> Result<(), axum::Error> {
         let request = self.request(pb::GetUserCallsRequest { page_size: 20, ..Default::default() });
-        let calls = match self.gateway.clone().get_user_calls(request).await {
+        let reply = self.gateway.clone().get_user_calls(request).await;
+        if let Some(first) = first {
+            send(socket, first).await?;
+        }
+        let calls = match reply {
             Ok(reply) => reply.into_inner().calls,
             Err(status) => {
                 let frame = protocol::error(None, protocol::code_name(status.code()), status.message());

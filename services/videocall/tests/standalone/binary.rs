@@ -281,3 +281,26 @@ async fn labelled_metric_families_show_zero_series_from_the_start() {
     app.stop().await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn an_agent_is_callable_as_soon_as_its_socket_says_hello() {
+    let dir = temp_dir("vc-standalone-hello");
+    let app = Standalone::start(&dir.join("data"), &[]).await;
+    let ws = |token: String| format!("ws://{}/ws?token={token}", app.http);
+    let mut customer = Client::connect(&ws(Standalone::token("customer-9", "user").await)).await.expect("customer");
+    for i in 0..8 {
+        let agent = format!("agent-hello-{i}");
+        let token = Standalone::token(&agent, "agent").await;
+        let _agent = Client::connect(&ws(token)).await.expect("agent");
+        // No other request of the agent's: its hello alone says the gateway knows it.
+        let ack = customer
+            .request(json!({"type":"call.initiate","callee_id":agent,"call_type":"support","request_id":format!("r-hello-{i}")}))
+            .await;
+        assert_eq!(ack["type"], "ack", "agent {i}: {ack}");
+        let call_id = ack["call"]["id"].as_str().expect("call").to_owned();
+        let ended = customer.request(json!({"type":"call.end","call_id":call_id})).await;
+        assert_eq!(ended["type"], "ack", "{ended}");
+    }
+    app.stop().await;
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -7,21 +7,16 @@
 //! services and the call-recorder as separate processes on PostgreSQL, Redis and RabbitMQ), where
 //! the fleet's Redis is also restarted mid-call and the pages renegotiate.
 
-use std::net::SocketAddr;
-
-use videocall_platform::auth::{JwtKeys, Role};
 use videocall_testkit::{
     browser::{Cdp, Chromium},
     coturn::Coturn,
-    free_port,
 };
 
-use videocall_testkit::redis::OwnRedis;
-
-use crate::process::{Process, Standalone, temp_dir, workspace_binary};
-
-const VIDEO_PLAYS: &str = "(() => { const v = document.getElementById('remote'); \
-    return v.videoWidth > 0 && v.currentTime > 1; })()";
+use crate::{
+    fleet::Fleet,
+    pages::{ONE_AT_A_TIME, VIDEO_PLAYS},
+    process::{Standalone, temp_dir},
+};
 
 /// The newest history row shows the ended call with a duration and a quality score (MOS).
 const HISTORY_COMPLETE: &str = "(() => { const r = document.querySelector('#history tr'); \
@@ -29,8 +24,9 @@ const HISTORY_COMPLETE: &str = "(() => { const r = document.querySelector('#hist
     return r.children[2].textContent === 'ended' && /^[0-9]+ s$/.test(r.children[3].textContent) \
       && Number(r.children[4].textContent) > 1; })()";
 
-/// The whole scenario against the relay at `base`.
-async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &str, redis: Option<OwnRedis>) {
+/// The whole scenario against the relay at `base`; with the `fleet`, its Redis is also restarted
+/// mid-call.
+async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &str, fleet: Option<&mut Fleet>) {
     let (_chromium, devtools) = Chromium::launch().await;
     let mut cdp = Cdp::connect(&devtools).await;
     let agent = cdp.open(&format!("{base}/agent.html?relay=1&token={agent_token}")).await;
@@ -77,14 +73,13 @@ async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &st
         r#"[["callee-audio.ogg",true,true],["callee-video.ivf",true,true],["caller-audio.ogg",true,true],["caller-video.ivf",true,true]]"#
     );
 
-    let mut _restarted = None; // kept running until the scenario ends
-    if let Some(redis) = redis {
+    if let Some(fleet) = fleet {
         // The fleet's Redis restarts and loses the call's signal log: both pages are told, the
         // customer (the caller) renegotiates with an ICE restart, and the video goes on.
         let ufrag = "(() => { const d = window.vc.pc.remoteDescription; \
             return d ? (d.sdp.match(/a=ice-ufrag:(\\S+)/) || [])[1] : null; })()";
         let before = cdp.eval(&customer, ufrag).await;
-        _restarted = Some(redis.restart());
+        fleet.restart_redis();
         for page in [&agent, &customer] {
             cdp.wait_for(page, "window.vc.signalsLost === 1", 20).await;
         }
@@ -127,6 +122,7 @@ async fn customer_calls_agent(base: &str, agent_token: &str, customer_token: &st
 
 #[tokio::test]
 async fn a_customer_and_an_agent_talk_through_the_standalone_binary() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let turn = Coturn::start();
     let dir = temp_dir("vc-standalone-browser");
     let turn_server = format!("--turn-server={}", turn.url());
@@ -142,82 +138,11 @@ async fn a_customer_and_an_agent_talk_through_the_standalone_binary() {
 
 #[tokio::test]
 async fn a_customer_and_an_agent_talk_through_the_distributed_fleet() {
-    let turn = Coturn::start();
-    let dir = temp_dir("vc-fleet-browser");
-    let database_url = videocall_testkit::fresh_database().await;
-    // Its own Redis, restarted mid-call below.
-    let redis = OwnRedis::start(free_port());
-    let redis_url = redis.url();
-    let run = videocall_testkit::unique_name("browserfleet").replace('.', "-");
-    let secret = format!("fleet-secret-{run}");
-    let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (grpc, http) = (addr(), addr());
-    let ops: Vec<SocketAddr> = (0..5).map(|_| addr()).collect();
-    let shared = |name: &str, ops: SocketAddr| {
-        let mut command = workspace_binary(name);
-        command
-            .env("DATABASE_URL", &database_url)
-            .env("AMQP_URL", videocall_testkit::amqp_url())
-            .env("REDIS_URL", &redis_url)
-            .env("CELL_ID", &run)
-            .env("EVENTS_EXCHANGE", format!("{run}.events"))
-            .env("DLX_EXCHANGE", format!("{run}.dlx"))
-            .env("OPS_LISTEN_ADDR", ops.to_string());
-        command
-    };
-
-    let mut gateway = shared("api-gateway", ops[0]);
-    gateway
-        .env("GRPC_LISTEN_ADDR", grpc.to_string())
-        .env("JWT_SECRET", &secret)
-        .env("TURN_SERVER", turn.url())
-        .env("TURN_SECRET", &turn.secret);
-    let mut gateway = Process::spawn("api-gateway", gateway, &dir);
-    gateway.wait_ready(ops[0], "/readyz").await;
-
-    let mut aggregator = shared("quality-aggregator", ops[1]);
-    aggregator.env("QUALITY_QUEUE", format!("{run}.quality"));
-    let mut consumer = shared("event-consumer", ops[2]);
-    consumer
-        .env("USER_OFFLINE_QUEUE", format!("{run}.user-offline"))
-        .env("TICKET_CREATED_QUEUE", format!("{run}.ticket-created"));
-    let sweeper = shared("missed-call-sweeper", ops[3]);
-    let mut recorder = shared("call-recorder", ops[4]);
-    recorder.env("RECORDINGS_DIR", dir.join("recordings")).env("RECORDER_CANDIDATE_NETWORKS", "127.0.0.1");
-    let mut workers = vec![
-        Process::spawn("quality-aggregator", aggregator, &dir),
-        Process::spawn("event-consumer", consumer, &dir),
-        Process::spawn("missed-call-sweeper", sweeper, &dir),
-        Process::spawn("call-recorder", recorder, &dir),
-    ];
-    for (process, ops) in workers.iter_mut().zip(&ops[1..]) {
-        process.wait_ready(*ops, "/readyz").await;
-    }
-
-    let mut relay = workspace_binary("signaling-relay");
-    relay
-        .env("HTTP_LISTEN_ADDR", http.to_string())
-        .env("GATEWAY_URL", format!("http://{grpc}"))
-        .env("REDIS_URL", &redis_url)
-        .env("CELL_ID", &run)
-        .env("JWT_SECRET", &secret);
-    let mut relay = Process::spawn("signaling-relay", relay, &dir);
-    relay.wait_ready(http, "/readyz").await;
-
-    let keys = JwtKeys::new(videocall_platform::config::Secret::new(secret.clone()));
-    let exp = chrono::Utc::now().timestamp() + 600;
-    let agent = keys.mint("agent-1", Role::Agent, exp);
-    let customer = keys.mint(&format!("customer-{run}"), Role::User, exp);
-    customer_calls_agent(&format!("http://{http}"), &agent, &customer, Some(redis)).await;
-
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The fleet has a Redis of its own, restarted mid-call.
+    let mut fleet = Fleet::start(&[]).await;
+    let (agent, customer) = (fleet.agent_token(), fleet.customer_token());
+    customer_calls_agent(&fleet.base(), &agent, &customer, Some(&mut fleet)).await;
     // Every process stops cleanly on SIGTERM.
-    workers.insert(0, relay);
-    workers.push(gateway);
-    for process in workers {
-        let name = process.name.clone();
-        let output_hint = process.output().lines().rev().take(5).collect::<Vec<_>>().join("\n");
-        let status = process.terminate(std::time::Duration::from_secs(20)).await;
-        assert!(status.success(), "{name} stopped with {status}: {output_hint}");
-    }
-    std::fs::remove_dir_all(dir).ok();
+    fleet.stop().await;
 }

@@ -21,30 +21,18 @@ use std::{
 
 use videocall_platform::auth::{JwtKeys, Role};
 use videocall_testkit::{
-    browser::{Cdp, Chromium, Tab},
+    browser::{Cdp, Chromium},
     coturn::Coturn,
 };
 
-use crate::process::{Standalone, temp_dir};
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The remote video shows frames and has played for more than a second.
-const VIDEO_PLAYS: &str = "(() => { const v = document.getElementById('remote'); \
-    return v.videoWidth > 0 && v.currentTime > 1; })()";
-
-/// Bytes received over all inbound RTP streams of the page's peer connection (0 without one).
-const BYTES_RECEIVED: &str = "(async () => { const pc = window.vc.pc; if (!pc) return 0; let bytes = 0; \
-    (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp') bytes += s.bytesReceived || 0; }); \
-    return bytes; })()";
+use crate::{
+    pages::{BYTES_RECEIVED, CALLSTATE, ONE_AT_A_TIME, Pages, STATUS, VIDEO_PLAYS},
+    process::{Standalone, temp_dir},
+};
 
 /// The DTLS fingerprint of the other side's description: a new one means a new peer connection.
 const REMOTE_FINGERPRINT: &str = "(() => { const pc = window.vc.pc; const d = pc && pc.remoteDescription; \
     return d ? (d.sdp.match(/a=fingerprint:(\\S+ \\S+)/) || [])[1] || null : null; })()";
-
-const STATUS: &str = "document.getElementById('status').textContent";
-const CALLSTATE: &str = "document.getElementById('callstate').textContent";
-const REMOTE_TIME: &str = "document.getElementById('remote').currentTime";
 
 /// The `muted` flag of the page's remote track of `kind`.
 fn remote_muted(kind: &str) -> String {
@@ -54,15 +42,25 @@ fn remote_muted(kind: &str) -> String {
     )
 }
 
-/// A standalone binary with coturn, Chromium, and an agent's and a customer's page connected.
+/// A standalone binary with coturn, and Chromium with an agent's and a customer's page connected.
 struct Scene {
-    cdp: Cdp,
-    agent: Tab,
-    customer: Tab,
+    pages: Pages,
     app: Standalone,
     dir: PathBuf,
-    _chromium: Chromium,
     _turn: Coturn,
+}
+
+impl std::ops::Deref for Scene {
+    type Target = Pages;
+    fn deref(&self) -> &Pages {
+        &self.pages
+    }
+}
+
+impl std::ops::DerefMut for Scene {
+    fn deref_mut(&mut self) -> &mut Pages {
+        &mut self.pages
+    }
 }
 
 impl Scene {
@@ -82,59 +80,18 @@ impl Scene {
         let base = format!("http://{}", app.http);
         let agent_token = Standalone::token("agent-1", "agent").await;
         let customer_token = Standalone::token("customer-1", "user").await;
-        let (chromium, devtools) = Chromium::launch().await;
-        let mut cdp = Cdp::connect(&devtools).await;
-        let agent = cdp.open_tab(&format!("{base}/agent.html?relay=1&token={agent_token}")).await;
-        let customer_url = format!("{base}/customer.html?relay=1&token={customer_token}");
-        let customer = match customer_script {
-            Some(script) => cdp.open_tab_with_script(&customer_url, script).await,
-            None => cdp.open_tab(&customer_url).await,
-        };
-        for tab in [&agent, &customer] {
-            cdp.wait_for(&tab.session, &format!("{STATUS}.startsWith('connected as')"), 20).await;
-        }
-        Self { cdp, agent, customer, app, dir, _chromium: chromium, _turn: turn }
+        let pages = Pages::open_with(&base, &agent_token, &customer_token, customer_script).await;
+        Self { pages, app, dir, _turn: turn }
     }
 
-    /// The customer calls agent-1; returns once the agent's page rings.
-    async fn customer_calls(&mut self) {
-        let customer = &self.customer.session;
-        self.cdp
-            .eval(
-                customer,
-                "document.getElementById('agent').value = 'agent-1'; document.getElementById('call').click(); true",
-            )
-            .await;
-        self.cdp.wait_for(&self.agent.session, "!document.getElementById('incoming').hidden", 20).await;
-    }
-
-    /// The agent accepts; video plays on both pages within `secs`.
-    async fn agent_accepts(&mut self, secs: u64) {
-        let started = Instant::now();
-        self.cdp.eval(&self.agent.session, "document.getElementById('accept').click(); true").await;
-        for tab in [&self.agent, &self.customer] {
-            let left = secs.saturating_sub(started.elapsed().as_secs()).max(1);
-            self.cdp.wait_for(&tab.session, VIDEO_PLAYS, left).await;
-        }
-    }
-
-    /// Waits until the remote video of `tab` has played `secs` more seconds than it had now.
-    async fn video_advances(&mut self, session: &str, secs: f64, within: u64) {
-        let played = self.cdp.eval(session, REMOTE_TIME).await.as_f64().expect("currentTime");
-        self.cdp.wait_for(session, &format!("{REMOTE_TIME} > {}", played + secs), within).await;
-    }
-
-    /// The customer hangs up; both pages show the call ended.
-    async fn customer_hangs_up(&mut self) {
-        self.cdp.eval(&self.customer.session, "document.getElementById('end').click(); true").await;
-        for tab in [&self.agent, &self.customer] {
-            self.cdp.wait_for(&tab.session, &format!("{CALLSTATE}.startsWith('ended')"), 20).await;
-        }
+    /// [`Pages::video_advances`] for the tab with this CDP session.
+    async fn video_advances_in(&mut self, session: &str, secs: f64, within: u64) {
+        let tab = if self.agent.session == session { self.agent.clone() } else { self.customer.clone() };
+        self.pages.video_advances(&tab, secs, within).await;
     }
 
     async fn stop(self) {
-        drop(self.cdp);
-        drop(self._chromium);
+        drop(self.pages);
         self.app.stop().await;
         std::fs::remove_dir_all(self.dir).ok();
     }
@@ -199,8 +156,8 @@ async fn a_reloaded_agent_page_rejoins_the_call() {
     scene.cdp.wait_for(&agent, VIDEO_PLAYS, left()).await;
     scene.cdp.wait_for(&customer, VIDEO_PLAYS, left()).await;
     let elapsed = reloaded.elapsed();
-    scene.video_advances(&customer, 1.0, 10).await;
-    scene.video_advances(&agent, 1.0, 10).await;
+    scene.video_advances_in(&customer, 1.0, 10).await;
+    scene.video_advances_in(&agent, 1.0, 10).await;
     assert_eq!(scene.cdp.eval(&agent, CALLSTATE).await, "active");
     assert_eq!(scene.cdp.eval(&customer, CALLSTATE).await, "active");
     eprintln!("media both ways {elapsed:?} after the reload");
@@ -240,7 +197,7 @@ async fn mute_and_camera_off_are_seen_by_the_other_party() {
     scene.cdp.wait_for(&agent, &format!("!{}", remote_muted("video")), 10).await;
     scene.cdp.wait_for(&agent, &format!("{label} === ''"), 10).await;
     assert_eq!(scene.cdp.eval(&customer, "window.vc.micOn && window.vc.cameraOn").await, true);
-    scene.video_advances(&agent, 1.0, 10).await;
+    scene.video_advances_in(&agent, 1.0, 10).await;
     scene.customer_hangs_up().await;
     scene.stop().await;
 }
@@ -254,9 +211,10 @@ async fn a_closed_customer_page_ends_the_call_after_the_grace_period() {
     let customer = scene.customer.clone();
     scene.cdp.close_tab(&customer).await;
     let closed = Instant::now();
-    scene.cdp.wait_for(&scene.agent.session, &format!("{CALLSTATE} === 'ended (connection_lost)'"), 3 + 5).await;
+    let agent = scene.agent.session.clone();
+    scene.cdp.wait_for(&agent, &format!("{CALLSTATE} === 'ended (connection_lost)'"), 3 + 5).await;
     eprintln!("the agent's page showed the call ended {:?} after the customer's page closed", closed.elapsed());
-    scene.cdp.wait_for(&scene.agent.session, "window.vc.pc === null && window.vc.localStream === null", 5).await;
+    scene.cdp.wait_for(&agent, "window.vc.pc === null && window.vc.localStream === null", 5).await;
     scene.stop().await;
 }
 
@@ -273,8 +231,8 @@ async fn both_pages_reconnect_after_the_binary_is_killed_and_started_again() {
         scene.cdp.wait_for(session, &format!("{STATUS}.startsWith('reconnecting')"), 10).await;
     }
     // Media goes on peer to peer (through coturn) while the relay is gone.
-    scene.video_advances(&agent, 1.0, 10).await;
-    scene.video_advances(&customer, 1.0, 10).await;
+    scene.video_advances_in(&agent, 1.0, 10).await;
+    scene.video_advances_in(&customer, 1.0, 10).await;
 
     scene.app.start_again().await;
     let ready = Instant::now();
@@ -288,8 +246,8 @@ async fn both_pages_reconnect_after_the_binary_is_killed_and_started_again() {
         assert_eq!(scene.cdp.eval(session, "window.vc.pc.connectionState").await, "connected");
         assert_eq!(scene.cdp.eval(session, CALLSTATE).await, "active");
     }
-    scene.video_advances(&agent, 1.0, 10).await;
-    scene.video_advances(&customer, 1.0, 10).await;
+    scene.video_advances_in(&agent, 1.0, 10).await;
+    scene.video_advances_in(&customer, 1.0, 10).await;
     scene.customer_hangs_up().await;
     scene.stop().await;
 }
@@ -353,8 +311,8 @@ async fn a_reloaded_customer_page_rejoins_while_ringing_and_mid_call() {
     scene.cdp.wait_for(&customer, VIDEO_PLAYS, left()).await;
     scene.cdp.wait_for(&agent, VIDEO_PLAYS, left()).await;
     eprintln!("media both ways {:?} after the customer's reload", reloaded.elapsed());
-    scene.video_advances(&agent, 1.0, 10).await;
-    scene.video_advances(&customer, 1.0, 10).await;
+    scene.video_advances_in(&agent, 1.0, 10).await;
+    scene.video_advances_in(&customer, 1.0, 10).await;
     scene.customer_hangs_up().await;
     scene.stop().await;
 }
