@@ -19,7 +19,7 @@ finish() {
 trap finish EXIT
 
 ready() { curl -fsS --max-time 2 "http://$1/readyz" >/dev/null; }
-for addr in 127.0.0.1:9090 127.0.0.1:9091 127.0.0.1:9092 127.0.0.1:9093 127.0.0.1:9094 127.0.0.1:8080; do
+for addr in 127.0.0.1:9090 127.0.0.1:9091 127.0.0.1:9092 127.0.0.1:9093 127.0.0.1:9094 127.0.0.1:9095 127.0.0.1:8080; do
   if ! wait_for "the service with /readyz on $addr" 300 ready "$addr"; then
     tail -n 40 "$output" >&2
     exit 1

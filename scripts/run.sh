@@ -49,7 +49,8 @@ trap stop EXIT INT TERM
 "$bins/quality-aggregator" & pids+=($!)
 RECORDINGS_DIR="${RECORDINGS_DIR:-$state/recordings}" RECORDER_CANDIDATE_NETWORKS="${RECORDER_CANDIDATE_NETWORKS:-127.0.0.1}" \
   OPS_LISTEN_ADDR="${RECORDER_OPS_ADDR:-127.0.0.1:9094}" "$bins/call-recorder" & pids+=($!)
-HTTP_LISTEN_ADDR="${HTTP_LISTEN_ADDR:-127.0.0.1:8080}" GATEWAY_URL="http://$GRPC_LISTEN_ADDR" "$bins/signaling-relay" & pids+=($!)
+HTTP_LISTEN_ADDR="${HTTP_LISTEN_ADDR:-127.0.0.1:8080}" GATEWAY_URL="http://$GRPC_LISTEN_ADDR" \
+  OPS_LISTEN_ADDR="${RELAY_OPS_ADDR:-127.0.0.1:9095}" "$bins/signaling-relay" & pids+=($!)
 
 cat >&2 <<MSG
 ==> Videocall is starting: gRPC on $GRPC_LISTEN_ADDR (health, reflection, videocall.v1.CallService),

@@ -50,6 +50,7 @@ pub fn relay_config(
         signal_bus: bus_config(cell),
         shutdown_grace: Duration::from_secs(2),
         presence_interval: Duration::from_secs(5),
+        ops_listen_addr: None,
     }
 }
 

@@ -90,7 +90,17 @@ impl OpsServer {
 
     /// Serves until `shutdown`.
     pub async fn serve(self, registry: Registry, ready: Readiness, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let app = router(Arc::new(registry), ready, shutdown.clone());
+        self.serve_shared(Arc::new(registry), ready, shutdown).await
+    }
+
+    /// As [`Self::serve`], for a registry the caller shares.
+    pub async fn serve_shared(
+        self,
+        registry: Arc<Registry>,
+        ready: Readiness,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let app = router(registry, ready, shutdown.clone());
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await

@@ -55,6 +55,11 @@ pub struct RelayArgs {
     /// the sweeper ends a call whose party's lease ran out more than PARTY_GRACE_SECS ago.
     #[arg(long, env = "PRESENCE_SECS", default_value = "5")]
     pub presence_secs: String,
+    /// `/healthz`, `/readyz` and `/metrics` on an address of their own (e.g. `0.0.0.0:9095`, for
+    /// the operators' network only); then `/metrics` is not on the public HTTP port. Empty: all
+    /// three on HTTP_LISTEN_ADDR.
+    #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "")]
+    pub ops_listen_addr: String,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +78,7 @@ pub struct RelayConfig {
     pub signal_bus: SignalBusConfig,
     pub shutdown_grace: Duration,
     pub presence_interval: Duration,
+    pub ops_listen_addr: Option<SocketAddr>,
 }
 
 impl RelayArgs {
@@ -99,6 +105,10 @@ impl RelayArgs {
         let log_ttl = number("SIGNAL_LOG_TTL_SECS", &self.signal_log_ttl_secs, 1..=86_400);
         let grace = number("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs, 0..=600);
         let presence = number("PRESENCE_SECS", &self.presence_secs, 1..=60);
+        let ops_listen_addr = match self.ops_listen_addr.trim() {
+            "" => Some(None),
+            raw => c.parse::<SocketAddr>("OPS_LISTEN_ADDR", raw).map(Some),
+        };
         c.finish()?;
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         let common = common.ok_or_else(missing)?;
@@ -121,6 +131,7 @@ impl RelayArgs {
             },
             shutdown_grace: Duration::from_secs(grace.ok_or_else(missing)?),
             presence_interval: Duration::from_secs(presence.ok_or_else(missing)?),
+            ops_listen_addr: ops_listen_addr.ok_or_else(missing)?,
             common,
         })
     }

@@ -54,6 +54,8 @@ pub struct Application {
     config: RelayConfig,
     listener: TcpListener,
     bus: SignalBus,
+    /// `/healthz`, `/readyz`, `/metrics` away from the public port, when configured.
+    ops: Option<videocall_platform::ops::OpsServer>,
 }
 
 impl Application {
@@ -67,7 +69,16 @@ impl Application {
         let listener = TcpListener::bind(config.http_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http_listen_addr))?;
-        Ok(Self { config, listener, bus })
+        let ops = match config.ops_listen_addr {
+            Some(addr) => Some(videocall_platform::ops::OpsServer::bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { config, listener, bus, ops })
+    }
+
+    /// Where `/metrics` is served when OPS_LISTEN_ADDR is set (then not on the public port).
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(videocall_platform::ops::OpsServer::local_addr)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -75,7 +86,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, listener, bus } = self;
+        let Self { config, listener, bus, ops } = self;
         let gateway_channel = Endpoint::from_shared(config.gateway_url.clone())
             .context("GATEWAY_URL")?
             .connect_timeout(Duration::from_secs(5))
@@ -86,9 +97,15 @@ impl Application {
         let connections = Arc::new(Semaphore::new(max_connections));
         let mut registry = Registry::default();
         let metrics = RelayMetrics::new(&mut registry);
+        let registry = Arc::new(registry);
+        let ops_task = ops.map(|ops| {
+            let ready = videocall_platform::ops::Readiness::default();
+            tokio::spawn(follow_readiness(hub.clone(), ready.clone(), shutdown.clone()));
+            tokio::spawn(ops.serve_shared(registry.clone(), ready, shutdown.clone()))
+        });
         let state = AppState {
             metrics,
-            registry: Arc::new(registry),
+            registry,
             keys: config.tokens.clone(),
             config: Arc::new(config),
             hub: hub.clone(),
@@ -97,14 +114,17 @@ impl Application {
             connections: connections.clone(),
             shutdown: shutdown.clone(),
         };
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/ws", get(upgrade))
             .route("/", get(|| web("index.html")))
             .route("/{file}", get(|axum::extract::Path(file): axum::extract::Path<String>| web(file)))
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(ready))
-            .route("/metrics", get(serve_metrics))
-            .with_state(state);
+            .route("/readyz", get(ready));
+        // Without an ops address (the standalone binary, on loopback) metrics stay here.
+        if ops_task.is_none() {
+            app = app.route("/metrics", get(serve_metrics));
+        }
+        let app = app.with_state(state);
         tracing::info!(addr = ?listener.local_addr().ok(), "signaling relay listening");
         let stop = shutdown.clone();
         // TCP_NODELAY: signals are small frames that must not wait for Nagle's algorithm.
@@ -121,8 +141,26 @@ impl Application {
             tracing::warn!(open = hub.connection_count(), "grace period over with sockets still open");
         }
         hub_task.abort();
+        if let Some(task) = ops_task {
+            task.await.context("operations endpoint")??;
+        }
         tracing::info!("signaling relay stopped");
         Ok(())
+    }
+}
+
+/// Keeps the ops endpoint's readiness equal to the public `/readyz`: the bus subscriber is up and
+/// the relay is not stopping.
+async fn follow_readiness(hub: Hub, ready: videocall_platform::ops::Readiness, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                ready.set(false);
+                return;
+            }
+            _ = tick.tick() => ready.set(hub.is_connected()),
+        }
     }
 }
 

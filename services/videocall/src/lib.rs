@@ -322,6 +322,8 @@ impl Standalone {
             presence_interval: config
                 .party_grace
                 .map_or(Duration::from_secs(5), |g| (g / 3).clamp(Duration::from_secs(1), Duration::from_secs(5))),
+            // Loopback only here: the relay's metrics stay on its HTTP port.
+            ops_listen_addr: None,
         };
         let relay = signaling_relay::startup::Application::build_with_bus(relay_config, bus.clone()).await?;
 

@@ -20,6 +20,8 @@ pub use videocall_testkit::redis_url;
 
 pub struct Fleet {
     pub relays: Vec<SocketAddr>,
+    /// Each relay's ops address, with [`FleetOptions::relay_ops`].
+    pub relay_ops: Vec<Option<SocketAddr>>,
     /// The in-process gateway's gRPC address, and the cell everyone shares (for relay processes).
     pub gateway: SocketAddr,
     pub cell: String,
@@ -35,6 +37,8 @@ pub struct FleetOptions {
     pub max_message_bytes: usize,
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
+    /// Relays serve `/metrics` (with health and readiness) on an ops address of their own.
+    pub relay_ops: bool,
 }
 
 impl Default for FleetOptions {
@@ -51,6 +55,7 @@ impl Default for FleetOptions {
             max_message_bytes: 64 * 1024,
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
+            relay_ops: false,
         }
     }
 }
@@ -89,6 +94,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let gateway = gateway_app.local_addr();
     let mut tasks = vec![tokio::spawn(gateway_app.run_until_stopped(shutdown.clone()))];
     let mut relays = Vec::new();
+    let mut relay_ops = Vec::new();
     for i in 0..options.relays {
         let config = RelayConfig {
             common: common(&format!("signaling-relay-{i}")),
@@ -105,12 +111,14 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             signal_bus: bus.clone(),
             shutdown_grace: Duration::from_secs(2),
             presence_interval: Duration::from_secs(5),
+            ops_listen_addr: options.relay_ops.then(|| "127.0.0.1:0".parse().expect("addr")),
         };
         let app = signaling_relay::Application::build(config, &shutdown).await.expect("relay builds");
+        relay_ops.push(app.ops_addr());
         relays.push(app.local_addr());
         tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
     }
-    Fleet { relays, gateway, cell, keys: JwtKeys::new(Secret::new(JWT_SECRET)), shutdown, tasks }
+    Fleet { relays, relay_ops, gateway, cell, keys: JwtKeys::new(Secret::new(JWT_SECRET)), shutdown, tasks }
 }
 
 impl Fleet {

@@ -159,3 +159,23 @@ async fn the_pages_forbid_framing_inline_script_and_sniffing() {
     }
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn with_an_ops_address_metrics_leave_the_public_port() {
+    let fleet = spawn_fleet(FleetOptions { relays: 1, relay_ops: true, ..FleetOptions::default() }).await;
+    let (public, ops) = (fleet.relays[0], fleet.relay_ops[0].expect("an ops address"));
+    let (status, _) = videocall_testkit::http_get(public, "/metrics").await.expect("answers");
+    assert_eq!(status, 404, "no metrics on the public port");
+    let (status, metrics) = videocall_testkit::http_get(ops, "/metrics").await.expect("answers");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("videocall_relay_connections"), "{metrics}");
+    for (addr, path) in [(public, "/healthz"), (public, "/readyz"), (ops, "/healthz")] {
+        assert_eq!(videocall_testkit::http_get(addr, path).await.expect("answers").0, 200, "{addr}{path}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while videocall_testkit::http_get(ops, "/readyz").await.expect("answers").0 != 200 {
+        assert!(Instant::now() < deadline, "the ops /readyz follows the bus subscriber");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.stop().await;
+}
