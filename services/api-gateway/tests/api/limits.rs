@@ -1,4 +1,4 @@
-//! gRPC limits: the 256 KiB message limit and deadlines. An oversized request is refused before
+//! gRPC limits: the 256 KiB message limit, the 16 KiB of request headers, and deadlines. An oversized request is refused before
 //! any handler runs and changes nothing; a request whose deadline runs out gets DEADLINE_EXCEEDED
 //! instead of hanging.
 
@@ -160,4 +160,42 @@ async fn raw_answer(addr: std::net::SocketAddr, token: &str, call_id: &str, time
     }
     let trailers = body.trailers().await.expect("trailers").expect("the server sends trailers");
     status_of(&trailers).expect("grpc-status in the trailers")
+}
+
+/// A GetIceServers request of `user` carrying a `x-pad` header of `bytes` bytes.
+fn padded(app: &TestApp, user: &str, bytes: usize) -> tonic::Request<pb::GetIceServersRequest> {
+    let mut request = app.as_user(user, pb::GetIceServersRequest {});
+    request.metadata_mut().insert("x-pad", "p".repeat(bytes).parse().expect("ascii"));
+    request
+}
+
+#[tokio::test]
+async fn oversize_request_headers_fail_that_request_and_huge_ones_the_connection() {
+    let app = spawn_app().await;
+    let mut client = app.client().await;
+    let call = client.initiate_call(app.as_user("alice", with_note(10))).await.expect("call").into_inner();
+    let id = call.call.expect("call").id;
+    let subscribe = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
+    let mut stream = client.subscribe_to_signals(app.as_user("alice", subscribe)).await.expect("stream").into_inner();
+
+    // Up to the announced 16 KiB of headers: served.
+    client.get_ice_servers(padded(&app, "alice", 12 * 1024)).await.expect("12 KiB of headers");
+    // Past it: that request alone is refused; the connection and its stream go on.
+    let status = client.get_ice_servers(padded(&app, "alice", 20 * 1024)).await.expect_err("20 KiB of headers");
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert!(status.message().contains("431"), "HTTP 431 Request Header Fields Too Large: {status:?}");
+    client.get_ice_servers(app.as_user("alice", pb::GetIceServersRequest {})).await.expect("the same connection");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(quiet.is_err(), "the stream is still open and quiet: {quiet:?}");
+
+    // A header block of more CONTINUATION frames than 16 KiB needs: h2 closes the connection
+    // (GOAWAY, its CONTINUATION-flood guard), taking the other streams on it along.
+    let status = client.get_ice_servers(padded(&app, "alice", 160 * 1024)).await.expect_err("160 KiB of headers");
+    assert!(format!("{status:?}").contains("too_many_continuations"), "GOAWAY ENHANCE_YOUR_CALM: {status:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("the stream ends");
+    assert!(ended.is_err(), "the other stream on that connection ended with an error: {ended:?}");
+    // A new connection is served as usual.
+    let mut fresh = app.client().await;
+    fresh.get_ice_servers(app.as_user("alice", pb::GetIceServersRequest {})).await.expect("a new connection");
+    app.stop().await.expect("clean stop");
 }
