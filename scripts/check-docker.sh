@@ -9,8 +9,8 @@ command -v docker-compose >/dev/null || apt_install docker-compose
 copy=$(mktemp --suffix=.yaml)
 trap 'rm -f "$copy"' EXIT
 grep -v '^name:' docker/compose.yaml > "$copy"
-resolved=$(JWT_SECRET=check-only-secret-0123 TURN_SECRET=check-only-turn-secret docker-compose -f "$copy" --project-directory docker config)
-for service in migrate api-gateway signaling-relay event-consumer quality-aggregator missed-call-sweeper call-recorder coturn; do
+resolved=$(TURN_SECRET=check-only-turn-secret docker-compose -f "$copy" --project-directory docker config)
+for service in token-keys migrate api-gateway signaling-relay event-consumer quality-aggregator missed-call-sweeper call-recorder coturn; do
   grep -q "^  $service:" <<<"$resolved" || { echo "compose: service $service missing" >&2; exit 1; }
 done
 log "docker/compose.yaml resolves ($(grep -c '^  [a-z-]*:$' <<<"$resolved") services)"

@@ -4,6 +4,7 @@
 //! Lua script, so log order is sequence order. Pub/Sub loses what a disconnected subscriber
 //! missed; the log is how it catches up.
 
+pub mod hub;
 mod presence;
 
 pub use presence::PRESENCE_RETENTION;

@@ -32,6 +32,8 @@ pub struct CallApi {
     pub ice: IceConfig,
     pub ring_timeouts: RingTimeouts,
     pub bus: SignalBus,
+    /// One bus subscriber shared by every SubscribeToSignals stream of this gateway.
+    pub hub: videocall_platform::signal_bus::hub::Hub,
     /// Cancelled when the server stops serving: signal streams end then, so they do not hold the
     /// graceful drain open (clients resubscribe elsewhere with `after_seq`).
     pub stopping: tokio_util::sync::CancellationToken,
@@ -329,6 +331,7 @@ impl CallService for CallApi {
         let stream = signaling::subscribe(
             &self.store,
             &self.bus,
+            &self.hub,
             &actor(&p),
             request.into_inner(),
             self.stopping.clone(),

@@ -9,7 +9,10 @@ use videocall_domain::Party;
 use videocall_platform::{
     call_store::{Actor, CallRecord, CallStore},
     recordings::{RECORDER_PEER, RecordingStore},
-    signal_bus::{BusError, Outgoing, SignalBus},
+    signal_bus::{
+        BusError, Outgoing, SignalBus,
+        hub::{Hub, Outbound},
+    },
     signals::{ParsedSignal, SignalType, check_negotiation},
 };
 use videocall_proto::v1 as pb;
@@ -104,12 +107,16 @@ fn ends_call(frame: &str, call_id: &str) -> bool {
 }
 
 /// Streams the signals addressed to `actor` in a call: first what the log holds after
-/// `after_seq`, then live ones, without gaps or repeats (subscribe first, replay second, skip
-/// sequence numbers already sent). Ends when the call ends or the client leaves, and with
-/// UNAVAILABLE when the server stops (`stopping`): resubscribe with `after_seq`.
+/// `after_seq`, then live ones, without gaps or repeats (register with the gateway's hub first,
+/// replay second, skip sequence numbers already sent; what may have been lost while the hub's bus
+/// subscriber was replaced is replayed from the log). Every stream of this gateway shares the
+/// hub's one bus subscriber. Ends when the call ends or the client
+/// leaves, and with UNAVAILABLE when the server stops (`stopping`) or the log cannot fill a gap:
+/// resubscribe with `after_seq`.
 pub async fn subscribe(
     store: &CallStore,
     bus: &SignalBus,
+    hub: &Hub,
     actor: &Actor,
     req: pb::SubscribeToSignalsRequest,
     stopping: tokio_util::sync::CancellationToken,
@@ -117,35 +124,34 @@ pub async fn subscribe(
 ) -> Result<ReceiverStream<Result<pb::Signal, Status>>, Status> {
     let (call, _) = live_call_for_party(store, &req.call_id, actor).await?;
     let call_id = call.id.to_string();
-    let mut subscriber = bus.subscriber().await.map_err(bus_status)?;
-    subscriber.subscribe(&actor.id).await.map_err(bus_status)?;
+    let mut registration = hub.register(&actor.id, usize::MAX).await.map_err(|error| {
+        tracing::warn!(%error, "signal hub not subscribed");
+        Status::unavailable("signaling is unavailable, retry")
+    })?;
     let backlog = bus.replay(&call_id, &actor.id, req.after_seq).await.map_err(bus_status)?;
 
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+    let (bus, user) = (bus.clone(), actor.id.clone());
     tokio::spawn(async move {
         let _permit = permit; // the user's place, given back when the stream ends
         let mut last = req.after_seq;
-        for (seq, frame) in backlog {
-            if let Some(signal) = to_pb(&frame) {
-                if tx.send(Ok(signal)).await.is_err() {
-                    return;
-                }
-                last = seq;
-            }
+        if !forward(&tx, backlog, &mut last).await {
+            return;
         }
         loop {
-            tokio::select! {
+            let outbound = tokio::select! {
                 _ = tx.closed() => return,
                 _ = stopping.cancelled() => {
                     let status = Status::unavailable("server shutting down; resubscribe with after_seq");
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                message = subscriber.next() => {
-                    let Some((_, frame)) = message else {
-                        let _ = tx.send(Err(Status::unavailable("signal bus connection lost; resubscribe with after_seq"))).await;
-                        return;
-                    };
+                outbound = registration.rx.recv() => outbound,
+            };
+            let gap = match outbound {
+                None => true,
+                Some(Outbound::Resync { .. }) => true,
+                Some(Outbound::Frame(frame)) => {
                     if ends_call(&frame, &call_id) {
                         return;
                     }
@@ -157,9 +163,42 @@ pub async fn subscribe(
                     if tx.send(Ok(signal)).await.is_err() {
                         return;
                     }
+                    false
+                }
+            };
+            if gap {
+                // Something may be missing: what the log holds after `last`, in order.
+                match bus.replay(&call_id, &user, last).await {
+                    Ok(frames) => {
+                        if !forward(&tx, frames, &mut last).await {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "replay for a signal stream failed");
+                        let status = Status::unavailable("signal bus connection lost; resubscribe with after_seq");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                 }
             }
         }
     });
     Ok(ReceiverStream::new(rx))
+}
+
+/// Sends the logged `frames` above `last` in order, advancing `last`; false when the client left.
+async fn forward(tx: &mpsc::Sender<Result<pb::Signal, Status>>, frames: Vec<(u64, String)>, last: &mut u64) -> bool {
+    for (seq, frame) in frames {
+        if seq <= *last {
+            continue;
+        }
+        if let Some(signal) = to_pb(&frame) {
+            if tx.send(Ok(signal)).await.is_err() {
+                return false;
+            }
+            *last = seq;
+        }
+    }
+    true
 }

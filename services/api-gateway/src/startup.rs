@@ -25,7 +25,7 @@ use videocall_platform::{
     ops::{OpsServer, Readiness},
     outbox_relay::{self, OutboxRelay, OutboxRelayConfig},
     recordings::RecordingStore,
-    signal_bus::SignalBus,
+    signal_bus::{SignalBus, hub::Hub},
 };
 use videocall_proto::{FILE_DESCRIPTOR_SET, v1::call_service_server::CallServiceServer};
 
@@ -110,7 +110,9 @@ impl Application {
         let call_metrics = CallMetrics::default();
         let store = CallStore::new(db.clone(), source.clone(), outbox_wake.clone()).with_metrics(call_metrics.clone());
         let stop_serving = CancellationToken::new();
+        let (hub, hub_task) = Hub::start(bus.clone(), None, shutdown.clone());
         let api = CallApi {
+            hub,
             policy: crate::policy::Policy::new(db.clone(), config.call_policy),
             store,
             recordings: RecordingStore::new(db.clone(), source),
@@ -237,6 +239,7 @@ impl Application {
             tracing::warn!(grace_secs = config.shutdown_grace.as_secs(), "grace period over; aborting what is left");
             tasks.abort_all();
         }
+        hub_task.abort();
         if !in_process {
             db.close_by_ref().await.ok(); // in process, the database is the binary's to close
         }

@@ -13,13 +13,13 @@ use tonic::{Request, transport::Channel};
 use videocall_domain::CallStatus;
 use videocall_platform::{
     recordings::RECORDER_PEER,
+    signal_bus::hub::{Outbound, Registration},
     signal_bus::{BusError, Outgoing, SignalBus},
     signals::{SignalType, check_negotiation, validate_payload},
 };
 use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 
 use crate::{
-    hub::{Outbound, Registration},
     metrics::{RelayMetrics, TypeLabel},
     protocol::{self, CallCommand, Consent, Envelope, Initiate, Quality, Resume, SignalIn},
 };

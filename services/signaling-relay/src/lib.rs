@@ -8,7 +8,6 @@
 pub mod config;
 pub mod connection;
 pub mod frames;
-pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod startup;

@@ -17,14 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use videocall_platform::{
     auth::{JwtKeys, bearer},
-    signal_bus::SignalBus,
+    signal_bus::{SignalBus, hub::Hub},
 };
 use videocall_proto::v1::call_service_client::CallServiceClient;
 
 use crate::{
     config::RelayConfig,
     connection::{Connection, Limits},
-    hub::Hub,
     metrics::RelayMetrics,
 };
 
@@ -91,7 +90,7 @@ impl Application {
             .context("GATEWAY_URL")?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
-        let (hub, hub_task) = Hub::start(bus.clone(), config.presence_interval, shutdown.clone());
+        let (hub, hub_task) = Hub::start(bus.clone(), Some(config.presence_interval), shutdown.clone());
         let grace = config.shutdown_grace;
         let max_connections = config.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -295,7 +294,7 @@ async fn upgrade(
             Err(error) => {
                 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
                 tracing::warn!(%error, user_id = %principal.user_id, "connection refused after upgrade");
-                let reason = if matches!(error, crate::hub::RegisterError::TooManyForUser(_)) {
+                let reason = if matches!(error, videocall_platform::signal_bus::hub::RegisterError::TooManyForUser(_)) {
                     "too many connections for this user"
                 } else {
                     "signal bus unavailable, retry"

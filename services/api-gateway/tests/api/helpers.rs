@@ -57,6 +57,8 @@ pub struct TestApp {
     pub database_url: String,
     pub exchange: String,
     pub events: EventTap,
+    /// The cell the gateway's Redis keys and channels carry.
+    pub cell: String,
     keys: JwtKeys,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
@@ -98,12 +100,23 @@ pub async fn spawn_app_on_with(
 }
 
 async fn start(config: GatewayConfig, database_url: String, exchange: String, events: EventTap) -> TestApp {
+    let cell = config.signal_bus.cell_id.clone();
     let shutdown = CancellationToken::new();
     let app = Application::build(config, &shutdown).await.expect("gateway builds");
     let addr = app.local_addr();
     let db = app.db().clone();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    TestApp { addr, db, database_url, exchange, events, keys: JwtKeys::new(Secret::new(JWT_SECRET)), shutdown, handle }
+    TestApp {
+        addr,
+        db,
+        database_url,
+        exchange,
+        events,
+        cell,
+        keys: JwtKeys::new(Secret::new(JWT_SECRET)),
+        shutdown,
+        handle,
+    }
 }
 
 impl TestApp {

@@ -175,3 +175,76 @@ async fn strangers_bad_signals_and_ended_calls_are_refused() {
     assert_eq!((status.code(), status.message()), (Code::FailedPrecondition, "call is rejected"));
     app.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn every_signal_stream_of_a_gateway_shares_one_bus_subscriber() {
+    let app = spawn_app().await;
+    let id = live_call(&app).await;
+    let mut client = app.client().await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let sub = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
+        streams.push(client.subscribe_to_signals(app.as_user("bob", sub)).await.expect("subscribe").into_inner());
+    }
+    // One Pub/Sub subscription of bob's channel for the four streams (there was one each).
+    let redis = redis::Client::open(videocall_testkit::redis_url()).expect("url");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let channel = format!("{}:vc:user:bob", app.cell);
+    let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&channel)
+        .query_async::<Vec<(String, i64)>>(&mut conn)
+        .await
+        .expect("numsub")
+        .into_iter()
+        .next()
+        .expect("one channel");
+    assert_eq!(subscribers, 1, "one subscriber for every stream of this gateway");
+    // Each stream still gets every signal once.
+    let seq =
+        client.send_signal(app.as_user("alice", signal(&id, "offer", SDP))).await.expect("offer").into_inner().seq;
+    for stream in &mut streams {
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("in time");
+        assert_eq!(got.expect("ok").expect("signal").seq, seq);
+    }
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_signal_stream_goes_on_across_a_redis_restart() {
+    let redis = videocall_testkit::redis::OwnRedis::start(videocall_testkit::free_port());
+    let url = redis.url();
+    let app = crate::helpers::spawn_app_with(|c| c.signal_bus.redis_url = url).await;
+    let id = live_call(&app).await;
+    let mut client = app.client().await;
+    let sub = pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
+    let mut bob = client.subscribe_to_signals(app.as_user("bob", sub)).await.expect("subscribe").into_inner();
+    let first = client.send_signal(app.as_user("alice", signal(&id, "offer", SDP))).await.expect("offer");
+    let got = tokio::time::timeout(Duration::from_secs(5), bob.message()).await.expect("in time");
+    assert_eq!(got.expect("ok").expect("signal").seq, first.into_inner().seq);
+
+    // Redis restarts (and forgets everything): the gateway's hub subscribes again, the stream
+    // stays open, and the caller's next offer (sent once the bus is back) reaches bob on it.
+    let _redis = redis.restart();
+    let mut sent = None;
+    for _ in 0..100 {
+        match client.send_signal(app.as_user("alice", signal(&id, "offer", SDP))).await {
+            Ok(reply) => {
+                sent = Some(reply.into_inner().seq);
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = sent.expect("the bus came back");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = tokio::time::timeout_at(deadline, bob.message()).await.expect("the offer arrives on the same stream");
+        let signal = got.expect("the stream goes on").expect("a signal");
+        if signal.seq == sent {
+            break;
+        }
+    }
+    app.stop().await.expect("clean stop");
+}

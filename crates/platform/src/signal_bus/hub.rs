@@ -1,6 +1,6 @@
 //! The hub: which local connections belong to which user, and one signal-bus subscriber (a Redis
 //! Pub/Sub connection, or the in-process bus in the standalone mode) subscribed to every user with
-//! a connection here. A frame for a user goes to each of that user's local connections. When the
+//! a connection here — the relay's sockets, the gateway's SubscribeToSignals streams. A frame for a user goes to each of that user's local connections. When the
 //! subscriber is lost (Redis restarted, or an in-process subscriber fell behind), the hub
 //! subscribes again and tells every connection to resync (replay from its last sequence numbers).
 
@@ -13,9 +13,9 @@ use std::{
     time::Duration,
 };
 
+use crate::{backoff::Backoff, signal_bus::SignalBus};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{backoff::Backoff, signal_bus::SignalBus};
 
 /// Frames queued per connection before it counts as too slow and is closed.
 pub const CONNECTION_BUFFER: usize = 512;
@@ -75,11 +75,12 @@ pub enum RegisterError {
 }
 
 impl Hub {
-    /// Starts the hub's subscriber task and its presence task (leases renewed every
-    /// `presence_interval`); both run until `shutdown`.
+    /// Starts the hub's subscriber task and, with `presence_interval`, its presence task (the
+    /// users' leases renewed every interval: the relay's sockets are presence, the gateway's
+    /// streams are not); both run until `shutdown`.
     pub fn start(
         bus: SignalBus,
-        presence_interval: Duration,
+        presence_interval: Option<Duration>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -93,11 +94,16 @@ impl Hub {
                 connected: AtomicBool::new(false),
             }),
         };
-        let presence = hub.clone().presence(bus.clone(), presence_rx, presence_interval, shutdown.clone());
-        let subscriber = hub.clone().run(bus, rx, shutdown);
-        let task = tokio::spawn(async move {
-            tokio::join!(subscriber, presence);
-        });
+        let subscriber = hub.clone().run(bus.clone(), rx, shutdown.clone());
+        let task = match presence_interval {
+            Some(interval) => {
+                let presence = hub.clone().presence(bus, presence_rx, interval, shutdown);
+                tokio::spawn(async move {
+                    tokio::join!(subscriber, presence);
+                })
+            }
+            None => tokio::spawn(subscriber),
+        };
         (hub, task)
     }
 
