@@ -5,6 +5,9 @@ use tonic::Code;
 use videocall_entities::{call_transitions, calls, outbox};
 use videocall_proto::v1::{self as pb, CallType};
 
+use tonic::transport::Channel;
+use videocall_proto::v1::call_service_client::CallServiceClient;
+
 use crate::helpers::{TestApp, spawn_app_with};
 
 async fn snapshot(app: &TestApp) -> (u64, u64, u64) {
@@ -81,13 +84,19 @@ fn sample(call_id: &str, rtt_ms: f64) -> pb::UpdateCallQualityRequest {
     }
 }
 
-#[tokio::test]
-async fn each_reporter_sends_at_most_one_quality_sample_a_second_per_call() {
+/// A gateway with the shipped policy, and a call from `user` to `agent` (known as one): its id.
+async fn policy_app_with_call(user: &str, agent: &str) -> (TestApp, CallServiceClient<Channel>, String) {
     let app = spawn_app_with(|c| c.call_policy = api_gateway::CallPolicy::default()).await;
     let mut client = app.client().await;
-    client.get_user_calls(app.as_agent("agent-3", pb::GetUserCallsRequest::default())).await.expect("agent known");
-    let call = client.initiate_call(app.as_user("zoe", call("agent-3"))).await.expect("call").into_inner();
+    client.get_user_calls(app.as_agent(agent, pb::GetUserCallsRequest::default())).await.expect("agent known");
+    let call = client.initiate_call(app.as_user(user, call(agent))).await.expect("call").into_inner();
     let id = call.call.expect("call").id;
+    (app, client, id)
+}
+
+#[tokio::test]
+async fn each_reporter_sends_at_most_one_quality_sample_a_second_per_call() {
+    let (app, mut client, id) = policy_app_with_call("zoe", "agent-3").await;
     client.answer_call(app.as_agent("agent-3", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer");
 
     client.update_call_quality(app.as_user("zoe", sample(&id, 40.0))).await.expect("first sample");
@@ -106,11 +115,7 @@ async fn each_reporter_sends_at_most_one_quality_sample_a_second_per_call() {
 
 #[tokio::test]
 async fn a_user_holds_a_bounded_number_of_signal_streams() {
-    let app = spawn_app_with(|c| c.call_policy = api_gateway::CallPolicy::default()).await;
-    let mut client = app.client().await;
-    client.get_user_calls(app.as_agent("agent-4", pb::GetUserCallsRequest::default())).await.expect("agent known");
-    let call = client.initiate_call(app.as_user("yuri", call("agent-4"))).await.expect("call").into_inner();
-    let id = call.call.expect("call").id;
+    let (app, mut client, id) = policy_app_with_call("yuri", "agent-4").await;
     let subscribe = || pb::SubscribeToSignalsRequest { call_id: id.clone(), after_seq: 0 };
     let mut open = Vec::new();
     for i in 0..5 {
