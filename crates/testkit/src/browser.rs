@@ -34,6 +34,9 @@ impl Chromium {
                 "--use-fake-device-for-media-stream",
                 "--autoplay-policy=no-user-gesture-required",
                 "--remote-debugging-port=0",
+                // The TURN-over-TLS test's coturn has a self-signed certificate for 127.0.0.1;
+                // Chromium checks TURN servers' certificates like any other.
+                "--ignore-certificate-errors",
             ])
             .arg(format!("--user-data-dir={}", dir.display()))
             .arg("about:blank")

@@ -11,6 +11,8 @@ use std::{
 pub struct Coturn {
     child: Child,
     port: u16,
+    /// TCP port of the TLS listener, with [`Coturn::start_tls`].
+    tls_port: Option<u16>,
     pub secret: String,
     _dir: std::path::PathBuf,
 }
@@ -24,9 +26,19 @@ impl Coturn {
     /// chosen one turns out to be taken — the port was free a moment before, but another
     /// coturn's relay range or any other process may grab it meanwhile.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// As [`Coturn::start`], also listening for TURN over TLS ([`Coturn::tls_url`]) with a fresh
+    /// self-signed certificate for 127.0.0.1.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Self::try_start() {
+            match Self::try_start(tls) {
                 Ok(turn) => return turn,
                 Err(why) => failures.push(why),
             }
@@ -34,7 +46,7 @@ impl Coturn {
         panic!("turnserver did not start: {}", failures.join("; "));
     }
 
-    fn try_start() -> Result<Self, String> {
+    fn try_start(tls: bool) -> Result<Self, String> {
         let port = free_udp_port();
         let secret = format!("coturn-secret-{}", uuid::Uuid::now_v7().simple());
         let dir = std::env::temp_dir().join(format!("coturn-{}", uuid::Uuid::now_v7().simple()));
@@ -42,6 +54,29 @@ impl Coturn {
         let empty = dir.join("turnserver.conf");
         std::fs::write(&empty, "").expect("empty config");
         let min_port = 20_000 + (port % 20_000);
+        let tls_port = tls.then(crate::free_port);
+        let mut tls_args = vec!["--no-tls".to_owned()];
+        if let Some(tls_port) = tls_port {
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            let made = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("openssl: {e}"))?;
+            if !made.success() {
+                return Err("openssl could not make a certificate".into());
+            }
+            tls_args = vec![
+                format!("--tls-listening-port={tls_port}"),
+                format!("--cert={}", cert.display()),
+                format!("--pkey={}", key.display()),
+            ];
+        }
         let child = Command::new("turnserver")
             .arg("-c")
             .arg(&empty)
@@ -50,7 +85,8 @@ impl Coturn {
             .arg(format!("--static-auth-secret={secret}"))
             .arg(format!("--min-port={min_port}"))
             .arg(format!("--max-port={}", min_port + 200))
-            .args(["--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--no-stdout-log"])
+            .args(&tls_args)
+            .args(["--no-dtls", "--no-cli", "--allow-loopback-peers", "--no-stdout-log"])
             .arg(format!("--log-file={}", dir.join("turn.log").display()))
             .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
             .stdout(Stdio::null())
@@ -58,10 +94,11 @@ impl Coturn {
             .spawn()
             .expect("turnserver is installed (scripts/test.sh installs Debian's coturn)");
         // Dropped (killed and reaped) on every failure below.
-        let turn = Self { child, port, secret, _dir: dir };
+        let turn = Self { child, port, tls_port, secret, _dir: dir };
         // Ready once its port is held and it answers a STUN Binding request on it.
         for _ in 0..100 {
-            if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            let tls_up = tls_port.is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
+            if UdpSocket::bind(("127.0.0.1", port)).is_err() && tls_up {
                 return if stun_answers(([127, 0, 0, 1], port).into()) {
                     Ok(turn)
                 } else {
@@ -75,6 +112,11 @@ impl Coturn {
 
     pub fn url(&self) -> String {
         format!("turn:127.0.0.1:{}?transport=udp", self.port)
+    }
+
+    /// TURN over TLS, with [`Coturn::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("turns:127.0.0.1:{p}?transport=tcp"))
     }
 }
 

@@ -56,7 +56,11 @@ impl Coturn {
         let min_port = 30_000 + (port % 20_000);
         let config: String = shipped
             .lines()
-            .filter(|l| !l.starts_with("listening-port=") && !l.starts_with("static-auth-secret="))
+            .filter(|l| {
+                !["listening-port=", "static-auth-secret=", "tls-listening-port=", "cert=", "pkey="]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
             .map(|l| format!("{l}\n"))
             .collect::<String>()
             + &format!(

@@ -71,8 +71,15 @@ impl Scene {
     /// `customer_script` runs in the customer's page before its own scripts.
     async fn start_with(extra: &[&str], customer_script: Option<&str>) -> Self {
         let turn = Coturn::start();
+        let url = turn.url();
+        Self::start_on(turn, &url, extra, customer_script).await
+    }
+
+    /// With `turn` handed to the pages as `turn_url` (the only ICE server; the pages use relay
+    /// candidates only).
+    async fn start_on(turn: Coturn, turn_url: &str, extra: &[&str], customer_script: Option<&str>) -> Self {
         let dir = temp_dir("vc-trust");
-        let turn_server = format!("--turn-server={}", turn.url());
+        let turn_server = format!("--turn-server={turn_url}");
         let turn_secret = format!("--turn-secret={}", turn.secret);
         let mut args = vec![turn_server.as_str(), turn_secret.as_str()];
         args.extend_from_slice(extra);
@@ -343,6 +350,26 @@ async fn a_customer_without_a_camera_talks_audio_only_and_still_sees_the_agent()
         if (s.type === 'inbound-rtp' && s.kind === 'audio') b += s.bytesReceived; }); return b > 1000; })()";
     scene.cdp.wait_for(&agent, audio_bytes, 10).await;
     assert_eq!(scene.cdp.eval(&agent, "document.getElementById('remote').videoWidth").await, 0);
+    scene.customer_hangs_up().await;
+    scene.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_only_call_connects_through_turn_over_tls_alone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let turn = Coturn::start_tls();
+    let url = turn.tls_url().expect("a TLS listener");
+    let mut scene = Scene::start_on(turn, &url, &[], None).await;
+    scene.customer_calls().await;
+    scene.agent_accepts(30).await;
+    let agent = scene.agent.clone();
+    let servers = scene.eval(&agent, "JSON.stringify(window.vc.iceServers)").await;
+    assert!(servers.as_str().is_some_and(|s| s.contains("turns:") && !s.contains("\"turn:")), "{servers}");
+    let relayed = "(async () => { let kind = null; (await window.vc.pc.getStats()).forEach((s) => { \
+        if (s.type === 'local-candidate' && s.candidateType === 'relay') kind = s.relayProtocol; }); return kind; })()";
+    for tab in [scene.agent.clone(), scene.customer.clone()] {
+        assert_eq!(scene.eval(&tab, relayed).await, "tls", "relayed over TLS");
+    }
     scene.customer_hangs_up().await;
     scene.stop().await;
 }
