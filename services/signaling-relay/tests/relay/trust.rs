@@ -169,13 +169,16 @@ async fn with_an_ops_address_metrics_leave_the_public_port() {
     let (status, metrics) = videocall_testkit::http_get(ops, "/metrics").await.expect("answers");
     assert_eq!(status, 200);
     assert!(metrics.contains("videocall_relay_connections"), "{metrics}");
-    for (addr, path) in [(public, "/healthz"), (public, "/readyz"), (ops, "/healthz")] {
+    for (addr, path) in [(public, "/healthz"), (ops, "/healthz")] {
         assert_eq!(videocall_testkit::http_get(addr, path).await.expect("answers").0, 200, "{addr}{path}");
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while videocall_testkit::http_get(ops, "/readyz").await.expect("answers").0 != 200 {
-        assert!(Instant::now() < deadline, "the ops /readyz follows the bus subscriber");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Readiness follows the bus subscriber, which may still be connecting: both ports say so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for addr in [public, ops] {
+        while videocall_testkit::http_get(addr, "/readyz").await.expect("answers").0 != 200 {
+            assert!(Instant::now() < deadline, "{addr}/readyz turns ready with the bus subscriber");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     fleet.stop().await;
 }
