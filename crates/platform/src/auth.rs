@@ -173,6 +173,18 @@ impl Ed25519Key {
         serde_json::to_string_pretty(&jwk).unwrap_or_default()
     }
 
+    /// Writes the whole key as a JWK to a new file at `path`, readable by its owner only (0600);
+    /// never over an existing file.
+    pub fn write_private(&self, path: &std::path::Path) -> Result<(), String> {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.write_all(self.private_jwk_json().as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     fn encoding_key(&self) -> EncodingKey {
         let mut der = ED25519_PKCS8_PREFIX.to_vec();
         der.extend_from_slice(&self.seed);

@@ -147,11 +147,22 @@ impl ConsumerArgs {
         let Some(ops_listen_addr) = ops else {
             return Err(ConfigError(vec!["internal: a checked value is missing".into()]));
         };
-        match (common, database_url, redis_url, user_offline, ticket_created, dlx_exchange, prefetch, max_retries, ttl)
-        {
+        match (
+            common,
+            database_url,
+            amqp_url,
+            redis_url,
+            user_offline,
+            ticket_created,
+            dlx_exchange,
+            prefetch,
+            max_retries,
+            ttl,
+        ) {
             (
                 Some(common),
                 Some(database_url),
+                Some(amqp_url),
                 Some(redis_url),
                 Some(user_offline),
                 Some(ticket_created),
@@ -162,7 +173,7 @@ impl ConsumerArgs {
             ) => Ok(ConsumerConfig {
                 common,
                 database_url,
-                amqp_url: amqp_url.unwrap_or_default(),
+                amqp_url,
                 redis_url,
                 user_offline,
                 ticket_created,

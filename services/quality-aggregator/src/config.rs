@@ -77,10 +77,11 @@ impl AggregatorArgs {
         }
         let ops = c.parse::<std::net::SocketAddr>("OPS_LISTEN_ADDR", &self.ops_listen_addr);
         c.finish()?;
-        match (common, database_url, events_exchange, queue, dlx_exchange, prefetch, max_retries, ops) {
+        match (common, database_url, amqp_url, events_exchange, queue, dlx_exchange, prefetch, max_retries, ops) {
             (
                 Some(common),
                 Some(database_url),
+                Some(amqp_url),
                 Some(events_exchange),
                 Some(queue),
                 Some(dlx_exchange),
@@ -90,7 +91,7 @@ impl AggregatorArgs {
             ) => Ok(AggregatorConfig {
                 common,
                 database_url,
-                amqp_url: amqp_url.unwrap_or_default(),
+                amqp_url,
                 events_exchange,
                 queue,
                 dlx_exchange,

@@ -55,16 +55,7 @@ pub fn standalone_key(path: &std::path::Path) -> Result<Ed25519Key, String> {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let temp = dir.join(format!(".key-{}", uuid::Uuid::now_v7().simple()));
-        {
-            use std::io::Write;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&temp).map_err(|e| format!("{}: {e}", temp.display()))?;
-            let key = Ed25519Key::generate("standalone");
-            file.write_all(key.private_jwk_json().as_bytes()).map_err(|e| format!("{}: {e}", temp.display()))?;
-        }
+        Ed25519Key::generate("standalone").write_private(&temp)?;
         // Fails if another process published its key first: then that one is used.
         let _ = std::fs::hard_link(&temp, path);
         let _ = std::fs::remove_file(&temp);

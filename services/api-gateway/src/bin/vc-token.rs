@@ -47,7 +47,7 @@ fn keygen(args: &[String]) -> Result<String, String> {
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let key = Ed25519Key::generate(&kid);
-    write_private(&private, &key.private_jwk_json())?;
+    key.write_private(&private)?;
     let public = dir.join("jwks.json");
     std::fs::write(&public, jwks_json(&[key.public_jwk()])).map_err(|e| format!("{}: {e}", public.display()))?;
     Ok(format!(
@@ -55,16 +55,6 @@ fn keygen(args: &[String]) -> Result<String, String> {
         private.display(),
         public.display()
     ))
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn mint(args: &[String]) -> Result<String, String> {
