@@ -12,6 +12,7 @@ pub mod peerjs;
 pub mod report;
 pub mod setup;
 pub mod signal;
+pub mod smoke;
 pub mod stats;
 pub mod wsclient;
 

@@ -64,6 +64,40 @@ enum Cmd {
     Peerjs,
     /// Every scenario, in order.
     All,
+    /// Checks a deployed fleet from outside (not a benchmark): every /readyz ready, a call over
+    /// gRPC with its signals crossing two relays, the events on RabbitMQ, a relay restart survived.
+    Smoke {
+        /// The gateway, `http://host:port`.
+        #[arg(long)]
+        grpc: String,
+        /// A relay's base URL, `ws://host:port`; give two (caller on the first, callee on the second).
+        #[arg(long = "relay", required = true)]
+        relays: Vec<String>,
+        /// An ops address (`host:port`) whose /readyz must answer 200; repeat for each service.
+        #[arg(long)]
+        ready: Vec<SocketAddr>,
+        /// The broker the gateway publishes to.
+        #[arg(long)]
+        amqp: String,
+        #[arg(long, default_value = "videocall.events")]
+        exchange: String,
+        #[arg(long, env = "SMOKE_CALLER_TOKEN")]
+        caller_token: String,
+        #[arg(long, env = "SMOKE_CALLEE_TOKEN")]
+        callee_token: String,
+        /// The user id in the callee's token (an agent).
+        #[arg(long)]
+        callee_id: String,
+        /// Shell command that restarts the first relay, run between two rounds.
+        #[arg(long)]
+        restart_relay: Option<String>,
+        /// Seconds the fleet may take to become ready.
+        #[arg(long, default_value_t = 180)]
+        ready_within_secs: u64,
+        /// The gateway's ops address (`host:port`), for its outbox metrics when an event is missing.
+        #[arg(long)]
+        gateway_ops: Option<SocketAddr>,
+    },
     /// (internal) one relay in this process, for scenario 4.
     #[command(hide = true)]
     ServeRelay {
@@ -95,6 +129,34 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let names: Vec<&str> = match &cli.command {
         Cmd::ServeRelay { cell, gateway } => return loadgen::fleet::serve_relay(cell.clone(), *gateway).await,
+        Cmd::Smoke {
+            grpc,
+            relays,
+            ready,
+            amqp,
+            exchange,
+            caller_token,
+            callee_token,
+            callee_id,
+            restart_relay,
+            ready_within_secs,
+            gateway_ops,
+        } => {
+            return loadgen::smoke::run(&loadgen::smoke::Smoke {
+                grpc: grpc.clone(),
+                relays: relays.clone(),
+                ready: ready.clone(),
+                amqp: amqp.clone(),
+                exchange: exchange.clone(),
+                caller_token: caller_token.clone(),
+                callee_token: callee_token.clone(),
+                callee_id: callee_id.clone(),
+                restart_relay: restart_relay.clone(),
+                ready_within: Duration::from_secs(*ready_within_secs),
+                gateway_ops: *gateway_ops,
+            })
+            .await;
+        }
         Cmd::Signal => vec!["signal"],
         Cmd::Lifecycle => vec!["lifecycle"],
         Cmd::Outbox => vec!["outbox"],

@@ -77,8 +77,12 @@ pub struct EventTap {
 
 impl EventTap {
     pub async fn bind(exchange: &str) -> Self {
-        let connection =
-            Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("RabbitMQ reachable");
+        Self::bind_at(&amqp_url(), exchange).await
+    }
+
+    /// As [`EventTap::bind`], on the broker at `url` (a deployed fleet's, say).
+    pub async fn bind_at(url: &str, exchange: &str) -> Self {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("RabbitMQ reachable");
         // As every service declares it (with its alternate exchange), so neither refuses the other.
         videocall_platform::amqp::declare_events_exchange(&connection, exchange, None).await.expect("declare exchange");
         let channel = connection.create_channel().await.expect("channel");

@@ -105,6 +105,12 @@ impl RelayArgs {
         let log_ttl = number("SIGNAL_LOG_TTL_SECS", &self.signal_log_ttl_secs, 1..=86_400);
         let grace = number("SHUTDOWN_GRACE_SECS", &self.shutdown_grace_secs, 0..=600);
         let presence = number("PRESENCE_SECS", &self.presence_secs, 1..=60);
+        let origins = split_list(&self.allowed_origins);
+        c.check(
+            "ALLOWED_ORIGINS",
+            origins.iter().all(|o| is_origin(o)),
+            "every entry must be `*` or an origin such as https://support.example.com (scheme, host and port only)",
+        );
         let ops_listen_addr = match self.ops_listen_addr.trim() {
             "" => Some(None),
             raw => c.parse::<SocketAddr>("OPS_LISTEN_ADDR", raw).map(Some),
@@ -116,7 +122,7 @@ impl RelayArgs {
             http_listen_addr: addr.ok_or_else(missing)?,
             gateway_url: self.gateway_url.clone(),
             tokens: tokens.ok_or_else(missing)?,
-            allowed_origins: split_list(&self.allowed_origins),
+            allowed_origins: origins,
             max_connections: max_connections.ok_or_else(missing)? as usize,
             max_connections_per_user: per_user.ok_or_else(missing)? as usize,
             max_message_bytes: max_message.ok_or_else(missing)? as usize,
@@ -135,6 +141,17 @@ impl RelayArgs {
             common,
         })
     }
+}
+
+/// `*`, or what a browser sends as `Origin`: `http(s)://host[:port]`, no path, no trailing slash.
+fn is_origin(entry: &str) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    let Some(rest) = entry.strip_prefix("https://").or_else(|| entry.strip_prefix("http://")) else {
+        return false;
+    };
+    !rest.is_empty() && rest.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | ':' | '[' | ']'))
 }
 
 #[cfg(test)]
@@ -163,5 +180,31 @@ mod tests {
         let config = args.validate().expect("valid");
         assert_eq!(config.max_message_bytes, 64 * 1024);
         assert_eq!(config.http_listen_addr.port(), 8080);
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        for good in ["*", "https://support.example.com", "http://127.0.0.1:8080", "https://[::1]:443"] {
+            assert!(is_origin(good), "{good}");
+        }
+        for bad in [
+            "",
+            "support.example.com",
+            "https://example.com/",
+            "https://example.com/app",
+            "${ALLOWED_ORIGINS:-}",
+            "ws://x",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+        let args = RelayArgs::try_parse_from([
+            "relay",
+            "--jwt-secret=0123456789abcdef0123456789abcdef",
+            "--allowed-origins=https://a.example,https://b.example/",
+        ])
+        .expect("flags");
+        let err = args.validate().unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err:?}");
+        assert!(err.0[0].starts_with("ALLOWED_ORIGINS:"), "{err:?}");
     }
 }
