@@ -1,11 +1,11 @@
 //! What the fuzz targets exercise, compiled from the services' own source files (they are pure
 //! serde and need none of the services' heavy dependencies): the relay's client frame shapes
 //! (`services/signaling-relay/src/frames.rs`) and the signal rules
-//! (`crates/platform/src/signals.rs`).
+//! (`crates/signaling/src/signals.rs`).
 
 #[path = "../../services/signaling-relay/src/frames.rs"]
 pub mod frames;
-#[path = "../../crates/platform/src/signals.rs"]
+#[path = "../../crates/signaling/src/signals.rs"]
 pub mod signals;
 
 use frames::{CallCommand, Envelope, Initiate, Quality, Resume, SignalIn};

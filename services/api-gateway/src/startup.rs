@@ -15,19 +15,20 @@ use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use videocall_calls::{CallMetrics, CallStore, recordings::RecordingStore};
 use videocall_domain::{CallStatus, CallType};
 use videocall_entities::calls;
-use videocall_platform::{
-    call_store::{CallMetrics, CallStore},
-    db,
-    events::event_source,
+use videocall_messaging::{
+    cloud_event::event_source,
     local_events::LocalEvents,
-    ops::{OpsServer, Readiness},
     outbox_relay::{self, OutboxRelay, OutboxRelayConfig},
-    recordings::RecordingStore,
-    signal_bus::{SignalBus, hub::Hub},
 };
 use videocall_proto::{FILE_DESCRIPTOR_SET, v1::call_service_server::CallServiceServer};
+use videocall_runtime::{
+    db,
+    ops::{OpsServer, Readiness},
+};
+use videocall_signaling::signal_bus::{SignalBus, hub::Hub};
 
 use crate::{
     config::GatewayConfig,

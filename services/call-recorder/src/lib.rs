@@ -18,14 +18,13 @@ use std::{sync::Arc, time::Duration};
 use prometheus_client::registry::Registry;
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
-    call_store::CallStore,
+use videocall_calls::{CallStore, recordings::RecordingStore};
+use videocall_messaging::cloud_event::event_source;
+use videocall_runtime::{
     db,
-    events::event_source,
     ops::{OpsServer, Readiness},
-    recordings::RecordingStore,
-    signal_bus::{SignalBus, SignalBusConfig},
 };
+use videocall_signaling::signal_bus::{SignalBus, SignalBusConfig};
 use webrtc::{
     api::{
         API, APIBuilder, interceptor_registry::register_default_interceptors, media_engine::MediaEngine,
@@ -162,13 +161,13 @@ async fn take_work(
     recorder: &Arc<Recorder>,
     sessions: &mut JoinSet<()>,
     stop: &CancellationToken,
-) -> Result<(), videocall_platform::call_store::StoreError> {
+) -> Result<(), videocall_calls::StoreError> {
     for recording in recorder.recordings.fail_abandoned().await? {
         recorder.metrics.abandoned.inc();
         let error = recording.error.as_deref().unwrap_or("");
         tracing::warn!(call_id = %recording.call_id, error, "abandoned recording failed");
         if let Ok(call) = recorder.calls.get(recording.call_id).await {
-            recorder.bus.push_recording(&call, &recording).await;
+            videocall_calls::push::recording(&recorder.bus, &call, &recording).await;
         }
     }
     let free = recorder.config.max_concurrent.saturating_sub(sessions.len());

@@ -11,12 +11,14 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use videocall_calls::{
+    CallRecord, CallStore,
+    recordings::{Outcome, RecordedFile, RecordingStore, RecordingView},
+};
 use videocall_domain::CallStatus;
-use videocall_platform::{
-    call_store::{CallRecord, CallStore},
-    recordings::{Outcome, RECORDER_PEER, RecordedFile, RecordingStore, RecordingView},
+use videocall_signaling::{
     signal_bus::{Outgoing, SignalBus},
-    signals::SignalType,
+    signals::{RECORDER_PEER, SignalType},
 };
 use webrtc::{
     api::API,
@@ -125,7 +127,7 @@ impl Recorder {
                     files = done.files.len(),
                     "recording finished"
                 );
-                self.bus.push_recording(&call, &done).await;
+                videocall_calls::push::recording(&self.bus, &call, &done).await;
             }
             Ok(None) => tracing::warn!("recording no longer owned by this recorder; left as it is"),
             Err(error) => {
@@ -179,7 +181,7 @@ impl Recorder {
                             match self.recordings.activate(call, worker).await? {
                                 Some(now_active) => {
                                     tracing::info!("recording active: media of both parties arrives");
-                                    self.bus.push_recording(call, &now_active).await;
+                                    videocall_calls::push::recording(&self.bus, call, &now_active).await;
                                     active = Some(Instant::now());
                                 }
                                 None => stop = Some(Stop::Lost),

@@ -15,14 +15,14 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio_util::sync::CancellationToken;
-use videocall_platform::inbox_worker::{Handler, QueueLag, QueueWorker, Verdict};
+use videocall_messaging::inbox_worker::{Handler, QueueLag, QueueWorker, Verdict};
 
 use crate::{
     config::QueueBinding,
     effects::{Effects, Failure, Kind},
 };
 
-pub use videocall_platform::inbox_worker::{ATTEMPT_HEADER, REASON_HEADER, dlq_name, publisher_channel};
+pub use videocall_messaging::inbox_worker::{ATTEMPT_HEADER, REASON_HEADER, dlq_name, publisher_channel};
 
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -11,13 +11,14 @@ use sea_orm::{
 use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
+use videocall_calls::{CallMetrics, CallRecord, CallStore, StoreError};
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::{calls, processed_messages, support_offers};
-use videocall_platform::{
-    call_store::{CallMetrics, CallRecord, CallStore, StoreError, insert_outbox},
-    events::{CloudEvent, event_source},
-    signal_bus::SignalBus,
+use videocall_messaging::{
+    cloud_event::event_source,
+    outbox::{NewEvent, write_event},
 };
+use videocall_signaling::signal_bus::SignalBus;
 
 use crate::messages::{self, Malformed, SupportTicketCreated, UserOffline};
 
@@ -181,7 +182,7 @@ impl Effects {
         }
         for call in &closed {
             self.store.count_committed(call);
-            self.bus.push_call_state(call).await;
+            videocall_calls::push::call_state(&self.bus, call).await;
         }
         Ok(Outcome::CallsClosed { ended, missed })
     }
@@ -226,13 +227,16 @@ impl Effects {
             txn.commit().await?; // the message is processed: the ticket has its offer already
             return Ok(Outcome::AlreadyOffered);
         }
-        let (event_type, routing_key) = SUPPORT_VIDEO_OFFERED;
-        let event_id = Uuid::now_v7();
         let subject = offer.offer_id.to_string();
-        let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &subject, now, &offer);
-        let payload =
-            serde_json::to_string(&envelope).map_err(|e| Failure::Permanent(format!("event encoding: {e}")))?;
-        insert_outbox(&txn, event_id, offer.offer_id, (event_type, routing_key), payload, now).await?;
+        let event = NewEvent {
+            source: &self.event_source,
+            names: SUPPORT_VIDEO_OFFERED,
+            subject: &subject,
+            aggregate_id: offer.offer_id,
+            time: now,
+            data: &offer,
+        };
+        write_event(&txn, event).await?;
         txn.commit().await?;
         tracing::info!(offer_id = %offer.offer_id, "video support offered");
         self.notify_customer(&offer).await;

@@ -14,12 +14,15 @@ pub mod effects;
 pub mod messages;
 
 use prometheus_client::registry::Registry;
-use videocall_platform::ops::{OpsServer, Readiness};
+use videocall_runtime::ops::{OpsServer, Readiness};
 
 use anyhow::Context;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{amqp, call_store::CallMetrics, db, signal_bus::SignalBus};
+use videocall_calls::CallMetrics;
+use videocall_messaging::amqp;
+use videocall_runtime::db;
+use videocall_signaling::signal_bus::SignalBus;
 
 pub use config::{ConsumerArgs, ConsumerConfig, QueueBinding};
 use consumer::{ConsumerMetrics, QueueConsumer, Settings};

@@ -1,7 +1,7 @@
 //! `event-consumer` binary: configuration, telemetry, run.
 
 use clap::Parser;
-use videocall_platform::{shutdown, telemetry};
+use videocall_runtime::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -20,15 +20,15 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use videocall_calls::{CallMetrics, CallRecord, CallStore, StoreError};
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::calls;
-use videocall_platform::{
-    call_store::{CallMetrics, CallRecord, CallStore, StoreError},
+use videocall_messaging::cloud_event::event_source;
+use videocall_runtime::{
     db,
-    events::event_source,
     ops::{OpsServer, Readiness},
-    signal_bus::SignalBus,
 };
+use videocall_signaling::signal_bus::SignalBus;
 
 use crate::metrics::{ResultLabel, SweeperMetrics};
 
@@ -250,7 +250,7 @@ impl Sweeper {
         }
         if let Some(bus) = &self.bus {
             for call in changed {
-                bus.push_call_state(call).await;
+                videocall_calls::push::call_state(bus, call).await;
             }
         }
     }

@@ -16,14 +16,14 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio_util::sync::CancellationToken;
-use videocall_platform::inbox_worker::{Handler, QueueLag, QueueWorker, Verdict};
+use videocall_messaging::inbox_worker::{Handler, QueueLag, QueueWorker, Verdict};
 
 use crate::{
     config::ROUTING_KEYS,
     summaries::{Aggregator, Failure, Outcome},
 };
 
-pub use videocall_platform::inbox_worker::{ATTEMPT_HEADER, REASON_HEADER, dlq_name, publisher_channel};
+pub use videocall_messaging::inbox_worker::{ATTEMPT_HEADER, REASON_HEADER, dlq_name, publisher_channel};
 
 /// Where the consumed queue is and how it is handled.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct Settings {
 }
 
 /// Declares (the events exchange being declared already, with its alternate exchange: see
-/// `videocall_platform::amqp::declare_events_exchange`) the dead-letter exchange and queue, and the
+/// `videocall_messaging::amqp::declare_events_exchange`) the dead-letter exchange and queue, and the
 /// durable queue bound to the events exchange with every key of [`ROUTING_KEYS`] (dead-lettering
 /// to the DLX, should anything reject). Every declaration is idempotent.
 pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), lapin::Error> {

@@ -20,8 +20,9 @@ use anyhow::Context;
 use lapin::Connection;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
-    amqp, db,
+use videocall_messaging::amqp;
+use videocall_runtime::{
+    db,
     ops::{OpsServer, Readiness},
 };
 
@@ -92,7 +93,7 @@ async fn session(
     ready: &Readiness,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    videocall_platform::amqp::declare_events_exchange(connection, &settings.exchange, None)
+    videocall_messaging::amqp::declare_events_exchange(connection, &settings.exchange, None)
         .await
         .with_context(|| format!("declaring exchange {}", settings.exchange))?;
     let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use uuid::Uuid;
-use videocall_platform::quality_sample::{CALL_QUALITY_REPORTED, QualityReported};
+use videocall_calls::quality_sample::{CALL_QUALITY_REPORTED, QualityReported};
 
 /// `processed_messages.message_id` holds at most this many bytes.
 pub const MAX_MESSAGE_ID_BYTES: usize = 256;

@@ -14,8 +14,8 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, LockType},
 };
 use uuid::Uuid;
+use videocall_calls::quality_sample::QualityReported;
 use videocall_entities::{call_quality, processed_messages, quality_samples};
-use videocall_platform::quality_sample::QualityReported;
 
 use crate::{
     messages::{self, Event, Malformed},

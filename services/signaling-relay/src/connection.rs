@@ -11,13 +11,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tonic::{Request, transport::Channel};
 use videocall_domain::CallStatus;
-use videocall_platform::{
-    recordings::RECORDER_PEER,
-    signal_bus::hub::{Outbound, Registration},
-    signal_bus::{BusError, Outgoing, SignalBus},
-    signals::{SignalType, check_negotiation, validate_payload},
-};
 use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+use videocall_signaling::{
+    signal_bus::{
+        BusError, Outgoing, SignalBus,
+        hub::{Outbound, Registration},
+    },
+    signals::{RECORDER_PEER, SignalType, check_negotiation, validate_payload},
+};
 
 use crate::{
     metrics::{RelayMetrics, TypeLabel},
@@ -638,7 +639,7 @@ impl State {
     async fn signal(&mut self, kind: &str, text: &str) -> Result<u64, Failure> {
         let signal_type: SignalType = kind
             .parse()
-            .map_err(|e: videocall_platform::signals::SignalError| Failure::new("invalid_argument", e.to_string()))?;
+            .map_err(|e: videocall_signaling::signals::SignalError| Failure::new("invalid_argument", e.to_string()))?;
         let frame: SignalIn<'_> = parse(text)?;
         let payload: &str = match signal_type {
             SignalType::Offer | SignalType::Answer => frame.sdp.as_deref().unwrap_or_default(),
@@ -691,7 +692,7 @@ impl State {
             .await
             .map_err(|e| match e {
                 BusError::Signal(e) => Failure::new("invalid_argument", e.to_string()),
-                BusError::Redis(e) => {
+                e @ (BusError::Redis(_) | BusError::TimedOut) => {
                     tracing::warn!(error = %e, "signal bus unavailable");
                     Failure::new("unavailable", "signaling is unavailable, retry".into())
                 }

@@ -15,11 +15,9 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use videocall_platform::{
-    auth::{JwtKeys, bearer},
-    signal_bus::{SignalBus, hub::Hub},
-};
 use videocall_proto::v1::call_service_client::CallServiceClient;
+use videocall_runtime::auth::{JwtKeys, bearer};
+use videocall_signaling::signal_bus::{SignalBus, hub::Hub};
 
 use crate::{
     config::RelayConfig,
@@ -54,7 +52,7 @@ pub struct Application {
     listener: TcpListener,
     bus: SignalBus,
     /// `/healthz`, `/readyz`, `/metrics` away from the public port, when configured.
-    ops: Option<videocall_platform::ops::OpsServer>,
+    ops: Option<videocall_runtime::ops::OpsServer>,
 }
 
 impl Application {
@@ -69,7 +67,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.http_listen_addr))?;
         let ops = match config.ops_listen_addr {
-            Some(addr) => Some(videocall_platform::ops::OpsServer::bind(addr).await?),
+            Some(addr) => Some(videocall_runtime::ops::OpsServer::bind(addr).await?),
             None => None,
         };
         Ok(Self { config, listener, bus, ops })
@@ -77,7 +75,7 @@ impl Application {
 
     /// Where `/metrics` is served when OPS_LISTEN_ADDR is set (then not on the public port).
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.ops.as_ref().and_then(videocall_platform::ops::OpsServer::local_addr)
+        self.ops.as_ref().and_then(videocall_runtime::ops::OpsServer::local_addr)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -98,7 +96,7 @@ impl Application {
         let metrics = RelayMetrics::new(&mut registry);
         let registry = Arc::new(registry);
         let ops_task = ops.map(|ops| {
-            let ready = videocall_platform::ops::Readiness::default();
+            let ready = videocall_runtime::ops::Readiness::default();
             tokio::spawn(follow_readiness(hub.clone(), ready.clone(), shutdown.clone()));
             tokio::spawn(ops.serve_shared(registry.clone(), ready, shutdown.clone()))
         });
@@ -150,7 +148,7 @@ impl Application {
 
 /// Keeps the ops endpoint's readiness equal to the public `/readyz`: the bus subscriber is up and
 /// the relay is not stopping.
-async fn follow_readiness(hub: Hub, ready: videocall_platform::ops::Readiness, shutdown: CancellationToken) {
+async fn follow_readiness(hub: Hub, ready: videocall_runtime::ops::Readiness, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -294,7 +292,8 @@ async fn upgrade(
             Err(error) => {
                 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
                 tracing::warn!(%error, user_id = %principal.user_id, "connection refused after upgrade");
-                let reason = if matches!(error, videocall_platform::signal_bus::hub::RegisterError::TooManyForUser(_)) {
+                let reason = if matches!(error, videocall_signaling::signal_bus::hub::RegisterError::TooManyForUser(_))
+                {
                     "too many connections for this user"
                 } else {
                     "signal bus unavailable, retry"

@@ -27,17 +27,17 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
+use videocall_calls::CallMetrics;
+use videocall_messaging::local_events::LocalEvents;
+use videocall_runtime::{
     auth::{Ed25519Key, JwtKeys, MIN_HS256_SECRET_BYTES, Role, bearer},
-    call_store::CallMetrics,
     config::{Checker, Common, ConfigError, Secret},
     db,
     ice::{IceArgs, IceConfig},
-    local_events::LocalEvents,
     ops::{self, Readiness},
-    signal_bus::{SignalBus, SignalBusConfig},
     telemetry::LogFormat,
 };
+use videocall_signaling::signal_bus::{SignalBus, SignalBusConfig};
 
 /// Where the standalone's Ed25519 token key lives unless `VIDEOCALL_KEY_FILE` says otherwise: one
 /// per OS user, so `videocall --token` mints tokens every standalone of this user accepts.

@@ -9,7 +9,7 @@
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
-use videocall_platform::{
+use videocall_runtime::{
     auth::{
         DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_MAX_LIFETIME, Ed25519Key, JwtKeys, MIN_HS256_SECRET_BYTES, Role,
         jwks_json,

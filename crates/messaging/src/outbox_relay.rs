@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use videocall_entities::outbox;
 
-use crate::{amqp, backoff::Backoff, local_events::LocalEvents};
+use videocall_runtime::backoff::Backoff;
+
+use crate::{amqp, local_events::LocalEvents};
 
 #[derive(Debug, Clone)]
 pub struct OutboxRelayConfig {

@@ -2,7 +2,7 @@
 //! statement (as in a restart) is "unavailable, retry"; a refused statement is not.
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
-use videocall_platform::db::is_unavailable;
+use videocall_runtime::db::is_unavailable;
 
 async fn one_connection_pool() -> DatabaseConnection {
     let url = videocall_testkit::fresh_database().await;

@@ -18,7 +18,9 @@ use lapin::{
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use videocall_platform::inbox_worker::{Handler, QueueWorker, Verdict, publisher_channel};
+use videocall_messaging::{
+    inbox_worker::Handler, inbox_worker::QueueWorker, inbox_worker::Verdict, inbox_worker::publisher_channel,
+};
 use videocall_testkit::{amqp_url, fault_proxy::FaultProxy, unique_name};
 
 const MESSAGES: usize = 5;

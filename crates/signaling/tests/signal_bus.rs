@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use videocall_platform::{
-    redis_keys::{call_log, call_seq},
-    signal_bus::{Outgoing, SignalBus, SignalBusConfig},
-    signals::SignalType,
+use videocall_signaling::{
+    redis_keys::call_log, redis_keys::call_seq, signal_bus::Outgoing, signal_bus::SignalBus,
+    signal_bus::SignalBusConfig, signals::SignalType,
 };
 use videocall_testkit::{redis_url, unique_name};
 

@@ -2,168 +2,27 @@
 //! INSERT of a new call), an audit row and an outbox row, committed together; racing commands have
 //! exactly one winner because the UPDATE only matches the status the decision was made on.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr, TransactionTrait,
+    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, SqlErr,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
-use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
-use videocall_domain::{CallStatus, CallType, Command, Decision, Effect, EndReason, Party, decide};
-use videocall_entities::{call_transitions, calls, live_call_parties, outbox, support_offers};
+use videocall_domain::{CallStatus, Command, Decision, Effect, Party, decide};
+use videocall_entities::{call_transitions, calls, live_call_parties, support_offers};
+use videocall_messaging::outbox::{NewEvent, write_event};
 
 use crate::{
-    events::{CloudEvent, call_event_names},
+    events::{CallEventData, call_event_names},
+    metrics::CallMetrics,
     quality_sample::{CALL_QUALITY_REPORTED, QualityReported, QualitySample},
+    record::{Actor, CallRecord, Initiated, NewCall, StoreError},
 };
-
-/// A call as the services see it: the row with its enums parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallRecord {
-    pub id: Uuid,
-    pub caller_id: String,
-    pub callee_id: String,
-    pub call_type: CallType,
-    pub status: CallStatus,
-    pub end_reason: Option<EndReason>,
-    pub ended_by: Option<String>,
-    pub metadata: BTreeMap<String, String>,
-    pub request_id: String,
-    pub version: i64,
-    pub ring_timeout_secs: i32,
-    pub created_at: DateTime<Utc>,
-    pub ringing_at: Option<DateTime<Utc>>,
-    pub answered_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-}
-
-impl CallRecord {
-    /// Talk time: from answer to end.
-    pub fn duration_ms(&self) -> Option<i64> {
-        Some((self.ended_at? - self.answered_at?).num_milliseconds())
-    }
-
-    /// The role `actor` plays in this call, if any.
-    pub fn party_of(&self, actor: &Actor) -> Option<Party> {
-        if actor.is_service {
-            Some(Party::Service)
-        } else if actor.id == self.caller_id {
-            Some(Party::Caller)
-        } else if actor.id == self.callee_id {
-            Some(Party::Callee)
-        } else {
-            None
-        }
-    }
-
-    pub fn from_model(m: calls::Model) -> Result<Self, StoreError> {
-        let corrupt = |detail: String| StoreError::Corrupt { id: m.id, detail };
-        let status = m.status.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?;
-        let call_type = m.call_type.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?;
-        let end_reason = match m.end_reason.as_deref() {
-            Some(r) => Some(r.parse().map_err(|e: videocall_domain::ParseEnumError| corrupt(e.to_string()))?),
-            None => None,
-        };
-        let metadata = serde_json::from_value(m.metadata.clone()).map_err(|e| corrupt(format!("metadata: {e}")))?;
-        Ok(Self {
-            id: m.id,
-            caller_id: m.caller_id,
-            callee_id: m.callee_id,
-            call_type,
-            status,
-            end_reason,
-            ended_by: m.ended_by,
-            metadata,
-            request_id: m.request_id,
-            version: m.version,
-            ring_timeout_secs: m.ring_timeout_secs,
-            created_at: m.created_at,
-            ringing_at: m.ringing_at,
-            answered_at: m.answered_at,
-            ended_at: m.ended_at,
-        })
-    }
-}
-
-/// Who asks for a change: a user id, or a service acting for anyone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub id: String,
-    pub is_service: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("call {0} not found")]
-    NotFound(Uuid),
-    #[error("not a party of this call")]
-    NotAParty,
-    #[error("this party may not do that")]
-    Forbidden,
-    #[error("call is {0}")]
-    WrongState(CallStatus),
-    #[error("user {0} is busy in another call")]
-    Busy(String),
-    #[error("end reason `{0}` cannot be given here")]
-    BadReason(EndReason),
-    #[error("support offer {0} is not available: unknown, expired, taken, or not this caller's")]
-    OfferUnavailable(Uuid),
-    /// The call's recording cannot do that now (the message says why).
-    #[error("{0}")]
-    Recording(String),
-    #[error("stored call {id} is unreadable: {detail}")]
-    Corrupt { id: Uuid, detail: String },
-    #[error("database: {0}")]
-    Db(#[from] DbErr),
-}
-
-/// A call to create.
-#[derive(Debug, Clone)]
-pub struct NewCall {
-    pub request_id: String,
-    pub caller_id: String,
-    pub callee_id: String,
-    pub call_type: CallType,
-    pub metadata: BTreeMap<String, String>,
-    pub ring_timeout_secs: i32,
-}
-
-/// Result of [`CallStore::initiate`]: `created` is false when the request id was seen before.
-#[derive(Debug, Clone)]
-pub struct Initiated {
-    pub call: CallRecord,
-    pub created: bool,
-}
-
-/// Filters and cursor of a history page.
-#[derive(Debug, Clone)]
-pub struct HistoryQuery {
-    pub user_id: String,
-    pub call_type: Option<CallType>,
-    pub status: Option<CallStatus>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    /// Only calls older than this one (the previous page's last id).
-    pub before: Option<Uuid>,
-    pub limit: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct HistoryPage {
-    pub calls: Vec<CallRecord>,
-    /// Id to pass as `before` for the next page; None on the last page.
-    pub next: Option<Uuid>,
-}
 
 /// Reads and changes calls. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -173,38 +32,6 @@ pub struct CallStore {
     /// Woken after each commit that wrote an outbox row, so the relay publishes at once.
     outbox_wake: Arc<Notify>,
     metrics: CallMetrics,
-}
-
-/// `videocall_call_transitions_total{status,call_type}`: calls that entered each state through
-/// this process, by call type, counted once committed. Cheap to clone (clones count together).
-#[derive(Debug, Clone, Default)]
-pub struct CallMetrics {
-    transitions: Family<TransitionLabels, Counter>,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TransitionLabels {
-    status: &'static str,
-    call_type: &'static str,
-}
-
-impl CallMetrics {
-    /// Registers the family with a zero series for every status and call type, so dashboards and
-    /// alerts see it from the start.
-    pub fn register(&self, registry: &mut Registry) {
-        for status in CallStatus::ALL {
-            for call_type in videocall_domain::CallType::ALL {
-                let _ = self
-                    .transitions
-                    .get_or_create(&TransitionLabels { status: status.as_str(), call_type: call_type.as_str() });
-            }
-        }
-        registry.register(
-            "videocall_call_transitions",
-            "Calls that entered a state (initiated, ringing, active, ended, rejected, missed) through this process, by call type",
-            self.transitions.clone(),
-        );
-    }
 }
 
 /// Which party the conditional update requires the actor to be.
@@ -259,8 +86,7 @@ impl CallStore {
     /// Counts a committed change of `call` (callers of [`Self::transition_in`] call this after
     /// their commit; the store's own commands do it themselves).
     pub fn count_committed(&self, call: &CallRecord) {
-        let labels = TransitionLabels { status: call.status.as_str(), call_type: call.call_type.as_str() };
-        self.metrics.transitions.get_or_create(&labels).inc();
+        self.metrics.count(call);
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -547,12 +373,12 @@ impl CallStore {
         .exec_without_returning(txn)
         .await?;
 
-        let (event_type, routing_key) = call_event_names(call.status);
-        let event_id = Uuid::now_v7();
+        let subject = call.id.to_string();
+        let names = call_event_names(call.status);
         let data = CallEventData::new(call, from);
-        let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &call.id.to_string(), now, data);
-        let payload = serde_json::to_string(&envelope).map_err(|e| DbErr::Custom(format!("event encoding: {e}")))?;
-        insert_outbox(txn, event_id, call.id, (event_type, routing_key), payload, now).await?;
+        let event =
+            NewEvent { source: &self.event_source, names, subject: &subject, aggregate_id: call.id, time: now, data };
+        write_event(txn, event).await?;
         Ok(())
     }
 
@@ -567,42 +393,19 @@ impl CallStore {
         sample: &QualitySample,
     ) -> Result<Uuid, StoreError> {
         let now = Utc::now().trunc_subsecs(6);
-        let (event_type, routing_key) = CALL_QUALITY_REPORTED;
-        let event_id = Uuid::now_v7();
+        let subject = call_id.to_string();
         let data = QualityReported::new(call_id, reporter_id, sample, now);
-        let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &call_id.to_string(), now, data);
-        let payload = serde_json::to_string(&envelope).map_err(|e| DbErr::Custom(format!("event encoding: {e}")))?;
-        insert_outbox(&self.db, event_id, call_id, (event_type, routing_key), payload, now).await?;
+        let event = NewEvent {
+            source: &self.event_source,
+            names: CALL_QUALITY_REPORTED,
+            subject: &subject,
+            aggregate_id: call_id,
+            time: now,
+            data,
+        };
+        let event_id = write_event(&self.db, event).await?;
         self.wake_outbox();
         Ok(event_id)
-    }
-
-    /// One page of a user's calls (as caller or callee), newest first.
-    pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
-        let mut select = calls::Entity::find().filter(
-            Condition::any().add(calls::Column::CallerId.eq(&q.user_id)).add(calls::Column::CalleeId.eq(&q.user_id)),
-        );
-        if let Some(t) = q.call_type {
-            select = select.filter(calls::Column::CallType.eq(t.as_str()));
-        }
-        if let Some(s) = q.status {
-            select = select.filter(calls::Column::Status.eq(s.as_str()));
-        }
-        if let Some(since) = q.since {
-            select = select.filter(calls::Column::CreatedAt.gte(since));
-        }
-        if let Some(until) = q.until {
-            select = select.filter(calls::Column::CreatedAt.lt(until));
-        }
-        if let Some(before) = q.before {
-            select = select.filter(calls::Column::Id.lt(before));
-        }
-        let mut models = select.order_by_desc(calls::Column::Id).limit(q.limit + 1).all(&self.db).await?;
-        let more = models.len() as u64 > q.limit;
-        models.truncate(q.limit as usize);
-        let calls = models.into_iter().map(CallRecord::from_model).collect::<Result<Vec<_>, _>>()?;
-        let next = if more { calls.last().map(|c| c.id) } else { None };
-        Ok(HistoryPage { calls, next })
     }
 }
 
@@ -610,133 +413,10 @@ fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
-/// `data` of every call event: the call after the change, and the status it left.
-#[derive(Debug, Serialize)]
-struct CallEventData<'a> {
-    call_id: Uuid,
-    caller_id: &'a str,
-    callee_id: &'a str,
-    call_type: &'static str,
-    status: &'static str,
-    previous_status: Option<&'static str>,
-    end_reason: Option<&'static str>,
-    ended_by: Option<&'a str>,
-    version: i64,
-    created_at: DateTime<Utc>,
-    ringing_at: Option<DateTime<Utc>>,
-    answered_at: Option<DateTime<Utc>>,
-    ended_at: Option<DateTime<Utc>>,
-    duration_ms: Option<i64>,
-    metadata: &'a BTreeMap<String, String>,
-}
-
-impl<'a> CallEventData<'a> {
-    fn new(call: &'a CallRecord, from: Option<CallStatus>) -> Self {
-        Self {
-            call_id: call.id,
-            caller_id: &call.caller_id,
-            callee_id: &call.callee_id,
-            call_type: call.call_type.as_str(),
-            status: call.status.as_str(),
-            previous_status: from.map(CallStatus::as_str),
-            end_reason: call.end_reason.map(EndReason::as_str),
-            ended_by: call.ended_by.as_deref(),
-            version: call.version,
-            created_at: call.created_at,
-            ringing_at: call.ringing_at,
-            answered_at: call.answered_at,
-            ended_at: call.ended_at,
-            duration_ms: call.duration_ms(),
-            metadata: &call.metadata,
-        }
-    }
-}
-
-/// Writes one outbox row: event `names` (CloudEvents type, AMQP routing key) about `aggregate_id`,
-/// available at once. Inside the caller's transaction when `conn` is one.
-pub async fn insert_outbox<C: sea_orm::ConnectionTrait>(
-    conn: &C,
-    event_id: Uuid,
-    aggregate_id: Uuid,
-    names: (&str, &str),
-    payload: String,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    outbox::Entity::insert(outbox::ActiveModel {
-        id: Set(event_id),
-        aggregate_id: Set(aggregate_id),
-        event_type: Set(names.0.to_owned()),
-        routing_key: Set(names.1.to_owned()),
-        payload: Set(payload),
-        created_at: Set(now),
-        available_at: Set(now),
-        attempts: Set(0),
-        last_error: Set(None),
-        published_at: Set(None),
-    })
-    .exec_without_returning(conn)
-    .await?;
-    Ok(())
-}
-
-/// A call as clients see it in JSON (WebSocket frames, notices).
-#[derive(Debug, Clone, Serialize)]
-pub struct CallView {
-    pub id: Uuid,
-    pub caller_id: String,
-    pub callee_id: String,
-    pub call_type: &'static str,
-    pub status: &'static str,
-    pub end_reason: Option<&'static str>,
-    pub ended_by: Option<String>,
-    pub version: i64,
-    pub ring_timeout_secs: i32,
-    pub created_at: DateTime<Utc>,
-    pub ringing_at: Option<DateTime<Utc>>,
-    pub answered_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub duration_ms: Option<i64>,
-    pub metadata: BTreeMap<String, String>,
-}
-
-impl From<&CallRecord> for CallView {
-    fn from(c: &CallRecord) -> Self {
-        Self {
-            id: c.id,
-            caller_id: c.caller_id.clone(),
-            callee_id: c.callee_id.clone(),
-            call_type: c.call_type.as_str(),
-            status: c.status.as_str(),
-            end_reason: c.end_reason.map(EndReason::as_str),
-            ended_by: c.ended_by.clone(),
-            version: c.version,
-            ring_timeout_secs: c.ring_timeout_secs,
-            created_at: c.created_at,
-            ringing_at: c.ringing_at,
-            answered_at: c.answered_at,
-            ended_at: c.ended_at,
-            duration_ms: c.duration_ms(),
-            metadata: c.metadata.clone(),
-        }
-    }
-}
-
-/// The server frame that tells a party its call changed: `{"type":"call_state","call":{...}}`.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallStateFrame {
-    #[serde(rename = "type")]
-    pub frame_type: &'static str,
-    pub call: CallView,
-}
-
-impl CallStateFrame {
-    pub fn new(call: &CallRecord) -> Self {
-        Self { frame_type: "call_state", call: call.into() }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use videocall_domain::EndReason;
+
     use super::*;
 
     /// The fast path may only do what the transition table would: for each command, the step it

@@ -23,7 +23,7 @@ use prometheus_client::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use videocall_runtime::backoff::Backoff;
 
 /// Header with the number of retries a republished message has had.
 pub const ATTEMPT_HEADER: &str = "x-attempt";

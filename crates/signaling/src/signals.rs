@@ -14,6 +14,10 @@ pub const MAX_CANDIDATE_BYTES: usize = 4 * 1024;
 /// Largest hangup reason.
 pub const MAX_REASON_BYTES: usize = 256;
 
+/// The signal-bus identity of the recorder: parties send their recording leg's signals to it
+/// (`"to":"@recorder"`), and its signals reach them `from` it. No user id can take this name.
+pub const RECORDER_PEER: &str = "@recorder";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignalType {

@@ -13,9 +13,10 @@ use std::{
     time::Duration,
 };
 
-use crate::{backoff::Backoff, signal_bus::SignalBus};
+use crate::signal_bus::SignalBus;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use videocall_runtime::backoff::Backoff;
 
 /// Frames queued per connection before it counts as too slow and is closed.
 pub const CONNECTION_BUFFER: usize = 512;

@@ -3,7 +3,7 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::db::connect_and_migrate;
+use videocall_runtime::db::connect_and_migrate;
 
 #[tokio::test]
 async fn concurrent_starts_migrate_once_and_all_succeed() {

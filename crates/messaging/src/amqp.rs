@@ -5,7 +5,7 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::Backoff, ops::Readiness};
+use videocall_runtime::{backoff::Backoff, ops::Readiness};
 
 /// Connects to `url`, retrying while the broker is unreachable. `None` once `shutdown` fires.
 pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Option<Connection> {

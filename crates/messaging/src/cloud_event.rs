@@ -1,21 +1,8 @@
-//! Domain events as CloudEvents 1.0 JSON, published on the `videocall.events` topic exchange.
+//! The CloudEvents 1.0 envelope (structured JSON mode) every domain event travels in.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
-use videocall_domain::CallStatus;
-
-/// CloudEvents `type` and AMQP routing key of the event a call entering `status` emits.
-pub fn call_event_names(status: CallStatus) -> (&'static str, &'static str) {
-    match status {
-        CallStatus::Initiated => ("CallInitiated", "call.initiated"),
-        CallStatus::Ringing => ("CallRinging", "call.ringing"),
-        CallStatus::Active => ("CallAnswered", "call.answered"),
-        CallStatus::Ended => ("CallEnded", "call.ended"),
-        CallStatus::Rejected => ("CallRejected", "call.rejected"),
-        CallStatus::Missed => ("CallMissed", "call.missed"),
-    }
-}
 
 /// A CloudEvents 1.0 envelope in structured JSON mode.
 #[derive(Debug, Clone, Serialize)]
@@ -73,12 +60,5 @@ mod tests {
         assert_eq!(json["specversion"], "1.0");
         assert_eq!(json["id"], id.to_string());
         assert!(json["time"].as_str().is_some_and(|t| t.ends_with('Z')));
-    }
-
-    #[test]
-    fn every_status_has_distinct_names() {
-        let names: std::collections::HashSet<_> = CallStatus::ALL.into_iter().map(call_event_names).collect();
-        assert_eq!(names.len(), CallStatus::ALL.len());
-        assert_eq!(call_event_names(CallStatus::Active), ("CallAnswered", "call.answered"));
     }
 }

@@ -16,7 +16,6 @@ use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use serde::Serialize;
 
 use crate::{
-    call_store::{CallRecord, CallStateFrame},
     redis_keys::{call_log, call_seq, user_channel},
     signals::{FrameHead, SignalError, SignalType, frame_tail},
 };
@@ -48,6 +47,8 @@ pub enum BusError {
     Signal(#[from] SignalError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("signal bus timed out")]
+    TimedOut,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +136,7 @@ impl SignalBus {
         config: SignalBusConfig,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Self> {
-        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut backoff = videocall_runtime::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match Self::connect(config.clone()).await {
                 Ok(bus) => return Ok(bus),
@@ -182,26 +183,15 @@ impl SignalBus {
         self.publish_json_to_user(user_id, json).await
     }
 
-    /// Tells both parties a call's current state (a `call_state` frame), best effort: each push is
-    /// bounded to 3 s and a failure is logged — a client that missed it sees the state on its next
-    /// read, and the relay resends live calls when a socket connects.
-    pub async fn push_call_state(&self, call: &CallRecord) {
-        self.push_to_parties(call, &CallStateFrame::new(call)).await;
-    }
-
-    /// Tells both parties their call's recording changed (a `recording` frame), best effort like
-    /// [`Self::push_call_state`]; a client that missed it reads the recording with the call.
-    pub async fn push_recording(&self, call: &CallRecord, recording: &crate::recordings::RecordingView) {
-        self.push_to_parties(call, &crate::recordings::RecordingFrame::new(recording)).await;
-    }
-
-    /// Both parties' frames go in one pipelined round trip to Redis, bounded to 3 s.
-    async fn push_to_parties<T: Serialize>(&self, call: &CallRecord, frame: &T) {
+    /// Publishes one server frame (a call's state, its recording) to each of `parties`, without
+    /// logging it, in one pipelined round trip to Redis bounded to 3 s. Such frames are safe to
+    /// repeat, so a dropped connection is tried once more.
+    pub async fn push_to_parties<T: Serialize>(&self, parties: &[&str], frame: &T) -> Result<(), BusError> {
         let pushed = async {
             let json = serde_json::to_string(frame).map_err(|_| SignalError::BadCandidate)?;
             match &self.backend {
                 Backend::Redis { conn, .. } => {
-                    let channels = [&call.caller_id, &call.callee_id].map(|u| user_channel(&self.config.cell_id, u));
+                    let channels: Vec<String> = parties.iter().map(|u| user_channel(&self.config.cell_id, u)).collect();
                     let () = once_more_if_dropped(|| {
                         let mut pipe = redis::pipe();
                         for channel in &channels {
@@ -214,17 +204,14 @@ impl SignalBus {
                 }
                 Backend::InProcess(local) => {
                     let json: Arc<str> = Arc::from(json);
-                    local.deliver(&call.caller_id, json.clone());
-                    local.deliver(&call.callee_id, json);
+                    for user in parties {
+                        local.deliver(user, json.clone());
+                    }
                 }
             }
             Ok::<_, BusError>(())
         };
-        match tokio::time::timeout(Duration::from_secs(3), pushed).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, call_id = %call.id, "frame not pushed to the parties"),
-            Err(_) => tracing::warn!(call_id = %call.id, "frame not pushed to the parties (signal bus timed out)"),
-        }
+        tokio::time::timeout(Duration::from_secs(3), pushed).await.unwrap_or(Err(BusError::TimedOut))
     }
 
     /// Publishes an already encoded server frame to a user's channel, without logging it. Such
