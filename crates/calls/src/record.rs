@@ -8,6 +8,7 @@ use sea_orm::DbErr;
 use uuid::Uuid;
 use videocall_domain::{CallStatus, CallType, EndReason, Party};
 use videocall_entities::calls;
+use videocall_messaging::inbound::Failure;
 
 /// A call as the services see it: the row with its enums parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +108,17 @@ pub enum StoreError {
     Corrupt { id: Uuid, detail: String },
     #[error("database: {0}")]
     Db(#[from] DbErr),
+}
+
+/// A consumer's effect met a store error: the database may come back (retry); anything else will
+/// not change on a retry (dead-letter).
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Db(e) => e.into(),
+            other => Failure::Permanent(other.to_string()),
+        }
+    }
 }
 
 /// A call to create.

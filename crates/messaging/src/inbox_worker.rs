@@ -8,11 +8,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
+    BasicProperties, Channel, Confirmation, Connection, ExchangeKind,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions,
+        BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -40,6 +40,37 @@ pub async fn publisher_channel(connection: &Connection) -> Result<Channel, lapin
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(channel)
+}
+
+/// Declares the dead-letter exchange `dlx` (direct) and `queue`'s dead-letter queue bound to it,
+/// then the durable `queue` (dead-lettering to `dlx`, should anything reject) bound to each
+/// `(exchange, routing key)` of `bindings`. The exchanges bound to are declared already. Every
+/// declaration is idempotent.
+pub async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    dlx: &str,
+    bindings: &[(&str, &str)],
+) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(dlx.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    let dlq = dlq_name(queue);
+    channel.queue_declare(dlq.as_str().into(), durable_queue, FieldTable::default()).await?;
+    channel
+        .queue_bind(dlq.as_str().into(), dlx.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
+    arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+    channel.queue_declare(queue.into(), durable_queue, arguments).await?;
+    for (exchange, key) in bindings {
+        let (exchange, key) = (*exchange, *key);
+        channel
+            .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    Ok(())
 }
 
 /// What became of a message.

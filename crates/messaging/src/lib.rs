@@ -7,6 +7,8 @@
 
 pub mod amqp;
 pub mod cloud_event;
+pub mod consumer_metrics;
+pub mod inbound;
 pub mod inbox_worker;
 pub mod local_events;
 pub mod outbox;

@@ -20,6 +20,16 @@ const LEEWAY_SECS: i64 = 30;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's 256 bits).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// Whether `secret` is long enough to sign HS256 tokens; the error is the complaint about the
+/// variable that holds it.
+pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
+    if secret.len() >= MIN_HS256_SECRET_BYTES {
+        Ok(())
+    } else {
+        Err(format!("must be at least {MIN_HS256_SECRET_BYTES} bytes (RFC 7518 §3.2)"))
+    }
+}
+
 /// `iss` and `aud` unless configured otherwise.
 pub const DEFAULT_ISSUER: &str = "videocall";
 pub const DEFAULT_AUDIENCE: &str = "videocall";

@@ -97,6 +97,14 @@ impl Checker {
         self.check("AMQP_URL", ok, "must start with amqp:// or amqps://").then_some(url)
     }
 
+    /// An HS256 token secret, long enough ([`crate::auth::check_hs256_secret`]).
+    pub fn hs256_secret(&mut self, var: &str, secret: &str) -> bool {
+        match crate::auth::check_hs256_secret(secret) {
+            Ok(()) => true,
+            Err(message) => self.check(var, false, &message),
+        }
+    }
+
     /// A database URL this build can talk to.
     pub fn database_url(&mut self, var: &str, raw: &Option<String>) -> Option<String> {
         let url = self.require(var, raw)?;
@@ -222,12 +230,7 @@ impl TokenArgs {
         if required && secret.is_none() && self.jwt_public_keys.is_none() {
             c.check("JWT_PUBLIC_KEYS", false, "is required (or JWT_SECRET, for HS256 tokens)");
         }
-        let secret_ok = secret.is_none_or(|s| s.len() >= crate::auth::MIN_HS256_SECRET_BYTES);
-        c.check(
-            "JWT_SECRET",
-            secret_ok,
-            &format!("must be at least {} bytes (RFC 7518 §3.2)", crate::auth::MIN_HS256_SECRET_BYTES),
-        );
+        let secret_ok = secret.is_none_or(|s| c.hs256_secret("JWT_SECRET", s));
         let public_keys = match &self.jwt_public_keys {
             None => Some(Vec::new()),
             Some(path) => {

@@ -37,22 +37,30 @@ impl Readiness {
 }
 
 #[derive(Clone)]
-struct OpsState {
-    registry: Arc<Registry>,
+struct HealthState {
     ready: Readiness,
     shutdown: CancellationToken,
 }
 
 /// The routes, to serve alone or merge into a service's own HTTP router.
 pub fn router(registry: Arc<Registry>, ready: Readiness, shutdown: CancellationToken) -> Router {
+    health_router(ready, shutdown).merge(metrics_router(registry))
+}
+
+/// `/healthz` and `/readyz` alone (for a service whose metrics are served elsewhere).
+pub fn health_router(ready: Readiness, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(OpsState { registry, ready, shutdown })
+        .with_state(HealthState { ready, shutdown })
 }
 
-async fn readyz(State(state): State<OpsState>) -> Response {
+/// `/metrics` alone.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(registry)
+}
+
+async fn readyz(State(state): State<HealthState>) -> Response {
     if state.ready.get() && !state.shutdown.is_cancelled() {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -60,9 +68,9 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<OpsState>) -> Response {
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     let mut body = String::new();
-    match encode(&mut body, &state.registry) {
+    match encode(&mut body, &registry) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
             .into_response(),
         Err(error) => {

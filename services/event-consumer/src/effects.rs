@@ -5,22 +5,23 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult, sea_query::LockType,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, TryInsertResult, sea_query::LockType,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
-use videocall_calls::{CallMetrics, CallRecord, CallStore, StoreError};
+use videocall_calls::{CallMetrics, CallRecord, CallStore};
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
-use videocall_entities::{calls, processed_messages, support_offers};
+use videocall_entities::{calls, support_offers};
 use videocall_messaging::{
     cloud_event::event_source,
+    inbound::{Failure, record_message},
     outbox::{NewEvent, write_event},
 };
 use videocall_signaling::signal_bus::SignalBus;
 
-use crate::messages::{self, Malformed, SupportTicketCreated, UserOffline};
+use crate::messages::{self, SupportTicketCreated, UserOffline};
 
 /// `processed_messages.consumer` of each queue: fixed names, so replicas (whatever their
 /// SERVICE_NAME) and renamed queues share one inbox.
@@ -48,35 +49,6 @@ pub enum Outcome {
     AlreadyOffered,
     /// This message id was applied before; nothing changed.
     Duplicate,
-}
-
-/// Why a message was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// The message can never be applied: dead-letter it.
-    #[error("malformed: {0}")]
-    Malformed(#[from] Malformed),
-    /// It could be applied later (the database failed): retry, boundedly.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Retrying will not help (e.g. a stored call is unreadable): dead-letter it.
-    #[error("cannot apply: {0}")]
-    Permanent(String),
-}
-
-impl From<DbErr> for Failure {
-    fn from(e: DbErr) -> Self {
-        Failure::Transient(format!("database: {e}"))
-    }
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Db(e) => e.into(),
-            other => Failure::Permanent(other.to_string()),
-        }
-    }
 }
 
 /// Applies messages. Cheap to clone.
@@ -263,20 +235,6 @@ impl Effects {
             Err(_) => tracing::warn!(offer_id = %offer.offer_id, "offer notice not published (signal bus timed out)"),
         }
     }
-}
-
-/// Inserts the inbox row; false when this consumer has processed `message_id` already. A replica
-/// racing on the same id waits here on the primary key until the first commits or rolls back.
-async fn record_message(txn: &DatabaseTransaction, consumer: &str, message_id: &str) -> Result<bool, DbErr> {
-    let inserted = processed_messages::Entity::insert(processed_messages::ActiveModel {
-        consumer: Set(consumer.to_owned()),
-        message_id: Set(message_id.to_owned()),
-        processed_at: Set(Utc::now()),
-    })
-    .on_conflict_do_nothing()
-    .exec_without_returning(txn)
-    .await?;
-    Ok(matches!(inserted, TryInsertResult::Inserted(n) if n > 0))
 }
 
 /// `data` of SupportVideoOffered: the offer as recorded.

@@ -34,9 +34,9 @@ pub use effects::{Effects, Kind, Outcome};
 pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ops = OpsServer::bind(config.ops_listen_addr).await?;
     let mut registry = Registry::default();
-    let metrics = ConsumerMetrics::new(&mut registry);
+    let metrics = consumer::metrics(&mut registry);
     for binding in [&config.user_offline, &config.ticket_created] {
-        metrics.init_queue(&binding.queue);
+        metrics.init(&binding.queue, &consumer::OUTCOMES);
     }
     let call_metrics = CallMetrics::default();
     call_metrics.register(&mut registry);

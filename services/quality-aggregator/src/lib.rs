@@ -53,7 +53,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { config, ops } = self;
         let mut registry = Registry::default();
-        let metrics = ConsumerMetrics::new(&mut registry);
+        let metrics = consumer::metrics(&mut registry, &config.queue);
         let summaries = SummaryMetrics::default();
         summaries.register(&mut registry);
         let ready = Readiness::default();

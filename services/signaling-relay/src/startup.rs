@@ -16,7 +16,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use videocall_proto::v1::call_service_client::CallServiceClient;
-use videocall_runtime::auth::{JwtKeys, bearer};
+use videocall_runtime::{
+    auth::{JwtKeys, bearer},
+    ops::{self, OpsServer},
+};
 use videocall_signaling::signal_bus::{SignalBus, hub::Hub};
 
 use crate::{
@@ -44,7 +47,6 @@ struct AppState {
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     metrics: RelayMetrics,
-    registry: Arc<Registry>,
 }
 
 pub struct Application {
@@ -52,7 +54,7 @@ pub struct Application {
     listener: TcpListener,
     bus: SignalBus,
     /// `/healthz`, `/readyz`, `/metrics` away from the public port, when configured.
-    ops: Option<videocall_runtime::ops::OpsServer>,
+    ops: Option<OpsServer>,
 }
 
 impl Application {
@@ -67,7 +69,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.http_listen_addr))?;
         let ops = match config.ops_listen_addr {
-            Some(addr) => Some(videocall_runtime::ops::OpsServer::bind(addr).await?),
+            Some(addr) => Some(OpsServer::bind(addr).await?),
             None => None,
         };
         Ok(Self { config, listener, bus, ops })
@@ -75,7 +77,7 @@ impl Application {
 
     /// Where `/metrics` is served when OPS_LISTEN_ADDR is set (then not on the public port).
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.ops.as_ref().and_then(videocall_runtime::ops::OpsServer::local_addr)
+        self.ops.as_ref().and_then(OpsServer::local_addr)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -95,14 +97,10 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = RelayMetrics::new(&mut registry);
         let registry = Arc::new(registry);
-        let ops_task = ops.map(|ops| {
-            let ready = videocall_runtime::ops::Readiness::default();
-            tokio::spawn(follow_readiness(hub.clone(), ready.clone(), shutdown.clone()));
-            tokio::spawn(ops.serve_shared(registry.clone(), ready, shutdown.clone()))
-        });
+        let ops_task =
+            ops.map(|ops| tokio::spawn(ops.serve_shared(registry.clone(), hub.readiness(), shutdown.clone())));
         let state = AppState {
             metrics,
-            registry,
             keys: config.tokens.clone(),
             config: Arc::new(config),
             hub: hub.clone(),
@@ -115,13 +113,12 @@ impl Application {
             .route("/ws", get(upgrade))
             .route("/", get(|| web("index.html")))
             .route("/{file}", get(|axum::extract::Path(file): axum::extract::Path<String>| web(file)))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(ready));
+            .with_state(state)
+            .merge(ops::health_router(hub.readiness(), shutdown.clone()));
         // Without an ops address (the standalone binary, on loopback) metrics stay here.
         if ops_task.is_none() {
-            app = app.route("/metrics", get(serve_metrics));
+            app = app.merge(ops::metrics_router(registry));
         }
-        let app = app.with_state(state);
         tracing::info!(addr = ?listener.local_addr().ok(), "signaling relay listening");
         let stop = shutdown.clone();
         // TCP_NODELAY: signals are small frames that must not wait for Nagle's algorithm.
@@ -143,21 +140,6 @@ impl Application {
         }
         tracing::info!("signaling relay stopped");
         Ok(())
-    }
-}
-
-/// Keeps the ops endpoint's readiness equal to the public `/readyz`: the bus subscriber is up and
-/// the relay is not stopping.
-async fn follow_readiness(hub: Hub, ready: videocall_runtime::ops::Readiness, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                ready.set(false);
-                return;
-            }
-            _ = tick.tick() => ready.set(hub.is_connected()),
-        }
     }
 }
 
@@ -190,23 +172,6 @@ async fn web(file: impl AsRef<str>) -> Response {
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-async fn serve_metrics(State(state): State<AppState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn ready(State(state): State<AppState>) -> Response {
-    if state.hub.is_connected() && !state.shutdown.is_cancelled() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-    }
-}
 
 fn refuse(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({"error": message}).to_string())

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use videocall_calls::CallMetrics;
 use videocall_messaging::local_events::LocalEvents;
 use videocall_runtime::{
-    auth::{Ed25519Key, JwtKeys, MIN_HS256_SECRET_BYTES, Role, bearer},
+    auth::{Ed25519Key, JwtKeys, Role, bearer},
     config::{Checker, Common, ConfigError, Secret},
     db,
     ice::{IceArgs, IceConfig},
@@ -143,13 +143,7 @@ impl StandaloneArgs {
         let mut c = Checker::new();
         let dev_secret = self.jwt_secret.is_none();
         let tokens = match &self.jwt_secret {
-            Some(secret) => c
-                .check(
-                    "JWT_SECRET",
-                    secret.len() >= MIN_HS256_SECRET_BYTES,
-                    "must be at least 32 bytes (RFC 7518 §3.2)",
-                )
-                .then(|| JwtKeys::new(Secret::new(secret.clone()))),
+            Some(secret) => c.hs256_secret("JWT_SECRET", secret).then(|| JwtKeys::new(Secret::new(secret.clone()))),
             None => {
                 let path = self.key_file.clone().unwrap_or_else(default_key_file);
                 match standalone_key(&path) {

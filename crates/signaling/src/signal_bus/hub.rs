@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -16,7 +16,7 @@ use std::{
 use crate::signal_bus::SignalBus;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use videocall_runtime::backoff::Backoff;
+use videocall_runtime::{backoff::Backoff, ops::Readiness};
 
 /// Frames queued per connection before it counts as too slow and is closed.
 pub const CONNECTION_BUFFER: usize = 512;
@@ -50,7 +50,8 @@ struct Inner {
     /// written at once.
     presence: mpsc::UnboundedSender<(String, bool)>,
     next_id: AtomicU64,
-    connected: AtomicBool,
+    /// Whether the subscriber is up: the readiness of whoever serves through this hub.
+    connected: Readiness,
 }
 
 /// A connection's place in the hub; dropping it unregisters the connection.
@@ -92,7 +93,7 @@ impl Hub {
                 commands: tx,
                 presence: presence_tx,
                 next_id: AtomicU64::new(1),
-                connected: AtomicBool::new(false),
+                connected: Readiness::default(),
             }),
         };
         let subscriber = hub.clone().run(bus.clone(), rx, shutdown.clone());
@@ -110,7 +111,12 @@ impl Hub {
 
     /// Whether the subscriber is up (readiness).
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::Relaxed)
+        self.inner.connected.get()
+    }
+
+    /// The subscriber's state as a readiness flag, for an ops endpoint to report.
+    pub fn readiness(&self) -> Readiness {
+        self.inner.connected.clone()
     }
 
     pub fn connection_count(&self) -> usize {
@@ -246,7 +252,7 @@ impl Hub {
                 continue;
             }
             backoff.reset();
-            self.inner.connected.store(true, Ordering::Relaxed);
+            self.inner.connected.set(true);
             // This relay's marker on the bus: gone after a reconnect means the bus lost its data.
             let lost = !first && !matches!(bus.marker_survived(&marker).await, Ok(true));
             if let Err(error) = bus.set_marker(&marker).await {
@@ -276,7 +282,7 @@ impl Hub {
                     },
                 }
             }
-            self.inner.connected.store(false, Ordering::Relaxed);
+            self.inner.connected.set(false);
             tracing::warn!("signal bus subscriber lost; subscribing again");
         }
     }
