@@ -15,6 +15,7 @@ use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::{Common, Secret},
     ice::IceConfig,
+    service::Service,
     telemetry::LogFormat,
 };
 use videocall_signaling::signal_bus::SignalBusConfig;

@@ -11,5 +11,7 @@ pub mod config;
 pub mod db;
 pub mod ice;
 pub mod ops;
+pub mod service;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;

@@ -5,6 +5,7 @@
 //! then read back independently of the recorder's own writers.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
+use videocall_runtime::service::Service;
 
 use api_gateway::{Application, GatewayConfig, RingTimeouts};
 use bytes::Bytes;
@@ -80,7 +81,8 @@ impl Harness {
         .expect("flags")
         .validate()
         .expect("valid config");
-        let recorder = tokio::spawn(call_recorder::run(config, stop.clone()));
+        let recorder = call_recorder::Application::build(config, &stop).await.expect("binds");
+        let recorder = tokio::spawn(recorder.run_until_stopped(stop.clone()));
         let client = CallServiceClient::connect(format!("http://{addr}")).await.expect("connect");
         Self { client, dir, tap, exchange, keys: JwtKeys::new(Secret::new(JWT_SECRET)), stop, gateway, recorder }
     }

@@ -3,6 +3,7 @@
 //! front, through UpdateCallQuality and GetCall.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
+use videocall_runtime::service::Service;
 
 use clap::Parser;
 use lapin::{
@@ -66,9 +67,9 @@ impl Harness {
         .expect("flags")
         .validate()
         .expect("valid config");
-        let app = quality_aggregator::Application::build(config.clone()).await.expect("binds");
-        let ops = app.ops_addr().expect("ops address");
         let shutdown = CancellationToken::new();
+        let app = quality_aggregator::Application::build(config.clone(), &shutdown).await.expect("binds");
+        let ops = app.ops_addr().expect("ops address");
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let amqp = Connection::connect(&videocall_testkit::amqp_url(), ConnectionProperties::default())
             .await

@@ -17,6 +17,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use videocall_runtime::service::Service;
 
 use api_gateway::{Application, GatewayConfig, RingTimeouts};
 use chrono::{DateTime, Utc};
@@ -178,9 +179,10 @@ async fn a_ten_second_broker_outage_during_1000_lifecycles_loses_nothing() {
     .expect("flags")
     .validate()
     .expect("valid config");
-    let aggregator = quality_aggregator::Application::build(aggregator_config.clone()).await.expect("aggregator binds");
-    let aggregator_ops = aggregator.ops_addr().expect("ops address");
     let shutdown = CancellationToken::new();
+    let aggregator =
+        quality_aggregator::Application::build(aggregator_config.clone(), &shutdown).await.expect("aggregator binds");
+    let aggregator_ops = aggregator.ops_addr().expect("ops address");
     let aggregator_task = tokio::spawn(aggregator.run_until_stopped(shutdown.clone()));
     wait_until("the aggregator to consume", Duration::from_secs(30), || async {
         ready(aggregator_ops).await == Some(200)

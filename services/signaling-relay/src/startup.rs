@@ -19,11 +19,12 @@ use videocall_proto::v1::call_service_client::CallServiceClient;
 use videocall_runtime::{
     auth::{JwtKeys, bearer},
     ops::{self, OpsServer},
+    service::Service,
 };
 use videocall_signaling::signal_bus::{SignalBus, hub::Hub};
 
 use crate::{
-    config::RelayConfig,
+    config::{RelayArgs, RelayConfig},
     connection::{Connection, Limits},
     metrics::RelayMetrics,
 };
@@ -58,11 +59,6 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
-        Self::build_with_bus(config, bus).await
-    }
-
     /// Binds with a bus made by the caller (the standalone binary passes its in-process bus).
     pub async fn build_with_bus(config: RelayConfig, bus: SignalBus) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.http_listen_addr)
@@ -83,8 +79,19 @@ impl Application {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.http_listen_addr)
     }
+}
 
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+impl Service for Application {
+    videocall_runtime::service_configuration!("signaling-relay", RelayArgs => RelayConfig);
+
+    /// Connects to the signal bus (waiting for it) and binds the public and ops ports.
+    async fn build(config: RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
+        Self::build_with_bus(config, bus).await
+    }
+
+    /// Serves until `shutdown`, then closes every socket (1001) and gives them the grace period.
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { config, listener, bus, ops } = self;
         let gateway_channel = Endpoint::from_shared(config.gateway_url.clone())
             .context("GATEWAY_URL")?

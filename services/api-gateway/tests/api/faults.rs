@@ -13,6 +13,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use videocall_runtime::service::Service;
 
 use sea_orm::{Database, EntityTrait};
 use tokio::sync::Mutex;

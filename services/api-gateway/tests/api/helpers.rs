@@ -1,6 +1,7 @@
 //! Spawning the gateway and observing it: databases, exchanges, tokens and events.
 
 use std::{net::SocketAddr, time::Duration};
+use videocall_runtime::service::Service;
 
 use api_gateway::{Application, GatewayConfig, RingTimeouts};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};

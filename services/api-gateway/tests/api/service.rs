@@ -1,6 +1,7 @@
 //! Health, reflection, SQLite, configuration errors and shutdown.
 
 use std::time::Duration;
+use videocall_runtime::service::Service;
 
 use tokio_util::sync::CancellationToken;
 use tonic::Code;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use videocall_calls::{Actor, CallStore, NewCall};
 use videocall_domain::{CallType, Command};
 use videocall_entities::processed_messages;
+use videocall_runtime::service::Service;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -62,7 +63,8 @@ impl Harness {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = ConsumerArgs::try_parse_from(args).expect("flags").validate().expect("valid config");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(event_consumer::run(config.clone(), shutdown.clone()));
+        let app = event_consumer::Application::build(config.clone(), &shutdown).await.expect("binds");
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let amqp = Connection::connect(&videocall_testkit::amqp_url(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ reachable");

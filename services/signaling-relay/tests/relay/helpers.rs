@@ -2,6 +2,7 @@
 //! WebSocket client is the testkit's).
 
 use std::{net::SocketAddr, time::Duration};
+use videocall_runtime::service::Service;
 
 use signaling_relay::RelayConfig;
 use tokio_util::sync::CancellationToken;
