@@ -11,7 +11,7 @@ pub mod signals;
 use frames::{CallCommand, Envelope, Initiate, Quality, Resume, SignalIn};
 use signals::{FrameHead, ParsedSignal, SignalType, frame_tail, validate_payload};
 
-/// One WebSocket text frame through the relay's parsing, as `connection.rs` does it: the
+/// One WebSocket text frame through the relay's parsing, as `connection/commands.rs` does it: the
 /// envelope, then the frame of its type; a signal's payload is validated and, when valid, becomes
 /// the frame the other party would receive, which must parse back with the payload unchanged.
 pub fn relay_frame(data: &[u8]) {
