@@ -15,3 +15,4 @@ pub mod service;
 pub mod shutdown;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tokens;

@@ -4,7 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod local_signal_bus;
 pub mod redis_keys;
 pub mod signal_bus;
 pub mod signals;

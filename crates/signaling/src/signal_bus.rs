@@ -5,6 +5,7 @@
 //! missed; the log is how it catches up.
 
 pub mod hub;
+mod local;
 mod presence;
 
 pub use presence::PRESENCE_RETENTION;
@@ -74,7 +75,7 @@ pub struct SignalBus {
 #[derive(Clone)]
 enum Backend {
     Redis { conn: ConnectionManager, script: Script },
-    InProcess(Arc<crate::local_signal_bus::LocalSignalBus>),
+    InProcess(Arc<local::LocalSignalBus>),
 }
 
 impl std::fmt::Debug for SignalBus {
@@ -127,7 +128,7 @@ impl SignalBus {
     /// relay's, the event consumer's) shares one log and one set of subscribers. `redis_url` is
     /// not used.
     pub fn in_process(config: SignalBusConfig) -> Self {
-        let local = crate::local_signal_bus::LocalSignalBus::new(config.log_capacity, config.log_ttl);
+        let local = local::LocalSignalBus::new(config.log_capacity, config.log_ttl);
         Self { config, backend: Backend::InProcess(Arc::new(local)) }
     }
 
@@ -331,7 +332,7 @@ pub struct Subscriber {
 
 enum SubscriberInner {
     Redis { sink: redis::aio::PubSubSink, stream: redis::aio::PubSubStream },
-    InProcess { rx: tokio::sync::broadcast::Receiver<crate::local_signal_bus::Published>, users: HashSet<Arc<str>> },
+    InProcess { rx: tokio::sync::broadcast::Receiver<local::Published>, users: HashSet<Arc<str>> },
 }
 
 impl std::fmt::Debug for Subscriber {

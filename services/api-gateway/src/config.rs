@@ -6,8 +6,9 @@ use clap::Parser;
 use videocall_domain::CallType;
 use videocall_runtime::{
     auth::JwtKeys,
-    config::{Checker, Common, CommonArgs, ConfigError, TokenArgs},
+    config::{Checker, Common, CommonArgs, ConfigError},
     ice::{IceArgs, IceConfig},
+    tokens::TokenArgs,
 };
 use videocall_signaling::signal_bus::SignalBusConfig;
 

@@ -5,7 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use videocall_runtime::{
     auth::JwtKeys,
-    config::{Checker, Common, CommonArgs, ConfigError, TokenArgs, split_list},
+    config::{Checker, Common, CommonArgs, ConfigError, split_list},
+    tokens::TokenArgs,
 };
 use videocall_signaling::signal_bus::SignalBusConfig;
 

@@ -9,6 +9,7 @@ use videocall_runtime::{
     config::{Checker, ConfigError, Secret},
     ice::{IceArgs, IceConfig},
     telemetry::LogFormat,
+    tokens::check_secret,
 };
 
 /// Where the standalone's Ed25519 token key lives unless `VIDEOCALL_KEY_FILE` says otherwise: one
@@ -126,8 +127,7 @@ impl StandaloneArgs {
         // The services verify tokens as their own binaries would: with the HS256 secret, or with
         // the public half of the signing key (a JWK set beside it).
         let tokens = match &self.jwt_secret {
-            Some(secret) => c
-                .hs256_secret("JWT_SECRET", secret)
+            Some(secret) => check_secret(&mut c, "JWT_SECRET", secret)
                 .then(|| (JwtKeys::new(Secret::new(secret.clone())), Secret::new(format!("--jwt-secret={secret}")))),
             None => {
                 let path = self.key_file.clone().unwrap_or_else(default_key_file);

@@ -111,7 +111,7 @@ impl LocalSignalBus {
     pub fn mark_present(&self, users: &[String], lease: Duration) {
         let now = unix_millis();
         let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
-        let retention = crate::signal_bus::PRESENCE_RETENTION.as_millis() as i64;
+        let retention = super::PRESENCE_RETENTION.as_millis() as i64;
         let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for user in users {
             leases.insert(user.clone(), until);
