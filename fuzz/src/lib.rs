@@ -1,17 +1,17 @@
 //! What the fuzz targets exercise, compiled from the services' own source files (they are pure
 //! serde and need none of the services' heavy dependencies): the relay's client frame shapes
 //! (`services/signaling-relay/src/frames.rs`) and the signal rules
-//! (`crates/platform/src/signals.rs`).
+//! (`crates/signaling/src/signals.rs`).
 
 #[path = "../../services/signaling-relay/src/frames.rs"]
 pub mod frames;
-#[path = "../../crates/platform/src/signals.rs"]
+#[path = "../../crates/signaling/src/signals.rs"]
 pub mod signals;
 
 use frames::{CallCommand, Envelope, Initiate, Quality, Resume, SignalIn};
 use signals::{FrameHead, ParsedSignal, SignalType, frame_tail, validate_payload};
 
-/// One WebSocket text frame through the relay's parsing, as `connection.rs` does it: the
+/// One WebSocket text frame through the relay's parsing, as `connection/commands.rs` does it: the
 /// envelope, then the frame of its type; a signal's payload is validated and, when valid, becomes
 /// the frame the other party would receive, which must parse back with the payload unchanged.
 pub fn relay_frame(data: &[u8]) {

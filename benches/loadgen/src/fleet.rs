@@ -11,13 +11,14 @@ use lapin::{
     types::FieldTable,
 };
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::{Common, Secret},
     ice::IceConfig,
-    signal_bus::SignalBusConfig,
+    service::Service,
     telemetry::LogFormat,
 };
+use videocall_signaling::signal_bus::SignalBusConfig;
 
 pub const JWT_SECRET: &str = "loadgen-secret-0123456789abcdef0123456789";
 
@@ -39,7 +40,7 @@ pub fn relay_config(
         },
         http_listen_addr: "127.0.0.1:0".parse().expect("addr"),
         gateway_url: format!("http://{gateway}"),
-        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+        tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         allowed_origins: vec![],
         max_connections,
         max_connections_per_user: 5,
@@ -97,7 +98,7 @@ impl Fleet {
             amqp_url: videocall_testkit::amqp_url(),
             signal_bus: bus_config(&cell),
             grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-            tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+            tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             ice,
             ring_timeouts: api_gateway::RingTimeouts::uniform(45),
             events_exchange: exchange.clone(),
@@ -163,7 +164,7 @@ impl EventSink {
         let connection = Connection::connect(&videocall_testkit::amqp_url(), ConnectionProperties::default())
             .await
             .context("RabbitMQ reachable")?;
-        videocall_platform::amqp::declare_events_exchange(&connection, exchange, None).await?;
+        videocall_messaging::amqp::declare_events_exchange(&connection, exchange, None).await?;
         let channel = connection.create_channel().await?;
         let queue = channel
             .queue_declare(
@@ -200,7 +201,7 @@ impl EventSink {
 
     pub async fn delete(&self, exchange: &str) {
         if let Ok(channel) = self.connection.create_channel().await {
-            let unrouted = videocall_platform::amqp::unrouted_name(exchange);
+            let unrouted = videocall_messaging::amqp::unrouted_name(exchange);
             let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
             let _ = channel.exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default()).await;
             let _ = channel.queue_delete(unrouted.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;

@@ -14,8 +14,8 @@ use chrono::Utc;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TransactionTrait, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use videocall_platform::auth::JwtKeys;
 use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+use videocall_runtime::auth::JwtKeys;
 
 use crate::{
     Scale,
@@ -77,7 +77,7 @@ async fn one_lifecycle(
 }
 
 async fn run_grpc(fleet: &Fleet, scale: &Scale) -> anyhow::Result<Outcome> {
-    let keys = JwtKeys::new(videocall_platform::config::Secret::new(JWT_SECRET));
+    let keys = JwtKeys::new(videocall_runtime::config::Secret::new(JWT_SECRET));
     let total = (scale.pairs * scale.lifecycles) as u64;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -245,7 +245,7 @@ async fn raw_lifecycle(db: &DatabaseConnection, caller: &str, callee: &str) -> R
 async fn run_raw(scale: &Scale) -> anyhow::Result<Outcome> {
     let url = videocall_testkit::fresh_database().await;
     // The gateway's pool settings and migrations.
-    let db = videocall_platform::db::connect_and_migrate(&url, &CancellationToken::new()).await?;
+    let db = videocall_runtime::db::connect_and_migrate(&url, &CancellationToken::new()).await?;
     let total = (scale.pairs * scale.lifecycles) as u64;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

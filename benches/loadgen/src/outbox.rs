@@ -18,7 +18,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use videocall_platform::outbox_relay::{OutboxRelay, OutboxRelayConfig, RelayState, backlog};
+use videocall_messaging::outbox_relay::{OutboxRelay, OutboxRelayConfig, RelayState, backlog};
 
 use crate::{
     Scale,
@@ -52,7 +52,7 @@ async fn run_relay(scale: &Scale) -> anyhow::Result<Outcome> {
     let sink = EventSink::bind(&exchange).await?;
     let url = videocall_testkit::fresh_database().await;
     let stop = CancellationToken::new();
-    let db = videocall_platform::db::connect_and_migrate(&url, &stop).await?;
+    let db = videocall_runtime::db::connect_and_migrate(&url, &stop).await?;
     let wake = Arc::new(Notify::new());
     let relay = OutboxRelay::new(
         db.clone(),

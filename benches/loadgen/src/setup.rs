@@ -69,7 +69,7 @@ fn drive(
                 Some(candidate) = local.recv() => {
                     client.send(&json!({"type": "ice-candidate", "call_id": call_id, "candidate": candidate})).await?;
                 }
-                frame = client.next(Duration::from_millis(200)) => {
+                frame = client.next_within(Duration::from_millis(200)) => {
                     let Some(frame) = frame else { continue };
                     match frame["type"].as_str() {
                         Some("offer") => {
@@ -101,6 +101,9 @@ fn drive(
     })
 }
 
+/// How long a request waits for its ack.
+const REPLY_WAIT: Duration = Duration::from_secs(15);
+
 fn call_id_of(ack: &Value) -> anyhow::Result<String> {
     Ok(ack["call"]["id"].as_str().with_context(|| format!("no call in {ack}"))?.to_owned())
 }
@@ -112,7 +115,10 @@ async fn one_call(fleet: &Fleet, k: usize, wait: Duration) -> anyhow::Result<Dur
     let mut bob = Client::connect(&fleet.relay_url(1, &b)).await?;
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let ack = alice.request(json!({"type": "call.initiate", "callee_id": b, "call_type": "support"})).await?;
+    let ack = alice
+        .try_request(json!({"type": "call.initiate", "callee_id": b, "call_type": "support"}), REPLY_WAIT)
+        .await
+        .context("no reply")?;
     let call_id = call_id_of(&ack)?;
     let (alice_pc, alice_candidates) = peer().await?;
     let channel = alice_pc.create_data_channel("chat", None).await?;
@@ -131,12 +137,13 @@ async fn one_call(fleet: &Fleet, k: usize, wait: Duration) -> anyhow::Result<Dur
     let alice_task = drive(alice, alice_pc.clone(), alice_candidates, call_id.clone(), stop.clone());
     // bob sees the call pushed, answers it, and negotiates.
     loop {
-        let frame = bob.next(wait).await.context("bob got no call_state")?;
+        let frame = bob.next_within(wait).await.context("bob got no call_state")?;
         if frame["type"] == "call_state" && frame["call"]["id"] == call_id.as_str() {
             break;
         }
     }
-    let answered = bob.request(json!({"type": "call.answer", "call_id": call_id})).await?;
+    let answered =
+        bob.try_request(json!({"type": "call.answer", "call_id": call_id}), REPLY_WAIT).await.context("no reply")?;
     anyhow::ensure!(answered["call"]["status"] == "active", "answer failed: {answered}");
     let (bob_pc, bob_candidates) = peer().await?;
     let bob_task = drive(bob, bob_pc.clone(), bob_candidates, call_id.clone(), stop.clone());
@@ -146,7 +153,7 @@ async fn one_call(fleet: &Fleet, k: usize, wait: Duration) -> anyhow::Result<Dur
     let alice = alice_task.await?;
     let _ = bob_task.await;
     if let Ok(mut alice) = alice {
-        let _ = alice.request(json!({"type": "call.end", "call_id": call_id})).await;
+        let _ = alice.try_request(json!({"type": "call.end", "call_id": call_id}), REPLY_WAIT).await;
     }
     alice_pc.close().await.ok();
     bob_pc.close().await.ok();

@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
-use videocall_platform::signals::{SignalType, frame_tail};
+use videocall_signaling::signals::{SignalType, frame_tail};
 
 use crate::{
     Scale,
@@ -488,7 +488,7 @@ mod tests {
         assert!(ice["candidate"]["candidate"].as_str().is_some_and(|c| c.starts_with("candidate:")));
         assert_eq!(marker(&text), Some((7, 456)));
         let payload = serde_json::to_string(&ice["candidate"]).expect("json");
-        videocall_platform::signals::validate_payload(SignalType::IceCandidate, &candidate(7, 456))
+        videocall_signaling::signals::validate_payload(SignalType::IceCandidate, &candidate(7, 456))
             .expect("the relay accepts the candidate");
         assert!(payload.contains("LG:7:456:"));
     }

@@ -84,7 +84,9 @@ impl EventTap {
     pub async fn bind_at(url: &str, exchange: &str) -> Self {
         let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("RabbitMQ reachable");
         // As every service declares it (with its alternate exchange), so neither refuses the other.
-        videocall_platform::amqp::declare_events_exchange(&connection, exchange, None).await.expect("declare exchange");
+        videocall_messaging::amqp::declare_events_exchange(&connection, exchange, None)
+            .await
+            .expect("declare exchange");
         let channel = connection.create_channel().await.expect("channel");
         let queue = channel
             .queue_declare(
@@ -164,7 +166,7 @@ impl EventTap {
     /// Deletes a test's events exchange, with its alternate exchange and the queue behind it.
     pub async fn delete_exchange(&self, exchange: &str) {
         if let Ok(channel) = self.connection.create_channel().await {
-            let unrouted = videocall_platform::amqp::unrouted_name(exchange);
+            let unrouted = videocall_messaging::amqp::unrouted_name(exchange);
             let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
             let _ = channel.exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default()).await;
             let options = lapin::options::QueueDeleteOptions::default();

@@ -4,12 +4,13 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use videocall_domain::CallType;
-use videocall_platform::{
+use videocall_runtime::{
     auth::JwtKeys,
-    config::{Checker, Common, CommonArgs, ConfigError, TokenArgs},
+    config::{Checker, Common, CommonArgs, ConfigError},
     ice::{IceArgs, IceConfig},
-    signal_bus::SignalBusConfig,
+    tokens::TokenArgs,
 };
+use videocall_signaling::signal_bus::SignalBusConfig;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -136,7 +137,7 @@ pub struct GatewayConfig {
     pub ops_listen_addr: Option<SocketAddr>,
     pub call_policy: crate::CallPolicy,
     pub grpc_reflection: bool,
-    pub unrouted: videocall_platform::amqp::UnroutedRetention,
+    pub unrouted: videocall_messaging::amqp::UnroutedRetention,
 }
 
 impl GatewayArgs {
@@ -210,7 +211,7 @@ impl GatewayArgs {
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
         Ok(GatewayConfig {
             grpc_reflection: self.grpc_reflection,
-            unrouted: videocall_platform::amqp::UnroutedRetention {
+            unrouted: videocall_messaging::amqp::UnroutedRetention {
                 max_messages: unrouted_max.ok_or_else(missing)?,
                 ttl: Duration::from_secs(unrouted_ttl.ok_or_else(missing)?),
             },

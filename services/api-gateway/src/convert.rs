@@ -3,9 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+use videocall_calls::CallRecord;
 use videocall_domain::{CallStatus, CallType, EndReason};
-use videocall_platform::{call_store::CallRecord, ice::IceServer};
 use videocall_proto::v1 as pb;
+use videocall_runtime::ice::IceServer;
 
 use crate::error::ApiError;
 

@@ -1,7 +1,8 @@
 //! The one place where failures become gRPC statuses. Internal causes are logged, not leaked.
 
 use tonic::{Code, Status};
-use videocall_platform::{call_store::StoreError, db};
+use videocall_calls::StoreError;
+use videocall_runtime::db;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

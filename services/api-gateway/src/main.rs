@@ -1,30 +1,6 @@
-//! `api-gateway` binary: configuration, telemetry, build, run.
-
-use clap::Parser;
-use videocall_platform::{shutdown, telemetry};
+//! `api-gateway` binary: the service shell around [`api_gateway::Application`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = match api_gateway::GatewayArgs::parse().validate() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("api-gateway: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    telemetry::init(config.common.log_format);
-    let shutdown = shutdown::on_signal();
-    let result = async {
-        let app = api_gateway::Application::build(config, &shutdown).await?;
-        tracing::info!(addr = %app.local_addr(), "api-gateway ready");
-        app.run_until_stopped(shutdown).await
-    }
-    .await;
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "api-gateway failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    videocall_runtime::service::main::<api_gateway::Application>().await
 }

@@ -15,7 +15,7 @@ use sea_orm::{DatabaseConnection, EntityTrait, sea_query::OnConflict};
 
 use crate::error::ApiError;
 use videocall_entities::principals;
-use videocall_platform::auth::{Principal, Role};
+use videocall_runtime::auth::{Principal, Role};
 
 /// A user's role is written again at most this often by one replica.
 const ROLE_REFRESH: Duration = Duration::from_secs(300);

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
-use videocall_domain::{CallStatus, Party};
-use videocall_entities::call_quality;
-use videocall_platform::{
-    call_store::{Actor, CallStore, StoreError},
+use videocall_calls::{
+    Actor, CallStore, StoreError,
     quality_sample::{Direction, QualitySample},
 };
+use videocall_domain::{CallStatus, Party};
+use videocall_entities::call_quality;
 use videocall_proto::v1 as pb;
 
 use crate::{convert, error::ApiError};

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use uuid::Uuid;
-use videocall_domain::Party;
-use videocall_platform::{
-    call_store::{Actor, CallStore},
+use videocall_calls::{
+    Actor, CallStore,
     recordings::{RecordingStatus, RecordingStore, RecordingView},
-    signal_bus::SignalBus,
 };
+use videocall_domain::Party;
 use videocall_proto::v1 as pb;
+use videocall_signaling::signal_bus::SignalBus;
 
 use crate::{convert, error::ApiError};
 
@@ -73,7 +73,7 @@ pub async fn set_consent(
     };
     let (recording, changed) = recordings.set_consent(&call, party, &actor.id, req.consent).await?;
     if changed && let Some(recording) = &recording {
-        bus.push_recording(&call, recording).await;
+        videocall_calls::push::recording(bus, &call, recording).await;
     }
     let mut view = convert::call(&call);
     view.recording = recording.as_ref().map(to_pb);

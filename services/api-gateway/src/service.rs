@@ -6,16 +6,15 @@ use chrono::Utc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
+use videocall_calls::{Actor, CallRecord, CallStore, HistoryQuery, NewCall, StoreError, recordings::RecordingStore};
 use videocall_domain::{CallType, Command, MAX_REQUEST_ID_BYTES, validate_metadata};
-use videocall_platform::{
-    auth::{JwtKeys, Principal, bearer},
-    call_store::{Actor, CallRecord, CallStore, HistoryQuery, NewCall, StoreError},
-    ice::IceConfig,
-    recordings::RecordingStore,
-};
 use videocall_proto::v1::{self as pb, call_service_server::CallService};
+use videocall_runtime::{
+    auth::{JwtKeys, Principal, bearer},
+    ice::IceConfig,
+};
 
-use videocall_platform::signal_bus::SignalBus;
+use videocall_signaling::signal_bus::SignalBus;
 
 use crate::{config::RingTimeouts, convert, error::ApiError, quality, recording, signaling};
 
@@ -33,7 +32,7 @@ pub struct CallApi {
     pub ring_timeouts: RingTimeouts,
     pub bus: SignalBus,
     /// One bus subscriber shared by every SubscribeToSignals stream of this gateway.
-    pub hub: videocall_platform::signal_bus::hub::Hub,
+    pub hub: videocall_signaling::signal_bus::hub::Hub,
     /// Cancelled when the server stops serving: signal streams end then, so they do not hold the
     /// graceful drain open (clients resubscribe elsewhere with `after_seq`).
     pub stopping: tokio_util::sync::CancellationToken,
@@ -99,7 +98,7 @@ impl CallApi {
     async fn command(&self, p: &Principal, raw_id: &str, command: Command) -> Result<CallRecord, ApiError> {
         let id = convert::call_id(raw_id)?;
         let call = self.store.apply(id, command, &actor(p)).await?;
-        self.bus.push_call_state(&call).await;
+        videocall_calls::push::call_state(&self.bus, &call).await;
         Ok(call)
     }
 
@@ -165,7 +164,7 @@ impl CallApi {
             None => self.store.initiate(new, &p.user_id).await?,
         };
         if initiated.created {
-            self.bus.push_call_state(&initiated.call).await;
+            videocall_calls::push::call_state(&self.bus, &initiated.call).await;
         }
         Ok(self.with_ice(initiated.call, &p.user_id))
     }

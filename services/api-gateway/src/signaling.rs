@@ -5,17 +5,16 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use uuid::Uuid;
+use videocall_calls::{Actor, CallRecord, CallStore, recordings::RecordingStore};
 use videocall_domain::Party;
-use videocall_platform::{
-    call_store::{Actor, CallRecord, CallStore},
-    recordings::{RECORDER_PEER, RecordingStore},
+use videocall_proto::v1 as pb;
+use videocall_signaling::{
     signal_bus::{
         BusError, Outgoing, SignalBus,
         hub::{Hub, Outbound},
     },
-    signals::{ParsedSignal, SignalType, check_negotiation},
+    signals::{ParsedSignal, RECORDER_PEER, SignalType, check_negotiation},
 };
-use videocall_proto::v1 as pb;
 
 use crate::{convert, error::ApiError};
 
@@ -25,7 +24,7 @@ const SUBSCRIBER_BUFFER: usize = 256;
 fn bus_status(e: BusError) -> Status {
     match e {
         BusError::Signal(e) => Status::invalid_argument(e.to_string()),
-        BusError::Redis(e) => {
+        e @ (BusError::Redis(_) | BusError::TimedOut) => {
             tracing::warn!(error = %e, "signal bus unavailable");
             Status::unavailable("signaling is unavailable, retry")
         }
@@ -57,7 +56,7 @@ pub async fn send(
     let signal_type: SignalType = req
         .signal_type
         .parse()
-        .map_err(|e: videocall_platform::signals::SignalError| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e: videocall_signaling::signals::SignalError| Status::invalid_argument(e.to_string()))?;
     if !req.to.is_empty() && req.to != RECORDER_PEER {
         return Err(Status::invalid_argument(format!("`to` must be empty (the other party) or `{RECORDER_PEER}`")));
     }

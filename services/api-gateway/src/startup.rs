@@ -11,26 +11,29 @@ use prometheus_client::{
 };
 use sea_orm::DatabaseConnection;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
-use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
+use tokio::{net::TcpListener, sync::Notify};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use videocall_calls::{CallMetrics, CallStore, recordings::RecordingStore};
 use videocall_domain::{CallStatus, CallType};
 use videocall_entities::calls;
-use videocall_platform::{
-    call_store::{CallMetrics, CallStore},
-    db,
-    events::event_source,
+use videocall_messaging::{
+    cloud_event::event_source,
     local_events::LocalEvents,
-    ops::{OpsServer, Readiness},
     outbox_relay::{self, OutboxRelay, OutboxRelayConfig},
-    recordings::RecordingStore,
-    signal_bus::{SignalBus, hub::Hub},
 };
 use videocall_proto::{FILE_DESCRIPTOR_SET, v1::call_service_server::CallServiceServer};
+use videocall_runtime::{
+    db,
+    ops::{OpsServer, Readiness},
+    service::Service,
+    supervisor::Supervisor,
+};
+use videocall_signaling::signal_bus::{SignalBus, hub::Hub};
 
 use crate::{
-    config::GatewayConfig,
+    config::{GatewayArgs, GatewayConfig},
     service::{CallApi, authenticate},
 };
 
@@ -59,13 +62,6 @@ pub struct InProcessParts {
 }
 
 impl Application {
-    /// Connects to the database (waiting for it), runs migrations and binds the gRPC port.
-    pub async fn build(config: GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let db = db::connect_and_migrate(&config.database_url, shutdown).await?;
-        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
-        Self::bind(config, db, bus, None).await
-    }
-
     /// Binds with the standalone binary's database, bus and events (the outbox goes to in-process
     /// consumers instead of RabbitMQ).
     pub async fn build_in_process(config: GatewayConfig, parts: InProcessParts) -> anyhow::Result<Self> {
@@ -100,10 +96,21 @@ impl Application {
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
     }
+}
+
+impl Service for Application {
+    videocall_runtime::service_configuration!("api-gateway", GatewayArgs => GatewayConfig);
+
+    /// Connects to the database (waiting for it), runs migrations and binds the gRPC port.
+    async fn build(config: GatewayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let db = db::connect_and_migrate(&config.database_url, shutdown).await?;
+        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
+        Self::bind(config, db, bus, None).await
+    }
 
     /// Serves until `shutdown`: health turns NOT_SERVING first, in-flight requests get
     /// `shutdown_grace` to finish. Returns an error naming the task that failed, if one did.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { config, listener, ops, db, bus, outbox_wake, local_events } = self;
         let in_process = local_events.is_some();
         let source = event_source(&config.common.cell_id, &config.common.service_name);
@@ -165,94 +172,44 @@ impl Application {
         let gauges = Gauges::new(&mut registry);
         let ready = Readiness::default();
 
-        let mut tasks = JoinSet::new();
+        let mut tasks = Supervisor::new();
         if let Some(ops) = ops {
-            let (ready, stop) = (ready.clone(), stop_serving.clone());
-            tasks.spawn(async move {
-                ops.serve(registry, ready, stop).await?;
-                Ok("operations endpoint")
-            });
+            tasks.spawn("operations endpoint", ops.serve(registry, ready.clone(), stop_serving.clone()));
         }
-        {
-            let stop = stop_serving.clone();
-            let addr = listener.local_addr().ok();
-            tasks.spawn(async move {
-                tracing::info!(?addr, "gRPC listening");
-                tonic::transport::Server::builder()
-                    .timeout(SERVER_TIMEOUT)
-                    .layer(crate::deadline::DeadlineLayer { max: SERVER_TIMEOUT })
-                    .add_service(health_service)
-                    .add_optional_service(reflection)
-                    .add_service(call_service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
-                    .await
-                    .context("gRPC server")?;
-                Ok::<_, anyhow::Error>("grpc server")
-            });
-        }
-        {
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                relay.run(stop).await?;
-                Ok("outbox relay")
-            });
-        }
-        {
-            let (stop, health, db, ready) = (shutdown.clone(), health.clone(), db.clone(), ready.clone());
-            tasks.spawn(async move {
-                readiness(db, health, ready, gauges, stop).await;
-                Ok("readiness")
-            });
-        }
+        let (stop, addr) = (stop_serving.clone(), listener.local_addr().ok());
+        tasks.spawn("grpc server", async move {
+            tracing::info!(?addr, "gRPC listening");
+            tonic::transport::Server::builder()
+                .timeout(SERVER_TIMEOUT)
+                .layer(crate::deadline::DeadlineLayer { max: SERVER_TIMEOUT })
+                .add_service(health_service)
+                .add_optional_service(reflection)
+                .add_service(call_service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+                .await
+                .context("gRPC server")
+        });
+        tasks.spawn("outbox relay", relay.run(shutdown.clone()));
+        let (stop, health_reporter, pool, is_ready) = (shutdown.clone(), health.clone(), db.clone(), ready.clone());
+        tasks.spawn("readiness", async move {
+            readiness(pool, health_reporter, is_ready, gauges, stop).await;
+            Ok(())
+        });
 
-        let mut result = Ok(());
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            Some(finished) = tasks.join_next() => {
-                // Both branches can be ready at once: a task that ends because shutdown began is
-                // no failure.
-                if shutdown.is_cancelled() {
-                    if let Ok(Err(error)) = finished {
-                        tracing::warn!(%error, "task failed while stopping");
-                    }
-                } else {
-                    result = describe_early_exit(finished);
-                    shutdown.cancel();
-                }
-            }
-        }
+        let result = tasks.wait(&shutdown).await;
         // NOT_SERVING first, so load balancers stop sending before the listener closes; Watch
         // streams end once they have said so, signal streams with UNAVAILABLE.
         ready.set(false);
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_not_serving::<CallServiceServer<CallApi>>().await;
         stop_serving.cancel();
-        let drained = tokio::time::timeout(config.shutdown_grace, async {
-            while let Some(finished) = tasks.join_next().await {
-                if let Ok(Err(error)) = finished {
-                    tracing::warn!(%error, "task failed while stopping");
-                }
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(grace_secs = config.shutdown_grace.as_secs(), "grace period over; aborting what is left");
-            tasks.abort_all();
-        }
+        tasks.drain(Some(config.shutdown_grace)).await;
         hub_task.abort();
         if !in_process {
             db.close_by_ref().await.ok(); // in process, the database is the binary's to close
         }
         tracing::info!("api-gateway stopped");
         result
-    }
-}
-
-fn describe_early_exit(finished: Result<anyhow::Result<&'static str>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    match finished {
-        Ok(Ok(name)) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
-        Ok(Err(error)) => Err(error.context("a task failed")),
-        Err(join) => Err(anyhow::anyhow!("a task panicked: {join}")),
     }
 }
 

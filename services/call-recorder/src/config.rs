@@ -3,7 +3,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use videocall_platform::{
+use videocall_runtime::{
     config::{Checker, Common, CommonArgs, ConfigError, split_list},
     ice::{IceArgs, IceConfig},
 };
@@ -132,7 +132,7 @@ impl RecorderArgs {
         let database_url = c.database_url("DATABASE_URL", &self.database_url);
         let redis_url = c.require("REDIS_URL", &self.redis_url);
         if let Some(url) = &redis_url {
-            let ok = videocall_platform::config::is_redis_url(url);
+            let ok = videocall_runtime::config::is_redis_url(url);
             c.check("REDIS_URL", ok, "must start with redis://, rediss:// or unix://");
         }
         let dir = self.recordings_dir.trim();

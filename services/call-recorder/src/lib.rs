@@ -12,20 +12,16 @@ pub mod media_files;
 pub mod metrics;
 pub mod routing;
 pub mod session;
+pub mod startup;
 
 use std::{sync::Arc, time::Duration};
 
-use prometheus_client::registry::Registry;
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
-    call_store::CallStore,
-    db,
-    events::event_source,
-    ops::{OpsServer, Readiness},
-    recordings::RecordingStore,
-    signal_bus::{SignalBus, SignalBusConfig},
-};
+use videocall_calls::{CallStore, recordings::RecordingStore};
+use videocall_messaging::cloud_event::event_source;
+use videocall_runtime::ops::Readiness;
+use videocall_signaling::signal_bus::SignalBus;
 use webrtc::{
     api::{
         API, APIBuilder, interceptor_registry::register_default_interceptors, media_engine::MediaEngine,
@@ -40,13 +36,14 @@ use webrtc::{
 };
 
 pub use config::{RecorderArgs, RecorderConfig};
+pub use startup::Application;
 
 use crate::{metrics::RecorderMetrics, routing::Routes, session::Recorder};
 
 /// The signal log settings the relays use by default (SIGNAL_LOG_CAPACITY, SIGNAL_LOG_TTL_SECS):
 /// the recorder's signals are trimmed and expire like theirs.
-const SIGNAL_LOG_CAPACITY: usize = 256;
-const SIGNAL_LOG_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const SIGNAL_LOG_CAPACITY: usize = 256;
+pub(crate) const SIGNAL_LOG_TTL: Duration = Duration::from_secs(3600);
 
 /// The WebRTC stack every recording leg is made with: default codecs (VP8, Opus, ...), the default
 /// interceptors (NACK, RTCP reports), host candidates only on `candidate_networks` (loopback too
@@ -77,28 +74,6 @@ pub fn webrtc_api(config: &RecorderConfig) -> anyhow::Result<API> {
         .with_interceptor_registry(interceptors)
         .with_setting_engine(settings)
         .build())
-}
-
-/// Serves `/healthz`, `/readyz`, `/metrics`, connects, and records until `shutdown`; running
-/// recordings then finish with what they wrote.
-pub async fn run(config: RecorderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ops = OpsServer::bind(config.ops_listen_addr).await?;
-    let mut registry = Registry::default();
-    let metrics = RecorderMetrics::new(&mut registry);
-    let ready = Readiness::default();
-    let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
-    let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
-    let bus_config = SignalBusConfig {
-        redis_url: config.redis_url.clone(),
-        cell_id: config.common.cell_id.clone(),
-        log_capacity: SIGNAL_LOG_CAPACITY,
-        log_ttl: SIGNAL_LOG_TTL,
-    };
-    let bus = SignalBus::connect_with_retry(bus_config, &shutdown).await?;
-    let result = serve(db.clone(), bus, config, metrics, ready, shutdown).await;
-    db.close_by_ref().await.ok();
-    ops_task.await??;
-    result
 }
 
 /// Records with an open database and signal bus until `shutdown` (the standalone binary runs this
@@ -162,13 +137,13 @@ async fn take_work(
     recorder: &Arc<Recorder>,
     sessions: &mut JoinSet<()>,
     stop: &CancellationToken,
-) -> Result<(), videocall_platform::call_store::StoreError> {
+) -> Result<(), videocall_calls::StoreError> {
     for recording in recorder.recordings.fail_abandoned().await? {
         recorder.metrics.abandoned.inc();
         let error = recording.error.as_deref().unwrap_or("");
         tracing::warn!(call_id = %recording.call_id, error, "abandoned recording failed");
         if let Ok(call) = recorder.calls.get(recording.call_id).await {
-            recorder.bus.push_recording(&call, &recording).await;
+            videocall_calls::push::recording(&recorder.bus, &call, &recording).await;
         }
     }
     let free = recorder.config.max_concurrent.saturating_sub(sessions.len());

@@ -10,11 +10,10 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
-    backoff::Backoff,
-    recordings::RECORDER_PEER,
+use videocall_runtime::backoff::Backoff;
+use videocall_signaling::{
     signal_bus::SignalBus,
-    signals::{ParsedSignal, SignalType},
+    signals::{ParsedSignal, RECORDER_PEER, SignalType},
 };
 
 /// A signal a party sent to the recorder.
@@ -87,7 +86,7 @@ pub async fn run(bus: SignalBus, routes: Routes, subscribed: watch::Sender<bool>
         let subscriber = async {
             let mut s = bus.subscriber().await?;
             s.subscribe(RECORDER_PEER).await?;
-            Ok::<_, videocall_platform::signal_bus::BusError>(s)
+            Ok::<_, videocall_signaling::signal_bus::BusError>(s)
         };
         let mut subscriber = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -5,12 +5,12 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::sync::Notify;
-use videocall_domain::{CallType, Command, Party};
-use videocall_platform::{
-    call_store::{Actor, CallStore, NewCall},
-    db,
+use videocall_calls::{
+    Actor, CallStore, NewCall,
     recordings::{RecordingStatus, RecordingStore},
 };
+use videocall_domain::{CallType, Command, Party};
+use videocall_runtime::db;
 use videocall_testkit::{free_port, fresh_database, http_get, unique_name};
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! then read back independently of the recorder's own writers.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
+use videocall_runtime::service::Service;
 
 use api_gateway::{Application, GatewayConfig, RingTimeouts};
 use bytes::Bytes;
@@ -13,13 +14,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
-use videocall_platform::{
+use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::{Common, Secret},
     ice::IceConfig,
     telemetry::{LogFormat, init_for_tests},
 };
-use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_testkit::{EventTap, fresh_database, unique_name};
 use webrtc::{
     api::{APIBuilder, media_engine::MediaEngine, setting_engine::SettingEngine},
@@ -80,7 +81,8 @@ impl Harness {
         .expect("flags")
         .validate()
         .expect("valid config");
-        let recorder = tokio::spawn(call_recorder::run(config, stop.clone()));
+        let recorder = call_recorder::Application::build(config, &stop).await.expect("binds");
+        let recorder = tokio::spawn(recorder.run_until_stopped(stop.clone()));
         let client = CallServiceClient::connect(format!("http://{addr}")).await.expect("connect");
         Self { client, dir, tap, exchange, keys: JwtKeys::new(Secret::new(JWT_SECRET)), stop, gateway, recorder }
     }
@@ -155,14 +157,14 @@ fn gateway_config(database_url: String, exchange: &str, cell: &str) -> GatewayCo
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: videocall_testkit::amqp_url(),
-        signal_bus: videocall_platform::signal_bus::SignalBusConfig {
+        signal_bus: videocall_signaling::signal_bus::SignalBusConfig {
             redis_url: REDIS.into(),
             cell_id: cell.into(),
             log_capacity: 256,
             log_ttl: Duration::from_secs(600),
         },
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+        tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: IceConfig { stun_urls: vec![], turn_urls: vec![], turn_secret: None, turn_ttl: Duration::from_secs(3600) },
         ring_timeouts: RingTimeouts { support: 45, sales: 45, consult: 45 },
         events_exchange: exchange.to_owned(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use videocall_platform::config::{Checker, Common, CommonArgs, ConfigError};
+use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "event-consumer", version, about = "Consumes UserOffline and SupportTicketCreated from RabbitMQ")]
@@ -101,7 +101,7 @@ impl ConsumerArgs {
         let amqp_url = c.amqp_url(&self.amqp_url);
         let redis_url = match self.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
             Some(url) => {
-                let ok = videocall_platform::config::is_redis_url(url);
+                let ok = videocall_runtime::config::is_redis_url(url);
                 c.check("REDIS_URL", ok, "must start with redis://, rediss:// or unix://").then(|| url.to_owned())
             }
             None => {

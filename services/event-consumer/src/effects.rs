@@ -5,21 +5,23 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult, sea_query::LockType,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, TryInsertResult, sea_query::LockType,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
+use videocall_calls::{CallMetrics, CallRecord, CallStore};
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
-use videocall_entities::{calls, processed_messages, support_offers};
-use videocall_platform::{
-    call_store::{CallMetrics, CallRecord, CallStore, StoreError, insert_outbox},
-    events::{CloudEvent, event_source},
-    signal_bus::SignalBus,
+use videocall_entities::{calls, support_offers};
+use videocall_messaging::{
+    cloud_event::event_source,
+    inbound::{Failure, record_message},
+    outbox::{NewEvent, write_event},
 };
+use videocall_signaling::signal_bus::SignalBus;
 
-use crate::messages::{self, Malformed, SupportTicketCreated, UserOffline};
+use crate::messages::{self, SupportTicketCreated, UserOffline};
 
 /// `processed_messages.consumer` of each queue: fixed names, so replicas (whatever their
 /// SERVICE_NAME) and renamed queues share one inbox.
@@ -47,35 +49,6 @@ pub enum Outcome {
     AlreadyOffered,
     /// This message id was applied before; nothing changed.
     Duplicate,
-}
-
-/// Why a message was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// The message can never be applied: dead-letter it.
-    #[error("malformed: {0}")]
-    Malformed(#[from] Malformed),
-    /// It could be applied later (the database failed): retry, boundedly.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Retrying will not help (e.g. a stored call is unreadable): dead-letter it.
-    #[error("cannot apply: {0}")]
-    Permanent(String),
-}
-
-impl From<DbErr> for Failure {
-    fn from(e: DbErr) -> Self {
-        Failure::Transient(format!("database: {e}"))
-    }
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Db(e) => e.into(),
-            other => Failure::Permanent(other.to_string()),
-        }
-    }
 }
 
 /// Applies messages. Cheap to clone.
@@ -181,7 +154,7 @@ impl Effects {
         }
         for call in &closed {
             self.store.count_committed(call);
-            self.bus.push_call_state(call).await;
+            videocall_calls::push::call_state(&self.bus, call).await;
         }
         Ok(Outcome::CallsClosed { ended, missed })
     }
@@ -226,13 +199,16 @@ impl Effects {
             txn.commit().await?; // the message is processed: the ticket has its offer already
             return Ok(Outcome::AlreadyOffered);
         }
-        let (event_type, routing_key) = SUPPORT_VIDEO_OFFERED;
-        let event_id = Uuid::now_v7();
         let subject = offer.offer_id.to_string();
-        let envelope = CloudEvent::new(event_id, &self.event_source, event_type, &subject, now, &offer);
-        let payload =
-            serde_json::to_string(&envelope).map_err(|e| Failure::Permanent(format!("event encoding: {e}")))?;
-        insert_outbox(&txn, event_id, offer.offer_id, (event_type, routing_key), payload, now).await?;
+        let event = NewEvent {
+            source: &self.event_source,
+            names: SUPPORT_VIDEO_OFFERED,
+            subject: &subject,
+            aggregate_id: offer.offer_id,
+            time: now,
+            data: &offer,
+        };
+        write_event(&txn, event).await?;
         txn.commit().await?;
         tracing::info!(offer_id = %offer.offer_id, "video support offered");
         self.notify_customer(&offer).await;
@@ -259,20 +235,6 @@ impl Effects {
             Err(_) => tracing::warn!(offer_id = %offer.offer_id, "offer notice not published (signal bus timed out)"),
         }
     }
-}
-
-/// Inserts the inbox row; false when this consumer has processed `message_id` already. A replica
-/// racing on the same id waits here on the primary key until the first commits or rolls back.
-async fn record_message(txn: &DatabaseTransaction, consumer: &str, message_id: &str) -> Result<bool, DbErr> {
-    let inserted = processed_messages::Entity::insert(processed_messages::ActiveModel {
-        consumer: Set(consumer.to_owned()),
-        message_id: Set(message_id.to_owned()),
-        processed_at: Set(Utc::now()),
-    })
-    .on_conflict_do_nothing()
-    .exec_without_returning(txn)
-    .await?;
-    Ok(matches!(inserted, TryInsertResult::Inserted(n) if n > 0))
 }
 
 /// `data` of SupportVideoOffered: the offer as recorded.

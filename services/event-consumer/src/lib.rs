@@ -12,83 +12,8 @@ pub mod config;
 pub mod consumer;
 pub mod effects;
 pub mod messages;
-
-use prometheus_client::registry::Registry;
-use videocall_platform::ops::{OpsServer, Readiness};
-
-use anyhow::Context;
-use lapin::Connection;
-use tokio_util::sync::CancellationToken;
-use videocall_platform::{amqp, call_store::CallMetrics, db, signal_bus::SignalBus};
+pub mod startup;
 
 pub use config::{ConsumerArgs, ConsumerConfig, QueueBinding};
-use consumer::{ConsumerMetrics, QueueConsumer, Settings};
 pub use effects::{Effects, Kind, Outcome};
-
-/// Connects to PostgreSQL, Redis (lazily: it is only for best-effort notices) and RabbitMQ, and
-/// consumes until `shutdown`; the broker connection is re-established with backoff whenever it
-/// fails. On shutdown the consumers stop, the message in flight is settled, connections close.
-pub async fn run(config: ConsumerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ops = OpsServer::bind(config.ops_listen_addr).await?;
-    let mut registry = Registry::default();
-    let metrics = ConsumerMetrics::new(&mut registry);
-    for binding in [&config.user_offline, &config.ticket_created] {
-        metrics.init_queue(&binding.queue);
-    }
-    let call_metrics = CallMetrics::default();
-    call_metrics.register(&mut registry);
-    let ready = Readiness::default();
-    let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
-    let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
-    let bus = SignalBus::connect_lazy(&config.redis_url, &config.common.cell_id).context("REDIS_URL")?;
-    let effects =
-        Effects::new(db.clone(), &config.common.cell_id, &config.common.service_name, bus, config.support_offer_ttl)
-            .with_metrics(call_metrics);
-    let settings = Settings {
-        dlx_exchange: config.dlx_exchange.clone(),
-        prefetch: config.prefetch,
-        max_retries: config.max_retries,
-    };
-    amqp::run_sessions(&config.amqp_url, &config.common.service_name, &shutdown, &ready, |connection| async {
-        let result = session(&connection, &config, &effects, &settings, &metrics, &ready, &shutdown).await;
-        (connection, result)
-    })
-    .await;
-    tracing::info!("event-consumer stopped");
-    db.close_by_ref().await.ok();
-    ops_task.await??;
-    Ok(())
-}
-
-/// One broker connection's life: declare, then consume both queues until shutdown or a failure.
-async fn session(
-    connection: &Connection,
-    config: &ConsumerConfig,
-    effects: &Effects,
-    settings: &Settings,
-    metrics: &ConsumerMetrics,
-    ready: &Readiness,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
-    for binding in [&config.user_offline, &config.ticket_created] {
-        consumer::declare(&publisher, binding, &config.dlx_exchange)
-            .await
-            .with_context(|| format!("declaring queue {} on exchange {}", binding.queue, binding.exchange))?;
-    }
-    let consumers = [(Kind::UserOffline, &config.user_offline), (Kind::TicketCreated, &config.ticket_created)].map(
-        |(kind, binding)| QueueConsumer {
-            binding: binding.clone(),
-            kind,
-            effects: effects.clone(),
-            settings: settings.clone(),
-            publisher: publisher.clone(),
-            metrics: metrics.clone(),
-        },
-    );
-    ready.set(true);
-    let [offline, tickets] = &consumers;
-    tokio::try_join!(offline.run(connection, shutdown), tickets.run(connection, shutdown))?;
-    let _ = publisher.close(200, "shutting down".into()).await;
-    Ok(())
-}
+pub use startup::Application;

@@ -2,19 +2,13 @@
 //! validated into [`UserOffline`] or [`SupportTicketCreated`]. Anything else is [`Malformed`].
 
 use serde::{Deserialize, de::DeserializeOwned};
-use serde_json::Value;
+pub use videocall_messaging::inbound::Malformed;
+use videocall_messaging::inbound::{Bodies, parse_envelope};
 
 /// Ids (user, customer, agent, ticket) are 1-128 bytes, as everywhere in Videocall.
 pub const MAX_ID_BYTES: usize = 128;
-/// `processed_messages.message_id` holds at most this many bytes.
-pub const MAX_MESSAGE_ID_BYTES: usize = 256;
 /// A ticket's subject is shown to the customer; longer ones are refused, not cut.
 pub const MAX_SUBJECT_BYTES: usize = 512;
-
-/// Why a message can never be applied; it goes to the dead-letter queue with this text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Malformed(pub String);
 
 /// A validated message: its dedupe id and its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,49 +76,19 @@ fn check_id(field: &str, value: &str) -> Result<(), Malformed> {
     Ok(())
 }
 
-/// Parses `body`. The dedupe id is the AMQP `message_id` property, else the CloudEvents `id`;
-/// a message with neither is malformed, since it could not be recognised when redelivered.
+/// Parses `body`: a CloudEvents envelope of type `T::EVENT_TYPE` (or `<namespace>.<type>`), or
+/// a plain JSON object that is the data itself; then the data's own checks.
 pub fn parse<T: EventData>(message_id_property: Option<&str>, body: &[u8]) -> Result<Incoming<T>, Malformed> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Malformed(format!("body is not JSON: {e}")))?;
-    let Value::Object(mut object) = value else {
-        return Err(Malformed("body is not a JSON object".into()));
-    };
-    let (event_id, data) = if let Some(version) = object.get("specversion") {
-        if version.as_str() != Some("1.0") {
-            return Err(Malformed(format!("unsupported CloudEvents specversion {version}")));
-        }
-        match object.get("type").and_then(Value::as_str) {
-            Some(t) if t == T::EVENT_TYPE || t.ends_with(&format!(".{}", T::EVENT_TYPE)) => {}
-            Some(t) => return Err(Malformed(format!("event type `{t}` is not {}", T::EVENT_TYPE))),
-            None => return Err(Malformed("CloudEvents `type` is missing".into())),
-        }
-        let id = match object.get("id") {
-            None => None,
-            Some(Value::String(id)) => Some(id.clone()),
-            Some(_) => return Err(Malformed("CloudEvents `id` is not a string".into())),
-        };
-        match object.remove("data") {
-            Some(data @ Value::Object(_)) => (id, data),
-            Some(_) => return Err(Malformed("CloudEvents `data` is not a JSON object".into())),
-            None => return Err(Malformed("CloudEvents `data` is missing".into())),
-        }
-    } else {
-        (None, Value::Object(object))
-    };
-    let message_id = message_id_property
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .or(event_id.filter(|id| !id.trim().is_empty()))
-        .ok_or_else(|| {
-            Malformed("no message id: the message_id property is unset and there is no CloudEvents id".into())
-        })?;
-    if message_id.len() > MAX_MESSAGE_ID_BYTES {
-        return Err(Malformed(format!("message id has {} bytes, at most {MAX_MESSAGE_ID_BYTES}", message_id.len())));
+    let envelope = parse_envelope(message_id_property, body, Bodies::CloudEventsOrPlain)?;
+    if let Some(t) = &envelope.event_type
+        && t != T::EVENT_TYPE
+        && !t.ends_with(&format!(".{}", T::EVENT_TYPE))
+    {
+        return Err(Malformed(format!("event type `{t}` is not {}", T::EVENT_TYPE)));
     }
-    let data: T = serde_json::from_value(data).map_err(|e| Malformed(format!("data: {e}")))?;
+    let data: T = serde_json::from_value(envelope.data).map_err(|e| Malformed(format!("data: {e}")))?;
     data.validate()?;
-    Ok(Incoming { message_id, data })
+    Ok(Incoming { message_id: envelope.message_id, data })
 }
 
 #[cfg(test)]

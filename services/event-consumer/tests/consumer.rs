@@ -40,7 +40,7 @@ async fn user_offline_ends_active_calls_and_misses_or_ends_unanswered_ones() {
     // bob's connections (on any relay) hear at once that alice's going offline ended their call.
     let redis = redis::Client::open(common::redis_url()).expect("redis url");
     let mut bob = redis.get_async_pubsub().await.expect("Redis reachable");
-    bob.subscribe(videocall_platform::redis_keys::user_channel(&h.config.common.cell_id, "bob")).await.expect("sub");
+    bob.subscribe(videocall_signaling::redis_keys::user_channel(&h.config.common.cell_id, "bob")).await.expect("sub");
 
     // CloudEvents with its id in the body only; plain objects with the message_id property.
     h.user_offline(
@@ -155,7 +155,7 @@ async fn a_support_ticket_makes_one_offer_one_event_and_a_notice_to_the_customer
     let h = Harness::start(&[]).await;
     let redis = redis::Client::open(common::redis_url()).expect("redis url");
     let mut pubsub = redis.get_async_pubsub().await.expect("Redis reachable");
-    let channel = videocall_platform::redis_keys::user_channel(&h.config.common.cell_id, "carol");
+    let channel = videocall_signaling::redis_keys::user_channel(&h.config.common.cell_id, "carol");
     pubsub.subscribe(&channel).await.expect("subscribe");
 
     let ticket = json!({

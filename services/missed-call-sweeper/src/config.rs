@@ -1,7 +1,7 @@
 //! missed-call-sweeper configuration.
 
 use clap::Parser;
-use videocall_platform::config::{Checker, Common, CommonArgs, ConfigError};
+use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "missed-call-sweeper", version, about = "Marks unanswered calls missed on a cron schedule")]
@@ -83,7 +83,7 @@ impl SweeperArgs {
         }
         let redis_url = self.redis_url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
         if let Some(url) = &redis_url {
-            let ok = videocall_platform::config::is_redis_url(url);
+            let ok = videocall_runtime::config::is_redis_url(url);
             c.check("REDIS_URL", ok, "must start with redis://, rediss:// or unix://");
         }
         c.finish()?;

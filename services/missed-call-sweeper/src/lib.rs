@@ -7,12 +7,11 @@
 
 pub mod config;
 pub mod metrics;
+pub mod startup;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
-use prometheus_client::registry::Registry;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Statement, TransactionTrait,
@@ -20,19 +19,17 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use videocall_calls::{CallMetrics, CallRecord, CallStore, StoreError};
 use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
 use videocall_entities::calls;
-use videocall_platform::{
-    call_store::{CallMetrics, CallRecord, CallStore, StoreError},
-    db,
-    events::event_source,
-    ops::{OpsServer, Readiness},
-    signal_bus::SignalBus,
-};
+use videocall_messaging::cloud_event::event_source;
+use videocall_runtime::ops::Readiness;
+use videocall_signaling::signal_bus::SignalBus;
 
 use crate::metrics::{ResultLabel, SweeperMetrics};
 
 pub use config::{SweeperArgs, SweeperConfig};
+pub use startup::Application;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +85,13 @@ impl Sweeper {
     pub fn with_metrics(mut self, metrics: CallMetrics) -> Self {
         self.store = self.store.with_metrics(metrics);
         self
+    }
+
+    /// A sweeper as `config` sets it up (batch size, zombie timeout, party grace), on `db`.
+    pub fn configured(db: DatabaseConnection, config: &SweeperConfig) -> Self {
+        Self::new(db, &config.common.cell_id, &config.common.service_name, config.batch_size)
+            .with_zombie_timeout(config.zombie_timeout)
+            .with_party_grace(config.party_grace)
     }
 
     /// Tells both parties' connections through `bus` when their call is missed or ended.
@@ -250,7 +254,7 @@ impl Sweeper {
         }
         if let Some(bus) = &self.bus {
             for call in changed {
-                bus.push_call_state(call).await;
+                videocall_calls::push::call_state(bus, call).await;
             }
         }
     }
@@ -306,32 +310,6 @@ pub async fn database_now(db: &DatabaseConnection) -> Result<DateTime<Utc>, Stor
         .await?
         .ok_or_else(|| StoreError::Db(sea_orm::DbErr::Custom("SELECT now() returned nothing".into())))?;
     Ok(row.try_get::<DateTime<Utc>>("", "now")?)
-}
-
-/// Serves `/healthz`, `/readyz`, `/metrics`, connects, and runs the sweeper until `shutdown`.
-pub async fn run(config: SweeperConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ops = OpsServer::bind(config.ops_listen_addr).await?;
-    let mut registry = Registry::default();
-    let metrics = SweeperMetrics::new(&mut registry);
-    let call_metrics = CallMetrics::default();
-    call_metrics.register(&mut registry);
-    let ready = Readiness::default();
-    let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
-    let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
-    ready.set(true);
-    let bus = match &config.redis_url {
-        Some(url) => Some(SignalBus::connect_lazy(url, &config.common.cell_id).context("REDIS_URL")?),
-        None => None,
-    };
-    let sweeper = Sweeper::new(db.clone(), &config.common.cell_id, &config.common.service_name, config.batch_size)
-        .with_zombie_timeout(config.zombie_timeout)
-        .with_party_grace(config.party_grace)
-        .with_bus(bus)
-        .with_metrics(call_metrics);
-    sweeper.run(config.schedule, metrics, ready, shutdown).await;
-    db.close_by_ref().await.ok();
-    ops_task.await??;
-    Ok(())
 }
 
 /// Parses a cron expression with seconds (`sec min hour day-of-month month day-of-week [year]`).

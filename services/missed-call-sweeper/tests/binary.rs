@@ -4,11 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::sync::Notify;
+use videocall_calls::{CallStore, NewCall};
 use videocall_domain::{CallStatus, CallType};
-use videocall_platform::{
-    call_store::{CallStore, NewCall},
-    db,
-};
+use videocall_runtime::db;
 use videocall_testkit::{free_port, fresh_database, http_get};
 
 #[tokio::test]

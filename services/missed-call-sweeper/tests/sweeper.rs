@@ -7,13 +7,11 @@ use missed_call_sweeper::Sweeper;
 use sea_orm::{ColumnTrait, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use tokio::sync::Notify;
 use uuid::Uuid;
+use videocall_calls::{Actor, CallStore, NewCall, StoreError};
 use videocall_domain::{CallStatus, CallType, Command, EndReason};
 use videocall_entities::outbox;
-use videocall_platform::{
-    call_store::{Actor, CallStore, NewCall, StoreError},
-    db,
-    signal_bus::{SignalBus, SignalBusConfig},
-};
+use videocall_runtime::db;
+use videocall_signaling::signal_bus::{SignalBus, SignalBusConfig};
 
 async fn setup() -> (DatabaseConnection, CallStore) {
     let url = videocall_testkit::fresh_database().await;

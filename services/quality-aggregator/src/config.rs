@@ -1,7 +1,7 @@
 //! quality-aggregator configuration: every variable also a `--flag`, every bad value reported at once.
 
 use clap::Parser;
-use videocall_platform::config::{Checker, Common, CommonArgs, ConfigError};
+use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError};
 
 /// Routing keys the queue is bound with: samples, and the endings that finalize a summary.
 pub const ROUTING_KEYS: [&str; 4] = ["call.quality", "call.ended", "call.missed", "call.rejected"];

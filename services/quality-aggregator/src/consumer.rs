@@ -3,27 +3,18 @@
 //! decides each message's fate: ack after the effect committed, dead-letter with the reason when
 //! it can never apply, republish with an attempt count after a transient fault.
 
-use std::sync::Arc;
-
-use lapin::{
-    Channel, Connection, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
-};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
+use lapin::{Channel, Connection};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use videocall_platform::inbox_worker::{Handler, QueueLag, QueueWorker, Verdict};
+pub use videocall_messaging::consumer_metrics::ConsumerMetrics;
+use videocall_messaging::inbox_worker::{Handler, QueueWorker, Verdict, declare_queue};
 
 use crate::{
     config::ROUTING_KEYS,
-    summaries::{Aggregator, Failure, Outcome},
+    summaries::{Aggregator, Outcome},
 };
 
-pub use videocall_platform::inbox_worker::{ATTEMPT_HEADER, REASON_HEADER, dlq_name, publisher_channel};
+pub use videocall_messaging::inbox_worker::{ATTEMPT_HEADER, REASON_HEADER, dlq_name, publisher_channel};
 
 /// Where the consumed queue is and how it is handled.
 #[derive(Debug, Clone)]
@@ -36,29 +27,11 @@ pub struct Settings {
 }
 
 /// Declares (the events exchange being declared already, with its alternate exchange: see
-/// `videocall_platform::amqp::declare_events_exchange`) the dead-letter exchange and queue, and the
-/// durable queue bound to the events exchange with every key of [`ROUTING_KEYS`] (dead-lettering
-/// to the DLX, should anything reject). Every declaration is idempotent.
+/// `videocall_messaging::amqp::declare_events_exchange`) the queue and its dead-letter queue,
+/// bound to the events exchange with every key of [`ROUTING_KEYS`]. Idempotent.
 pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), lapin::Error> {
-    let (exchange, queue, dlx) = (settings.exchange.as_str(), settings.queue.as_str(), settings.dlx_exchange.as_str());
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel.exchange_declare(dlx.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
-    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
-    let dlq = dlq_name(queue);
-    channel.queue_declare(dlq.as_str().into(), durable_queue, FieldTable::default()).await?;
-    channel
-        .queue_bind(dlq.as_str().into(), dlx.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
-        .await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
-    arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
-    channel.queue_declare(queue.into(), durable_queue, arguments).await?;
-    for key in ROUTING_KEYS {
-        channel
-            .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
-    }
-    Ok(())
+    let bindings = ROUTING_KEYS.map(|key| (settings.exchange.as_str(), key));
+    declare_queue(channel, &settings.queue, &settings.dlx_exchange, &bindings).await
 }
 
 /// Consumes the queue.
@@ -70,34 +43,17 @@ pub struct QueueConsumer {
     pub metrics: ConsumerMetrics,
 }
 
-/// Messages handled, by outcome (`applied`, `late`, `finalized`, `duplicate`, `dead_lettered`,
-/// `retried`).
-#[derive(Debug, Clone, Default)]
-pub struct ConsumerMetrics {
-    pub messages: Family<MessageLabels, Counter>,
-    pub lag: QueueLag,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MessageLabels {
-    pub outcome: &'static str,
-}
-
-impl ConsumerMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        // Zero series for every outcome, so the family shows before the first message.
-        for outcome in ["applied", "late", "finalized", "duplicate", "dead_lettered", "retried"] {
-            let _ = metrics.messages.get_or_create(&MessageLabels { outcome });
-        }
-        registry.register(
-            "videocall_quality_messages",
-            "Messages handled, by outcome (applied, late, finalized, duplicate, dead_lettered, retried)",
-            metrics.messages.clone(),
-        );
-        metrics.lag.register(registry);
-        metrics
-    }
+/// `videocall_quality_messages{outcome}`: messages handled, by outcome, with a zero series for
+/// each from the start.
+pub fn metrics(registry: &mut Registry, queue: &str) -> ConsumerMetrics {
+    let metrics = ConsumerMetrics::register(
+        registry,
+        "videocall_quality_messages",
+        "Messages handled, by outcome (applied, late, finalized, duplicate, dead_lettered, retried)",
+        false,
+    );
+    metrics.init(queue, &["applied", "late", "finalized", "duplicate", "dead_lettered", "retried"]);
+    metrics
 }
 
 /// The aggregator as the queue's handler (also what the standalone binary binds to its in-process
@@ -118,8 +74,7 @@ impl Handler for Apply {
                 Outcome::Finalized => "finalized",
                 Outcome::Duplicate => "duplicate",
             }),
-            Err(failure @ (Failure::Malformed(_) | Failure::Permanent(_))) => Verdict::DeadLetter(failure.to_string()),
-            Err(Failure::Transient(reason)) => Verdict::Retry(reason),
+            Err(failure) => failure.into(),
         }
     }
 }
@@ -128,7 +83,6 @@ impl QueueConsumer {
     /// Consumes until `shutdown` (then returns Ok after the in-flight message is settled) or
     /// until the channel fails (Err: the caller reconnects).
     pub async fn run(&self, connection: &Connection, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let metrics = self.metrics.clone();
         let worker = QueueWorker {
             queue: self.settings.queue.clone(),
             dlx_exchange: self.settings.dlx_exchange.clone(),
@@ -137,9 +91,7 @@ impl QueueConsumer {
             publisher: self.publisher.clone(),
             handler: Apply(self.aggregator.clone()),
             lag: self.metrics.lag.clone(),
-            count: Arc::new(move |outcome| {
-                metrics.messages.get_or_create(&MessageLabels { outcome }).inc();
-            }),
+            count: self.metrics.counter(&self.settings.queue),
         };
         tracing::info!(queue = %self.settings.queue, exchange = %self.settings.exchange, "consuming");
         worker.run(connection, shutdown).await

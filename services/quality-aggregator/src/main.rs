@@ -1,23 +1,6 @@
-//! `quality-aggregator` binary: configuration, telemetry, run.
-
-use clap::Parser;
-use videocall_platform::{shutdown, telemetry};
+//! `quality-aggregator` binary: the service shell around [`quality_aggregator::Application`].
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = match quality_aggregator::AggregatorArgs::parse().validate() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("quality-aggregator: {error}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    telemetry::init(config.common.log_format);
-    match quality_aggregator::run(config, shutdown::on_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "quality-aggregator failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    videocall_runtime::service::main::<quality_aggregator::Application>().await
 }

@@ -4,18 +4,13 @@
 
 use serde_json::Value;
 use uuid::Uuid;
-use videocall_platform::quality_sample::{CALL_QUALITY_REPORTED, QualityReported};
+use videocall_calls::quality_sample::{CALL_QUALITY_REPORTED, QualityReported};
+pub use videocall_messaging::inbound::Malformed;
+use videocall_messaging::inbound::{Bodies, parse_envelope};
 
-/// `processed_messages.message_id` holds at most this many bytes.
-pub const MAX_MESSAGE_ID_BYTES: usize = 256;
 pub const MAX_USER_ID_BYTES: usize = 128;
 /// Event types that end a call, hence finalize its summary.
 pub const ENDINGS: [&str; 3] = ["CallEnded", "CallMissed", "CallRejected"];
-
-/// Why a message can never be applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Malformed(pub String);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -35,34 +30,8 @@ pub struct Incoming {
 
 /// Parses `body`. The dedupe id is the AMQP `message_id` property, else the CloudEvents `id`.
 pub fn parse(message_id_property: Option<&str>, body: &[u8]) -> Result<Incoming, Malformed> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Malformed(format!("body is not JSON: {e}")))?;
-    let Value::Object(mut object) = value else {
-        return Err(Malformed("body is not a JSON object".into()));
-    };
-    if object.get("specversion").and_then(Value::as_str) != Some("1.0") {
-        return Err(Malformed("not a CloudEvents 1.0 envelope (specversion `1.0` missing)".into()));
-    }
-    let event_type = match object.get("type") {
-        Some(Value::String(t)) => t.clone(),
-        _ => return Err(Malformed("CloudEvents `type` is missing".into())),
-    };
-    let event_id = object.get("id").and_then(Value::as_str).map(str::to_owned);
-    let message_id = message_id_property
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .or(event_id.filter(|id| !id.trim().is_empty()))
-        .ok_or_else(|| {
-            Malformed("no message id: the message_id property is unset and there is no CloudEvents id".into())
-        })?;
-    if message_id.len() > MAX_MESSAGE_ID_BYTES {
-        return Err(Malformed(format!("message id has {} bytes, at most {MAX_MESSAGE_ID_BYTES}", message_id.len())));
-    }
-    let data = match object.remove("data") {
-        Some(data @ Value::Object(_)) => data,
-        Some(_) => return Err(Malformed("CloudEvents `data` is not a JSON object".into())),
-        None => return Err(Malformed("CloudEvents `data` is missing".into())),
-    };
+    let envelope = parse_envelope(message_id_property, body, Bodies::CloudEvents)?;
+    let (message_id, event_type, data) = (envelope.message_id, envelope.event_type.unwrap_or_default(), envelope.data);
     let event = if event_type == CALL_QUALITY_REPORTED.0 {
         let sample: QualityReported = serde_json::from_value(data).map_err(|e| Malformed(format!("data: {e}")))?;
         sample.sample().validate().map_err(|e| Malformed(format!("data.{e}")))?;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use videocall_platform::quality_sample::QualitySample;
+use videocall_calls::quality_sample::QualitySample;
 
 /// A sample with at least this much loss counts as a disconnect (as does bitrate 0).
 pub const DISCONNECT_LOSS_PERCENT: f64 = 50.0;
@@ -142,7 +142,7 @@ pub fn most_common_resolution(histogram: &BTreeMap<String, i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use videocall_platform::quality_sample::Direction;
+    use videocall_calls::quality_sample::Direction;
 
     fn close(actual: f64, expected: f64) {
         assert!((actual - expected).abs() < 1e-9, "expected {expected}, got {actual}");

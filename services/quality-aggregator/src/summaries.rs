@@ -10,15 +10,17 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, TryInsertResult,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
     sea_query::{Expr, ExprTrait, LockType},
 };
 use uuid::Uuid;
-use videocall_entities::{call_quality, processed_messages, quality_samples};
-use videocall_platform::quality_sample::QualityReported;
+use videocall_calls::quality_sample::QualityReported;
+use videocall_entities::{call_quality, quality_samples};
+pub use videocall_messaging::inbound::Failure;
+use videocall_messaging::inbound::record_message;
 
 use crate::{
-    messages::{self, Event, Malformed},
+    messages::{self, Event},
     quality_math::Totals,
 };
 
@@ -38,26 +40,6 @@ pub enum Outcome {
     Finalized,
     /// This message id was applied before; nothing changed.
     Duplicate,
-}
-
-/// Why a message was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// The message can never be applied: dead-letter it.
-    #[error("malformed: {0}")]
-    Malformed(#[from] Malformed),
-    /// It could be applied later (the database failed): retry, boundedly.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Retrying will not help (stored data is unreadable): dead-letter it.
-    #[error("cannot apply: {0}")]
-    Permanent(String),
-}
-
-impl From<DbErr> for Failure {
-    fn from(e: DbErr) -> Self {
-        Failure::Transient(format!("database: {e}"))
-    }
 }
 
 /// Applies messages. Cheap to clone.
@@ -119,7 +101,7 @@ impl Aggregator {
     #[tracing::instrument(skip_all, fields(call_id = %s.call_id, direction = %s.direction), err)]
     async fn sample(&self, message_id: &str, s: &QualityReported) -> Result<Outcome, Failure> {
         let txn = self.db.begin().await?;
-        if !record_message(&txn, message_id).await? {
+        if !record_message(&txn, CONSUMER, message_id).await? {
             txn.rollback().await?;
             return Ok(Outcome::Duplicate);
         }
@@ -174,7 +156,7 @@ impl Aggregator {
     #[tracing::instrument(skip_all, fields(call_id = %call_id), err)]
     async fn finalize(&self, message_id: &str, call_id: Uuid) -> Result<Outcome, Failure> {
         let txn = self.db.begin().await?;
-        if !record_message(&txn, message_id).await? {
+        if !record_message(&txn, CONSUMER, message_id).await? {
             txn.rollback().await?;
             return Ok(Outcome::Duplicate);
         }
@@ -204,20 +186,6 @@ impl Aggregator {
         }
         Ok(Outcome::Finalized)
     }
-}
-
-/// Inserts the inbox row; false when this message id was processed already. A replica racing on
-/// the same id waits on the primary key until the first commits or rolls back.
-async fn record_message(txn: &DatabaseTransaction, message_id: &str) -> Result<bool, DbErr> {
-    let inserted = processed_messages::Entity::insert(processed_messages::ActiveModel {
-        consumer: Set(CONSUMER.to_owned()),
-        message_id: Set(message_id.to_owned()),
-        processed_at: Set(Utc::now()),
-    })
-    .on_conflict_do_nothing()
-    .exec_without_returning(txn)
-    .await?;
-    Ok(matches!(inserted, TryInsertResult::Inserted(n) if n > 0))
 }
 
 fn empty_row(call_id: Uuid, scope: &str) -> call_quality::ActiveModel {

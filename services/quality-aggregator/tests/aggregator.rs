@@ -3,6 +3,7 @@
 //! front, through UpdateCallQuality and GetCall.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
+use videocall_runtime::service::Service;
 
 use clap::Parser;
 use lapin::{
@@ -49,9 +50,9 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        videocall_platform::telemetry::init_for_tests();
+        videocall_runtime::telemetry::init_for_tests();
         let database_url = videocall_testkit::fresh_database().await;
-        let db = videocall_platform::db::connect_and_migrate(&database_url, &Default::default()).await.expect("db");
+        let db = videocall_runtime::db::connect_and_migrate(&database_url, &Default::default()).await.expect("db");
         let u = videocall_testkit::unique_name;
         let config = AggregatorArgs::try_parse_from([
             "quality-aggregator".to_owned(),
@@ -66,9 +67,9 @@ impl Harness {
         .expect("flags")
         .validate()
         .expect("valid config");
-        let app = quality_aggregator::Application::build(config.clone()).await.expect("binds");
-        let ops = app.ops_addr().expect("ops address");
         let shutdown = CancellationToken::new();
+        let app = quality_aggregator::Application::build(config.clone(), &shutdown).await.expect("binds");
+        let ops = app.ops_addr().expect("ops address");
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let amqp = Connection::connect(&videocall_testkit::amqp_url(), ConnectionProperties::default())
             .await
@@ -346,13 +347,13 @@ mod end_to_end {
     use super::*;
     use api_gateway::{Application, GatewayConfig, RingTimeouts};
     use tonic::Request;
-    use videocall_platform::{
+    use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+    use videocall_runtime::{
         auth::{JwtKeys, Role},
         config::{Common, Secret},
         ice::IceConfig,
         telemetry::LogFormat,
     };
-    use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 
     const JWT_SECRET: &str = "end-to-end-test-secret-0123456789";
 
@@ -364,14 +365,14 @@ mod end_to_end {
             common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
             database_url,
             amqp_url: videocall_testkit::amqp_url(),
-            signal_bus: videocall_platform::signal_bus::SignalBusConfig {
+            signal_bus: videocall_signaling::signal_bus::SignalBusConfig {
                 redis_url: std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
                 cell_id: videocall_testkit::unique_name("test"),
                 log_capacity: 256,
                 log_ttl: Duration::from_secs(600),
             },
             grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-            tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+            tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             ice: IceConfig {
                 stun_urls: vec![],
                 turn_urls: vec![],

@@ -17,6 +17,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use videocall_runtime::service::Service;
 
 use api_gateway::{Application, GatewayConfig, RingTimeouts};
 use chrono::{DateTime, Utc};
@@ -27,13 +28,13 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Quer
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 use videocall_entities::{call_quality, outbox, processed_messages, quality_samples};
-use videocall_platform::{
+use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::{Common, Secret},
     ice::IceConfig,
     telemetry::LogFormat,
 };
-use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_testkit::{EventTap, amqp_url, fault_proxy::FaultProxy, fresh_database, http_get, unique_name};
 
 const LIFECYCLES: usize = 1_000;
@@ -60,14 +61,14 @@ fn gateway_config(database_url: String, amqp_url: String, exchange: &str) -> Gat
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url,
-        signal_bus: videocall_platform::signal_bus::SignalBusConfig {
+        signal_bus: videocall_signaling::signal_bus::SignalBusConfig {
             redis_url: std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             cell_id: unique_name("test"),
             log_capacity: 256,
             log_ttl: Duration::from_secs(600),
         },
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+        tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: IceConfig { stun_urls: vec![], turn_urls: vec![], turn_secret: None, turn_ttl: Duration::from_secs(3600) },
         ring_timeouts: RingTimeouts::uniform(600),
         events_exchange: exchange.to_owned(),
@@ -158,7 +159,7 @@ fn secs(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_second_broker_outage_during_1000_lifecycles_loses_nothing() {
-    videocall_platform::telemetry::init_for_tests();
+    videocall_runtime::telemetry::init_for_tests();
     let proxy = FaultProxy::start(RABBITMQ.parse().expect("addr")).await;
     let proxied_amqp = proxy.rewrite_url(&amqp_url());
     let database_url = fresh_database().await;
@@ -178,9 +179,10 @@ async fn a_ten_second_broker_outage_during_1000_lifecycles_loses_nothing() {
     .expect("flags")
     .validate()
     .expect("valid config");
-    let aggregator = quality_aggregator::Application::build(aggregator_config.clone()).await.expect("aggregator binds");
-    let aggregator_ops = aggregator.ops_addr().expect("ops address");
     let shutdown = CancellationToken::new();
+    let aggregator =
+        quality_aggregator::Application::build(aggregator_config.clone(), &shutdown).await.expect("aggregator binds");
+    let aggregator_ops = aggregator.ops_addr().expect("ops address");
     let aggregator_task = tokio::spawn(aggregator.run_until_stopped(shutdown.clone()));
     wait_until("the aggregator to consume", Duration::from_secs(30), || async {
         ready(aggregator_ops).await == Some(200)

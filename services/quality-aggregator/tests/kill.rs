@@ -68,7 +68,7 @@ fn rtt(call: usize, sample: usize) -> f64 {
 
 #[tokio::test]
 async fn an_aggregator_killed_mid_backlog_applies_every_message_once() {
-    videocall_platform::telemetry::init_for_tests();
+    videocall_runtime::telemetry::init_for_tests();
     let u = videocall_testkit::unique_name;
     let settings = Settings {
         database_url: videocall_testkit::fresh_database().await,

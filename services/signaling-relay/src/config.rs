@@ -3,11 +3,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use videocall_platform::{
+use videocall_runtime::{
     auth::JwtKeys,
-    config::{Checker, Common, CommonArgs, ConfigError, TokenArgs, split_list},
-    signal_bus::SignalBusConfig,
+    config::{Checker, Common, CommonArgs, ConfigError, split_list},
+    tokens::TokenArgs,
 };
+use videocall_signaling::signal_bus::SignalBusConfig;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "signaling-relay", version, about = "WebSocket signaling edge of Videocall")]

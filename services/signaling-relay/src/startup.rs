@@ -15,14 +15,16 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use videocall_platform::{
-    auth::{JwtKeys, bearer},
-    signal_bus::{SignalBus, hub::Hub},
-};
 use videocall_proto::v1::call_service_client::CallServiceClient;
+use videocall_runtime::{
+    auth::{JwtKeys, bearer},
+    ops::{self, OpsServer},
+    service::Service,
+};
+use videocall_signaling::signal_bus::{SignalBus, hub::Hub};
 
 use crate::{
-    config::RelayConfig,
+    config::{RelayArgs, RelayConfig},
     connection::{Connection, Limits},
     metrics::RelayMetrics,
 };
@@ -46,7 +48,6 @@ struct AppState {
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     metrics: RelayMetrics,
-    registry: Arc<Registry>,
 }
 
 pub struct Application {
@@ -54,22 +55,17 @@ pub struct Application {
     listener: TcpListener,
     bus: SignalBus,
     /// `/healthz`, `/readyz`, `/metrics` away from the public port, when configured.
-    ops: Option<videocall_platform::ops::OpsServer>,
+    ops: Option<OpsServer>,
 }
 
 impl Application {
-    pub async fn build(config: RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
-        Self::build_with_bus(config, bus).await
-    }
-
     /// Binds with a bus made by the caller (the standalone binary passes its in-process bus).
     pub async fn build_with_bus(config: RelayConfig, bus: SignalBus) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.http_listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.http_listen_addr))?;
         let ops = match config.ops_listen_addr {
-            Some(addr) => Some(videocall_platform::ops::OpsServer::bind(addr).await?),
+            Some(addr) => Some(OpsServer::bind(addr).await?),
             None => None,
         };
         Ok(Self { config, listener, bus, ops })
@@ -77,14 +73,25 @@ impl Application {
 
     /// Where `/metrics` is served when OPS_LISTEN_ADDR is set (then not on the public port).
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.ops.as_ref().and_then(videocall_platform::ops::OpsServer::local_addr)
+        self.ops.as_ref().and_then(OpsServer::local_addr)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.http_listen_addr)
     }
+}
 
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+impl Service for Application {
+    videocall_runtime::service_configuration!("signaling-relay", RelayArgs => RelayConfig);
+
+    /// Connects to the signal bus (waiting for it) and binds the public and ops ports.
+    async fn build(config: RelayConfig, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let bus = SignalBus::connect_with_retry(config.signal_bus.clone(), shutdown).await?;
+        Self::build_with_bus(config, bus).await
+    }
+
+    /// Serves until `shutdown`, then closes every socket (1001) and gives them the grace period.
+    async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { config, listener, bus, ops } = self;
         let gateway_channel = Endpoint::from_shared(config.gateway_url.clone())
             .context("GATEWAY_URL")?
@@ -97,14 +104,10 @@ impl Application {
         let mut registry = Registry::default();
         let metrics = RelayMetrics::new(&mut registry);
         let registry = Arc::new(registry);
-        let ops_task = ops.map(|ops| {
-            let ready = videocall_platform::ops::Readiness::default();
-            tokio::spawn(follow_readiness(hub.clone(), ready.clone(), shutdown.clone()));
-            tokio::spawn(ops.serve_shared(registry.clone(), ready, shutdown.clone()))
-        });
+        let ops_task =
+            ops.map(|ops| tokio::spawn(ops.serve_shared(registry.clone(), hub.readiness(), shutdown.clone())));
         let state = AppState {
             metrics,
-            registry,
             keys: config.tokens.clone(),
             config: Arc::new(config),
             hub: hub.clone(),
@@ -117,13 +120,12 @@ impl Application {
             .route("/ws", get(upgrade))
             .route("/", get(|| web("index.html")))
             .route("/{file}", get(|axum::extract::Path(file): axum::extract::Path<String>| web(file)))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(ready));
+            .with_state(state)
+            .merge(ops::health_router(hub.readiness(), shutdown.clone()));
         // Without an ops address (the standalone binary, on loopback) metrics stay here.
         if ops_task.is_none() {
-            app = app.route("/metrics", get(serve_metrics));
+            app = app.merge(ops::metrics_router(registry));
         }
-        let app = app.with_state(state);
         tracing::info!(addr = ?listener.local_addr().ok(), "signaling relay listening");
         let stop = shutdown.clone();
         // TCP_NODELAY: signals are small frames that must not wait for Nagle's algorithm.
@@ -145,21 +147,6 @@ impl Application {
         }
         tracing::info!("signaling relay stopped");
         Ok(())
-    }
-}
-
-/// Keeps the ops endpoint's readiness equal to the public `/readyz`: the bus subscriber is up and
-/// the relay is not stopping.
-async fn follow_readiness(hub: Hub, ready: videocall_platform::ops::Readiness, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                ready.set(false);
-                return;
-            }
-            _ = tick.tick() => ready.set(hub.is_connected()),
-        }
     }
 }
 
@@ -192,23 +179,6 @@ async fn web(file: impl AsRef<str>) -> Response {
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-async fn serve_metrics(State(state): State<AppState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn ready(State(state): State<AppState>) -> Response {
-    if state.hub.is_connected() && !state.shutdown.is_cancelled() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-    }
-}
 
 fn refuse(status: StatusCode, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({"error": message}).to_string())
@@ -294,7 +264,8 @@ async fn upgrade(
             Err(error) => {
                 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
                 tracing::warn!(%error, user_id = %principal.user_id, "connection refused after upgrade");
-                let reason = if matches!(error, videocall_platform::signal_bus::hub::RegisterError::TooManyForUser(_)) {
+                let reason = if matches!(error, videocall_signaling::signal_bus::hub::RegisterError::TooManyForUser(_))
+                {
                     "too many connections for this user"
                 } else {
                     "signal bus unavailable, retry"

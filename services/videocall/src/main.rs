@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use videocall::{Standalone, StandaloneArgs, mint_token};
-use videocall_platform::{shutdown, telemetry};
+use videocall_runtime::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,12 +1,12 @@
 //! `vc-migrate`: brings the database at `DATABASE_URL` to the current schema and exits — the
 //! one-shot job that runs before the fleet starts (docker/compose.yaml), so no service starts on
 //! an old schema. Services also migrate at start, which is then a no-op; concurrent migrators are
-//! serialised by an advisory lock (`videocall_platform::db::migrate`). Waits for the database
+//! serialised by an advisory lock (`videocall_runtime::db::migrate`). Waits for the database
 //! while it is unreachable, at most `MIGRATE_TIMEOUT_SECS` (default 120).
 
 use std::{process::ExitCode, time::Duration};
 
-use videocall_platform::{
+use videocall_runtime::{
     config::{Checker, ConfigError},
     db, shutdown,
     telemetry::{self, LogFormat},

@@ -9,9 +9,9 @@
 
 use std::{path::Path, process::ExitCode, time::Duration};
 
-use videocall_platform::{
+use videocall_runtime::{
     auth::{
-        DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_MAX_LIFETIME, Ed25519Key, JwtKeys, MIN_HS256_SECRET_BYTES, Role,
+        DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_MAX_LIFETIME, Ed25519Key, JwtKeys, Role, check_hs256_secret,
         jwks_json,
     },
     config::Secret,
@@ -77,8 +77,10 @@ fn mint(args: &[String]) -> Result<String, String> {
             JwtKeys::none()
                 .with_signing_key(Ed25519Key::from_jwk_json(&text).map_err(|e| format!("JWT_SIGNING_KEY {path}: {e}"))?)
         }
-        (None, Some(secret)) if secret.len() >= MIN_HS256_SECRET_BYTES => JwtKeys::new(Secret::new(secret)),
-        (None, Some(_)) => return Err(format!("JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes")),
+        (None, Some(secret)) => {
+            check_hs256_secret(&secret).map_err(|e| format!("JWT_SECRET {e}"))?;
+            JwtKeys::new(Secret::new(secret))
+        }
         (None, None) => return Err(format!("JWT_SIGNING_KEY (or JWT_SECRET) is required\n{USAGE}")),
     };
     let issuer = env("JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.to_owned());

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use tonic::Code;
 use videocall_entities::{call_transitions, calls, outbox};
-use videocall_platform::auth::{JwtKeys, Role};
-use videocall_platform::config::Secret;
 use videocall_proto::v1::{self as pb, CallType};
+use videocall_runtime::auth::{JwtKeys, Role};
+use videocall_runtime::config::Secret;
 
 use crate::helpers::{TestApp, spawn_app, with_token};
 

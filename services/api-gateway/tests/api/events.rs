@@ -18,7 +18,7 @@ fn call_to(callee: &str) -> pb::InitiateCallRequest {
 async fn events_nobody_is_bound_for_are_confirmed_into_the_bounded_unrouted_queue() {
     let exchange = format!("videocall.events.test.{}", Uuid::now_v7().simple());
     let elsewhere = EventTap::bind(&format!("{exchange}.unused")).await;
-    let retention = videocall_platform::amqp::UnroutedRetention { max_messages: 100, ttl: Duration::from_secs(600) };
+    let retention = videocall_messaging::amqp::UnroutedRetention { max_messages: 100, ttl: Duration::from_secs(600) };
     let app = spawn_app_on_with(fresh_database().await, exchange.clone(), elsewhere, |c| c.unrouted = retention).await;
     let mut client = app.client().await;
 
@@ -38,7 +38,7 @@ async fn events_nobody_is_bound_for_are_confirmed_into_the_bounded_unrouted_queu
     // Every event is confirmed (into the unrouted queue) and leaves the outbox without a retry.
     let mut backlog = u64::MAX;
     for _ in 0..200 {
-        backlog = videocall_platform::outbox_relay::backlog(&app.db).await.expect("backlog");
+        backlog = videocall_messaging::outbox_relay::backlog(&app.db).await.expect("backlog");
         if backlog == 0 {
             break;
         }
@@ -49,7 +49,7 @@ async fn events_nobody_is_bound_for_are_confirmed_into_the_bounded_unrouted_queu
     assert_eq!(rows.len(), CALLS * 4);
     assert!(rows.iter().all(|r| r.attempts == 0 && r.last_error.is_none()), "nothing came back unroutable");
     // The unrouted queue keeps the newest events, never more than its bound.
-    let unrouted = videocall_platform::amqp::unrouted_name(&exchange);
+    let unrouted = videocall_messaging::amqp::unrouted_name(&exchange);
     let kept = queue_depth(&unrouted).await;
     assert_eq!(kept, 100, "bounded at 100 of {} events", CALLS * 4);
     app.stop().await.expect("clean stop");

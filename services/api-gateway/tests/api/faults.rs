@@ -13,6 +13,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use videocall_runtime::service::Service;
 
 use sea_orm::{Database, EntityTrait};
 use tokio::sync::Mutex;
@@ -20,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use videocall_entities::{call_transitions, calls, live_call_parties, outbox};
-use videocall_platform::{
+use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::Secret,
 };
-use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_testkit::{EventTap, fault_proxy::FaultProxy, fresh_database, http_get, unique_name};
 
 use crate::helpers::{JWT_SECRET, config, with_token};
@@ -121,7 +122,7 @@ async fn wait_readiness(ops: SocketAddr, channel: &Channel, ready: bool, within:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_turns_the_gateway_not_ready_and_it_recovers_with_nothing_half_applied() {
-    videocall_platform::telemetry::init_for_tests();
+    videocall_runtime::telemetry::init_for_tests();
     let database_url = fresh_database().await;
     let proxy = FaultProxy::start(POSTGRES.parse().expect("addr")).await;
     let exchange = unique_name("videocall.events.test.db-outage");

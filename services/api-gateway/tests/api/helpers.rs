@@ -1,19 +1,20 @@
 //! Spawning the gateway and observing it: databases, exchanges, tokens and events.
 
 use std::{net::SocketAddr, time::Duration};
+use videocall_runtime::service::Service;
 
 use api_gateway::{Application, GatewayConfig, RingTimeouts};
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
-use videocall_platform::{
+use videocall_proto::v1::call_service_client::CallServiceClient;
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::{Common, Secret},
     ice::IceConfig,
     telemetry::{LogFormat, init_for_tests},
 };
-use videocall_proto::v1::call_service_client::CallServiceClient;
 pub use videocall_testkit::{EventTap, amqp_url, fresh_database};
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789";
@@ -27,14 +28,14 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: amqp_url(),
-        signal_bus: videocall_platform::signal_bus::SignalBusConfig {
+        signal_bus: videocall_signaling::signal_bus::SignalBusConfig {
             redis_url: std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             cell_id: videocall_testkit::unique_name("test"),
             log_capacity: 256,
             log_ttl: Duration::from_secs(600),
         },
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+        tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: IceConfig {
             stun_urls: vec!["stun:127.0.0.1:3478".into()],
             turn_urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],

@@ -82,7 +82,7 @@ async fn a_request_past_its_deadline_gets_deadline_exceeded_not_a_hang() {
     let status = answered.expect_err("the row stays locked past the deadline");
     assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
     // What the server itself answers, to a client with no timer of its own: DEADLINE_EXCEEDED.
-    let token = app.token("bob", videocall_platform::auth::Role::User);
+    let token = app.token("bob", videocall_runtime::auth::Role::User);
     let (code, message) = tokio::time::timeout(Duration::from_secs(10), raw_answer(app.addr, &token, &call.id, "300m"))
         .await
         .expect("the server answers within 10 s: a deadline of 300 ms must not hang");

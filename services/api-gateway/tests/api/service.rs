@@ -1,6 +1,7 @@
 //! Health, reflection, SQLite, configuration errors and shutdown.
 
 use std::time::Duration;
+use videocall_runtime::service::Service;
 
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -84,8 +85,8 @@ async fn the_same_lifecycle_runs_on_sqlite() {
         .await
         .expect("connect");
     let keys =
-        videocall_platform::auth::JwtKeys::new(videocall_platform::config::Secret::new(crate::helpers::JWT_SECRET));
-    let token = |user: &str| keys.mint(user, videocall_platform::auth::Role::User, chrono::Utc::now().timestamp() + 60);
+        videocall_runtime::auth::JwtKeys::new(videocall_runtime::config::Secret::new(crate::helpers::JWT_SECRET));
+    let token = |user: &str| keys.mint(user, videocall_runtime::auth::Role::User, chrono::Utc::now().timestamp() + 60);
 
     let req =
         pb::InitiateCallRequest { callee_id: "bob".into(), call_type: CallType::Sales as i32, ..Default::default() };
@@ -159,8 +160,8 @@ async fn the_operations_endpoint_reports_readiness_and_metrics() {
         .await
         .expect("connect");
     let keys =
-        videocall_platform::auth::JwtKeys::new(videocall_platform::config::Secret::new(crate::helpers::JWT_SECRET));
-    let token = keys.mint("alice", videocall_platform::auth::Role::User, chrono::Utc::now().timestamp() + 60);
+        videocall_runtime::auth::JwtKeys::new(videocall_runtime::config::Secret::new(crate::helpers::JWT_SECRET));
+    let token = keys.mint("alice", videocall_runtime::auth::Role::User, chrono::Utc::now().timestamp() + 60);
     let req =
         pb::InitiateCallRequest { callee_id: "bob".into(), call_type: CallType::Support as i32, ..Default::default() };
     client.initiate_call(crate::helpers::with_token(&token, req)).await.expect("initiate");
@@ -196,7 +197,7 @@ async fn the_operations_endpoint_reports_readiness_and_metrics() {
 async fn vc_migrate_brings_a_fresh_database_current_once_and_refuses_bad_settings() {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
     use videocall_migrations::MigratorTrait;
-    use videocall_platform::db;
+    use videocall_runtime::db;
 
     let url = videocall_testkit::fresh_database().await;
     let run = |url: Option<&str>| {

@@ -14,11 +14,11 @@ use std::{
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use tonic::{Request, transport::Channel};
 use videocall_entities::outbox;
-use videocall_platform::{
+use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::Secret,
 };
-use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_testkit::process::{Process, loopback, workspace_binary};
 
 pub const JWT_SECRET: &str = "process-test-secret-0123456789-0123456789";

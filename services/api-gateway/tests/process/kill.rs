@@ -18,7 +18,7 @@ use crate::gateway::{GatewaySettings, LoadCounts, lifecycle_load, unpublished};
 
 #[tokio::test]
 async fn a_gateway_killed_under_load_loses_no_event() {
-    videocall_platform::telemetry::init_for_tests();
+    videocall_runtime::telemetry::init_for_tests();
     let database_url = fresh_database().await;
     let exchange = unique_name("videocall.events.kill");
     let mut tap = EventTap::bind(&exchange).await;

@@ -43,7 +43,7 @@ async fn fresh_check(url: &str) -> Option<ServingStatus> {
 
 #[tokio::test]
 async fn sigterm_reports_not_serving_lets_requests_in_flight_finish_and_exits_0() {
-    videocall_platform::telemetry::init_for_tests();
+    videocall_runtime::telemetry::init_for_tests();
     let database_url = fresh_database().await;
     let exchange = unique_name("videocall.events.sigterm");
     let tap = EventTap::bind(&exchange).await;

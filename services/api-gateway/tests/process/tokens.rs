@@ -3,11 +3,11 @@
 //! tokens of another key are not, and two keys at once (a rotation) both verify.
 
 use tonic::{Code, Request};
-use videocall_platform::{
+use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
+use videocall_runtime::{
     auth::{Ed25519Key, JwtKeys, Role, jwks_json},
     config::Secret,
 };
-use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_testkit::process::{Process, loopback, temp_dir, workspace_binary};
 
 fn vc_token(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
@@ -46,7 +46,7 @@ async fn a_gateway_with_public_keys_only_accepts_what_the_issuer_signed() {
     let next = Ed25519Key::generate("2027-01");
     let current: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(keys.join("jwks.json")).expect("jwks")).expect("json");
-    let mut set: Vec<videocall_platform::auth::OkpJwk> = serde_json::from_value(current["keys"].clone()).expect("keys");
+    let mut set: Vec<videocall_runtime::auth::OkpJwk> = serde_json::from_value(current["keys"].clone()).expect("keys");
     assert!(set.iter().all(|k| k.d.is_none()), "no private part in jwks.json");
     set.push(next.public_jwk());
     let jwks = dir.join("rotation.json");

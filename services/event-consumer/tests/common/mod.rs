@@ -18,9 +18,10 @@ use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use videocall_calls::{Actor, CallStore, NewCall};
 use videocall_domain::{CallType, Command};
 use videocall_entities::processed_messages;
-use videocall_platform::call_store::{Actor, CallStore, NewCall};
+use videocall_runtime::service::Service;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -39,9 +40,9 @@ pub struct Harness {
 impl Harness {
     /// Starts the consumer with `extra` flags and waits until it consumes both queues.
     pub async fn start(extra: &[&str]) -> Self {
-        videocall_platform::telemetry::init_for_tests();
+        videocall_runtime::telemetry::init_for_tests();
         let url = videocall_testkit::fresh_database().await;
-        let db = videocall_platform::db::connect_and_migrate(&url, &Default::default()).await.expect("database");
+        let db = videocall_runtime::db::connect_and_migrate(&url, &Default::default()).await.expect("database");
         let store = CallStore::new(db.clone(), "/videocall/test/api-gateway".into(), Arc::new(Notify::new()));
         let u = videocall_testkit::unique_name;
         let mut args = vec![
@@ -62,7 +63,8 @@ impl Harness {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config = ConsumerArgs::try_parse_from(args).expect("flags").validate().expect("valid config");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(event_consumer::run(config.clone(), shutdown.clone()));
+        let app = event_consumer::Application::build(config.clone(), &shutdown).await.expect("binds");
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let amqp = Connection::connect(&videocall_testkit::amqp_url(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ reachable");

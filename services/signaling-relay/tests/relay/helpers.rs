@@ -2,16 +2,17 @@
 //! WebSocket client is the testkit's).
 
 use std::{net::SocketAddr, time::Duration};
+use videocall_runtime::service::Service;
 
 use signaling_relay::RelayConfig;
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::{Common, Secret},
     ice::IceConfig,
-    signal_bus::SignalBusConfig,
     telemetry::LogFormat,
 };
+use videocall_signaling::signal_bus::SignalBusConfig;
 pub use videocall_testkit::ws::Client;
 
 pub const JWT_SECRET: &str = "relay-test-secret-0123456789-0123456789";
@@ -61,7 +62,7 @@ impl Default for FleetOptions {
 }
 
 pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
-    videocall_platform::telemetry::init_for_tests();
+    videocall_runtime::telemetry::init_for_tests();
     let cell = videocall_testkit::unique_name("relaytest").replace('.', "-");
     let shutdown = CancellationToken::new();
     let common = |name: &str| Common { service_name: name.into(), cell_id: cell.clone(), log_format: LogFormat::Text };
@@ -81,7 +82,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         amqp_url: videocall_testkit::amqp_url(),
         signal_bus: bus.clone(),
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+        tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: options.ice.clone(),
         ring_timeouts: api_gateway::RingTimeouts::uniform(45),
         events_exchange: exchange,
@@ -100,7 +101,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             common: common(&format!("signaling-relay-{i}")),
             http_listen_addr: "127.0.0.1:0".parse().expect("addr"),
             gateway_url: format!("http://{gateway}"),
-            tokens: videocall_platform::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
+            tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             allowed_origins: vec!["https://agents.example.com".into()],
             max_connections: 1000,
             max_connections_per_user: 3,

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use videocall_platform::signal_bus::{Outgoing, SignalBus, SignalBusConfig};
-use videocall_platform::signals::SignalType;
+use videocall_signaling::signal_bus::{Outgoing, SignalBus, SignalBusConfig};
+use videocall_signaling::signals::SignalType;
 
 use crate::helpers::{FleetOptions, redis_url, spawn_fleet};
 

@@ -67,10 +67,10 @@ async fn nothing_of_the_callees_goes_out_before_the_call_is_answered() {
 
 #[tokio::test]
 async fn ice_servers_on_request_and_sockets_end_with_their_token() {
-    let turn = videocall_platform::ice::IceConfig {
+    let turn = videocall_runtime::ice::IceConfig {
         stun_urls: vec!["stun:stun.example.com:3478".into()],
         turn_urls: vec!["turn:turn.example.com:3478?transport=udp".into()],
-        turn_secret: Some(videocall_platform::config::Secret::new("turn-secret-for-tests")),
+        turn_secret: Some(videocall_runtime::config::Secret::new("turn-secret-for-tests")),
         turn_ttl: Duration::from_secs(600),
     };
     let fleet = spawn_fleet(FleetOptions { ice: turn, ..FleetOptions::default() }).await;
@@ -98,7 +98,7 @@ async fn ice_servers_on_request_and_sockets_end_with_their_token() {
 }
 
 /// The users whose presence lease on the fleet's bus has run out.
-async fn away(bus: &videocall_platform::signal_bus::SignalBus) -> Vec<String> {
+async fn away(bus: &videocall_signaling::signal_bus::SignalBus) -> Vec<String> {
     let away = bus.away_longer_than(Duration::ZERO, Duration::from_secs(600)).await.expect("presence readable");
     away.into_iter().map(|(user, _)| user).collect()
 }
@@ -106,7 +106,7 @@ async fn away(bus: &videocall_platform::signal_bus::SignalBus) -> Vec<String> {
 #[tokio::test]
 async fn relays_keep_presence_a_user_away_from_every_relay_is_away() {
     let fleet = spawn_fleet(FleetOptions::default()).await;
-    let bus = videocall_platform::signal_bus::SignalBus::connect(videocall_platform::signal_bus::SignalBusConfig {
+    let bus = videocall_signaling::signal_bus::SignalBus::connect(videocall_signaling::signal_bus::SignalBusConfig {
         redis_url: crate::helpers::redis_url(),
         cell_id: fleet.cell.clone(),
         log_capacity: 1,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::net::UdpSocket;
-use videocall_platform::{config::Secret, ice::turn_password};
+use videocall_runtime::{config::Secret, ice::turn_password};
 use webrtc::{
     stun::{
         agent::TransactionId,

@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use videocall_platform::{config::Secret, ice::IceConfig, ice::turn_password};
+use videocall_runtime::{
+    config::Secret,
+    ice::{IceConfig, turn_password},
+};
 use webrtc::{
     api::{APIBuilder, setting_engine::SettingEngine},
     data_channel::{RTCDataChannel, data_channel_message::DataChannelMessage},

@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use videocall_platform::{
+use videocall_runtime::{
     auth::{JwtKeys, Role},
     config::Secret,
 };

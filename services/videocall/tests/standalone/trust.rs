@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use videocall_platform::auth::{JwtKeys, Role};
+use videocall_runtime::auth::{JwtKeys, Role};
 use videocall_testkit::{
     browser::{Cdp, Chromium},
     coturn::Coturn,
