@@ -176,9 +176,9 @@ impl Service for Application {
         if let Some(ops) = ops {
             tasks.spawn("operations endpoint", ops.serve(registry, ready.clone(), stop_serving.clone()));
         }
-        let (stop, addr) = (stop_serving.clone(), listener.local_addr().ok());
+        let (stop, addr) = (stop_serving.clone(), listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
         tasks.spawn("grpc server", async move {
-            tracing::info!(?addr, "gRPC listening");
+            tracing::info!(%addr, "gRPC listening");
             tonic::transport::Server::builder()
                 .timeout(SERVER_TIMEOUT)
                 .layer(crate::deadline::DeadlineLayer { max: SERVER_TIMEOUT })

@@ -126,7 +126,8 @@ impl Service for Application {
         if ops_task.is_none() {
             app = app.merge(ops::metrics_router(registry));
         }
-        tracing::info!(addr = ?listener.local_addr().ok(), "signaling relay listening");
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, "signaling relay listening");
         let stop = shutdown.clone();
         // TCP_NODELAY: signals are small frames that must not wait for Nagle's algorithm.
         let listener = listener.tap_io(|tcp| {
