@@ -7,13 +7,12 @@
 podman_state="${XDG_CACHE_HOME:-$HOME/.cache}/videocall/podman"
 
 ensure_podman() {
-  local missing=()
   for tool in podman runc podman-compose debootstrap openssl; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
+    if ! command -v "$tool" >/dev/null; then
+      apt_install podman runc podman-compose debootstrap openssl
+      break
+    fi
   done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    apt_install podman runc podman-compose debootstrap openssl
-  fi
   # crun fails here ("cgroups in hybrid mode not supported") and setrlimit is not permitted in
   # this VM, so: runc, cgroupfs, no default ulimits. podman-compose runs plain `podman`, which
   # reads these from CONTAINERS_CONF.

@@ -32,7 +32,8 @@ struct Outcome {
     latency: Summary,
 }
 
-fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+/// `message` with `authorization: Bearer <token>`.
+pub(crate) fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(value) = format!("Bearer {token}").parse() {
         request.metadata_mut().insert("authorization", value);

@@ -13,6 +13,8 @@ use uuid::Uuid;
 use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_testkit::{EventTap, ws};
 
+use crate::lifecycle::authed;
+
 /// What to check, and where.
 #[derive(Debug, Clone)]
 pub struct Smoke {
@@ -83,7 +85,7 @@ async fn wait_ready(addrs: &[std::net::SocketAddr], within: Duration) -> anyhow:
 async fn round(smoke: &Smoke, n: u32) -> anyhow::Result<()> {
     // A connection per round: the host's connections into the container network do not all
     // survive podman restarting a container on it (seen: the broker connection went quiet).
-    let mut events = Events::bind(&smoke.amqp, &smoke.exchange).await?;
+    let mut events = EventTap::bind_at(&smoke.amqp, &smoke.exchange).await;
     let ws_url = |base: &str, token: &str| format!("{base}/ws?token={token}");
     let mut callee = ws::Client::connect(&ws_url(&smoke.relays[1], &smoke.callee_token))
         .await
@@ -130,7 +132,7 @@ async fn round(smoke: &Smoke, n: u32) -> anyhow::Result<()> {
         .context("EndCall returned no call")?;
     ensure!(ended.status == pb::CallStatus::Ended as i32, "EndCall left the call in status {}", ended.status);
     for event in ["CallInitiated", "CallAnswered", "CallEnded"] {
-        match events.expect(event, &call_id).await {
+        match expect_event(&mut events, event, &call_id).await {
             Ok(body) => say(&format!("round {n}: {event} from RabbitMQ: {body}")),
             Err(error) => bail!("{error:#}; the gateway's outbox: {}", outbox_metrics(smoke.gateway_ops).await),
         }
@@ -165,30 +167,13 @@ async fn relay_signal(from: &mut ws::Client, to: &mut ws::Client, frame: Value) 
     bail!("the {kind} did not reach the other party")
 }
 
-fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
-}
-
-/// A queue of this run's own, bound to every event of the exchange.
-struct Events(EventTap);
-
-impl Events {
-    async fn bind(url: &str, exchange: &str) -> anyhow::Result<Self> {
-        Ok(Self(EventTap::bind_at(url, exchange).await))
-    }
-
-    /// Waits for the event of type `event_type` about `call_id` and returns its body.
-    async fn expect(&mut self, event_type: &str, call_id: &str) -> anyhow::Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(event) = self.0.next(deadline.saturating_duration_since(Instant::now())).await {
-            if event.event_type() == event_type && event.subject() == call_id {
-                return Ok(event.body.to_string());
-            }
+/// Waits for the event of type `event_type` about `call_id` and returns its body.
+async fn expect_event(tap: &mut EventTap, event_type: &str, call_id: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(event) = tap.next(deadline.saturating_duration_since(Instant::now())).await {
+        if event.event_type() == event_type && event.subject() == call_id {
+            return Ok(event.body.to_string());
         }
-        bail!("no {event_type} for call {call_id} arrived on RabbitMQ within 30 s")
     }
+    bail!("no {event_type} for call {call_id} arrived on RabbitMQ within 30 s")
 }
