@@ -25,3 +25,19 @@ log "building (target dir: $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked
 log "running the tests"
 cargo test --workspace --locked "$@"
+
+# The signaling suites once more, on a Redis Cluster (3 masters + 3 replicas) of their own:
+# the relay's and the gateway's (signal streams, call states). The bus' own cluster tests (one
+# shard per signal, failover, reshard) ran above with clusters of their own. Skipped when extra
+# arguments narrowed the run.
+if [[ $# -eq 0 ]]; then
+  cluster_dir=$(mktemp -d /tmp/vc-redis-cluster.XXXXXX)
+  trap 'scripts/redis-cluster.sh stop "$cluster_dir"' EXIT
+  log "starting a Redis Cluster for the cluster suite"
+  TEST_REDIS_URL=$(scripts/redis-cluster.sh start "$cluster_dir")
+  export TEST_REDIS_URL
+  log "signaling suites on the Redis Cluster ($TEST_REDIS_URL)"
+  cargo test --locked -p signaling-relay --test relay
+  # The one gateway test that counts PUBSUB subscribers of one Redis server is single-server only.
+  cargo test --locked -p api-gateway --test api -- --skip every_signal_stream_of_a_gateway_shares_one_bus_subscriber
+fi

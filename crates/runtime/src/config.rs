@@ -108,8 +108,12 @@ impl Checker {
     pub fn redis_url(&mut self, url: &Option<String>, host: &Option<String>) -> String {
         match (url, host) {
             (Some(url), _) => {
-                let ok = url.starts_with("redis://") || url.starts_with("rediss://");
-                self.check("REDIS_URL", ok, "must start with redis:// or rediss://");
+                let ok = is_redis_url(url);
+                self.check(
+                    "REDIS_URL",
+                    ok,
+                    "must be a redis:// or rediss:// URL, or a comma-separated list of Redis Cluster seed nodes",
+                );
                 url.clone()
             }
             (None, Some(host)) => format!("redis://{host}"),
@@ -148,12 +152,20 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Comma separated list, blanks dropped.
-/// Whether `url` names Redis in a scheme the redis crate connects to.
+/// Whether `url` names Redis in a scheme the redis crate connects to: one server, or a
+/// comma-separated list of Redis Cluster seed nodes (`redis://a:7000,redis://b:7001`; a list is
+/// what selects cluster mode, so one seed is written with a trailing comma).
 pub fn is_redis_url(url: &str) -> bool {
-    ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| url.starts_with(p))
+    let one = |u: &str| ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| u.starts_with(p));
+    if url.contains(',') {
+        let seeds = split_list(url);
+        !seeds.is_empty() && seeds.iter().all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+    } else {
+        one(url)
+    }
 }
 
+/// Comma separated list, blanks dropped.
 pub fn split_list(raw: &str) -> Vec<String> {
     raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
@@ -161,6 +173,18 @@ pub fn split_list(raw: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls_name_one_server_or_a_list_of_cluster_seeds() {
+        assert!(is_redis_url("redis://cache:6379"));
+        assert!(is_redis_url("unix:///run/redis.sock"));
+        assert!(is_redis_url("redis://a:7000,redis://b:7001"));
+        assert!(is_redis_url("redis://a:7000,"));
+        assert!(!is_redis_url("cache:6379"));
+        assert!(!is_redis_url("redis://a:7000,b:7001"));
+        assert!(!is_redis_url(","));
+        assert!(!is_redis_url("unix:///a.sock,unix:///b.sock"));
+    }
 
     #[test]
     fn every_bad_variable_is_reported_at_once() {

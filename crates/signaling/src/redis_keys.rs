@@ -17,6 +17,29 @@ pub fn call_seq(cell_id: &str, call_id: &str) -> String {
     format!("{cell_id}:vc:call:{call_id}:seq")
 }
 
+/// On Redis Cluster every name carries a hash tag (`{…}`), so what belongs together lands in one
+/// slot: a call's counter, log and signal channel share the call id's slot (one Lua script, one
+/// shard), and a user's sharded channel lives in the user id's slot.
+pub mod cluster {
+    /// Sharded channel of one user: call states and notices pushed to that user.
+    pub fn user_channel(cell_id: &str, user_id: &str) -> String {
+        format!("{cell_id}:vc:user:{{{user_id}}}")
+    }
+
+    /// Sharded channel of one call: its signals, each addressed to a party (`to`).
+    pub fn call_channel(cell_id: &str, call_id: &str) -> String {
+        format!("{cell_id}:vc:call:{{{call_id}}}:signals")
+    }
+
+    pub fn call_log(cell_id: &str, call_id: &str) -> String {
+        format!("{cell_id}:vc:call:{{{call_id}}}:log")
+    }
+
+    pub fn call_seq(cell_id: &str, call_id: &str) -> String {
+        format!("{cell_id}:vc:call:{{{call_id}}}:seq")
+    }
+}
+
 /// Sorted set of presence leases: user id → until when (ms of Redis' clock) the user counts as
 /// connected to some relay.
 pub fn presence(cell_id: &str) -> String {
@@ -32,5 +55,13 @@ mod tests {
         assert_eq!(user_channel("eu-1", "alice"), "eu-1:vc:user:alice");
         assert_eq!(call_log("eu-1", "c1"), "eu-1:vc:call:c1:log");
         assert_eq!(call_seq("eu-1", "c1"), "eu-1:vc:call:c1:seq");
+    }
+
+    #[test]
+    fn cluster_names_put_a_call_in_one_slot() {
+        assert_eq!(cluster::call_seq("eu-1", "c1"), "eu-1:vc:call:{c1}:seq");
+        assert_eq!(cluster::call_log("eu-1", "c1"), "eu-1:vc:call:{c1}:log");
+        assert_eq!(cluster::call_channel("eu-1", "c1"), "eu-1:vc:call:{c1}:signals");
+        assert_eq!(cluster::user_channel("eu-1", "bob"), "eu-1:vc:user:{bob}");
     }
 }

@@ -13,16 +13,25 @@ pub use presence::PRESENCE_RETENTION;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{
+    AsyncCommands, Script,
+    aio::ConnectionManager,
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
+};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::{
-    redis_keys::{call_log, call_seq, user_channel},
+    redis_keys::{self, call_log, call_seq, user_channel},
     signals::{FrameHead, SignalError, SignalType, frame_tail},
 };
 
 /// A call's counter starts at Redis' clock in microseconds (rounded to the millisecond), so
-/// sequence numbers keep growing even if Redis loses its data and the counter starts again.
+/// sequence numbers keep growing even if Redis loses its data and the counter starts again; and
+/// it never hands out a number at or below `ARGV[4]`, the highest one the publisher already saw
+/// in the call (a failover that lost the newest writes set the counter back: it is raised, and
+/// the reply says so).
 /// Five commands in the usual case: INCR answers 1 only for a new counter, and the log is trimmed
 /// only when RPUSH says it outgrew its capacity.
 const PUBLISH_SIGNAL: &str = r#"
@@ -32,6 +41,12 @@ if seq == 1 then
   seq = tonumber(t[1]) * 1000000 + math.floor(tonumber(t[2]) / 1000) * 1000 + 1
   redis.call('SET', KEYS[1], seq)
 end
+local raised = 0
+if seq <= tonumber(ARGV[4]) then
+  seq = tonumber(ARGV[4]) + 1
+  redis.call('SET', KEYS[1], seq)
+  raised = 1
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local frame = '{"seq":' .. string.format('%d', seq) .. ',' .. ARGV[1]
 if redis.call('RPUSH', KEYS[2], frame) > tonumber(ARGV[2]) then
@@ -39,8 +54,17 @@ if redis.call('RPUSH', KEYS[2], frame) > tonumber(ARGV[2]) then
 end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], frame)
-return seq
+return {seq, raised}
 "#;
+
+/// The same on Redis Cluster, where the frame goes out on the call's sharded channel (`SPUBLISH`,
+/// KEYS[3] shares the call id's slot with the counter and the log): the whole signal is work on
+/// the one shard that owns the call.
+fn cluster_script() -> Script {
+    Script::new(
+        &PUBLISH_SIGNAL.replace("redis.call('PUBLISH', KEYS[3], frame)", "redis.call('SPUBLISH', KEYS[3], frame)"),
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -74,8 +98,79 @@ pub struct SignalBus {
 
 #[derive(Clone)]
 enum Backend {
-    Redis { conn: ConnectionManager, script: Script },
+    Redis { conn: Conn, script: Script },
     InProcess(Arc<local::LocalSignalBus>),
+}
+
+/// A connection to one Redis server, or to a Redis Cluster (made on first use, then kept: it
+/// follows the cluster's topology and reconnects by itself).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster { client: Arc<ClusterClient>, conn: Arc<tokio::sync::OnceCell<ClusterConnection>> },
+}
+
+impl Conn {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster { .. })
+    }
+
+    async fn cluster(
+        client: &ClusterClient,
+        conn: &tokio::sync::OnceCell<ClusterConnection>,
+    ) -> redis::RedisResult<ClusterConnection> {
+        conn.get_or_try_init(|| client.get_async_connection()).await.cloned()
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster { client, conn } => Box::pin(async move {
+                let mut conn = Self::cluster(client, conn).await?;
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Conn::Cluster { client, conn } => Box::pin(async move {
+                let mut conn = Self::cluster(client, conn).await?;
+                conn.req_packed_commands(cmd, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// Where `REDIS_URL` points: one server, or (a comma-separated list) a Redis Cluster's seed nodes.
+fn cluster_seeds(redis_url: &str) -> Option<Vec<String>> {
+    redis_url.contains(',').then(|| videocall_runtime::config::split_list(redis_url))
+}
+
+/// A Redis Cluster client: 2 s to connect to a node, 3 s for an answer.
+fn cluster_client(
+    seeds: &[String],
+    pushes: Option<mpsc::UnboundedSender<redis::PushInfo>>,
+) -> redis::RedisResult<ClusterClient> {
+    let builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(3));
+    match pushes {
+        Some(tx) => builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(tx).build(),
+        None => builder.build(),
+    }
 }
 
 impl std::fmt::Debug for SignalBus {
@@ -98,9 +193,18 @@ pub struct Outgoing<'a> {
 }
 
 impl SignalBus {
+    /// Connects to the Redis server of `config.redis_url`, or to the Redis Cluster whose seed
+    /// nodes it lists.
     pub async fn connect(config: SignalBusConfig) -> Result<Self, redis::RedisError> {
+        if let Some(seeds) = cluster_seeds(&config.redis_url) {
+            let client = Arc::new(cluster_client(&seeds, None)?);
+            let conn = Arc::new(tokio::sync::OnceCell::new());
+            Conn::cluster(&client, &conn).await?;
+            let backend = Backend::Redis { conn: Conn::Cluster { client, conn }, script: cluster_script() };
+            return Ok(Self { config, backend });
+        }
         let client = redis::Client::open(config.redis_url.as_str())?;
-        let conn = ConnectionManager::new(client).await?;
+        let conn = Conn::Single(ConnectionManager::new(client).await?);
         Ok(Self { config, backend: Backend::Redis { conn, script: Script::new(PUBLISH_SIGNAL) } })
     }
 
@@ -114,13 +218,18 @@ impl SignalBus {
             log_capacity: 1,
             log_ttl: Duration::from_secs(1),
         };
+        if let Some(seeds) = cluster_seeds(&config.redis_url) {
+            let client = Arc::new(cluster_client(&seeds, None)?);
+            let conn = Conn::Cluster { client, conn: Arc::new(tokio::sync::OnceCell::new()) };
+            return Ok(Self { config, backend: Backend::Redis { conn, script: cluster_script() } });
+        }
         let client = redis::Client::open(config.redis_url.as_str())?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let conn = Conn::Single(ConnectionManager::new_lazy_with_config(client, manager_config)?);
         Ok(Self { config, backend: Backend::Redis { conn, script: Script::new(PUBLISH_SIGNAL) } })
     }
 
@@ -159,23 +268,73 @@ impl SignalBus {
 
     /// Validates, sequences, logs and publishes a signal; returns its sequence number.
     pub async fn publish_signal(&self, s: Outgoing<'_>) -> Result<u64, BusError> {
+        Ok(self.publish_signal_above(s, 0).await?.0)
+    }
+
+    /// [`Self::publish_signal`] for a publisher that already saw sequence numbers up to `floor` in
+    /// this call: the signal gets a higher one even if the bus lost the newest ones (a Redis
+    /// Cluster failover loses what the replica had not received yet). The flag says the counter
+    /// had gone back: signals of this call were lost.
+    pub async fn publish_signal_above(&self, s: Outgoing<'_>, floor: u64) -> Result<(u64, bool), BusError> {
         let tail = frame_tail(s.signal_type, s.call_id, s.from, s.to, s.payload)?;
         let cell = &self.config.cell_id;
         let (conn, script) = match &self.backend {
             Backend::Redis { conn, script } => (conn, script),
-            Backend::InProcess(local) => return Ok(local.publish_signal(s.call_id, s.to, &tail)),
+            Backend::InProcess(local) => return Ok((local.publish_signal(s.call_id, s.to, &tail), false)),
         };
         let mut conn = conn.clone();
-        let seq: u64 = script
-            .key(call_seq(cell, s.call_id))
-            .key(call_log(cell, s.call_id))
-            .key(user_channel(cell, s.to))
+        let keys = if conn.is_cluster() {
+            use redis_keys::cluster;
+            [
+                cluster::call_seq(cell, s.call_id),
+                cluster::call_log(cell, s.call_id),
+                cluster::call_channel(cell, s.call_id),
+            ]
+        } else {
+            [call_seq(cell, s.call_id), call_log(cell, s.call_id), user_channel(cell, s.to)]
+        };
+        let [seq_key, log_key, channel] = keys;
+        let (seq, raised): (u64, u8) = script
+            .key(seq_key)
+            .key(log_key)
+            .key(channel)
             .arg(tail)
             .arg(self.config.log_capacity)
             .arg(self.config.log_ttl.as_secs().max(1))
+            .arg(floor)
             .invoke_async(&mut conn)
             .await?;
-        Ok(seq)
+        Ok((seq, raised == 1))
+    }
+
+    /// After the bus came back: whether it lost signals of `call_id` numbered up to `floor` (the
+    /// highest one the caller saw in the call), raising the call's counter above `floor` if so, so
+    /// no number is handed out twice. Always false in process.
+    pub async fn counter_fell_below(&self, call_id: &str, floor: u64) -> Result<bool, BusError> {
+        const RAISE: &str = r#"
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+if c >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
+        static RAISE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(RAISE));
+        let Backend::Redis { conn, .. } = &self.backend else { return Ok(false) };
+        if floor == 0 {
+            return Ok(false);
+        }
+        let key = if conn.is_cluster() {
+            redis_keys::cluster::call_seq(&self.config.cell_id, call_id)
+        } else {
+            call_seq(&self.config.cell_id, call_id)
+        };
+        let mut invocation = RAISE_SCRIPT.key(key);
+        invocation.arg(floor).arg(self.config.log_ttl.as_secs().max(1));
+        let raised: u8 = once_more_if_dropped(|| {
+            let (mut conn, invocation) = (conn.clone(), &invocation);
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await?;
+        Ok(raised == 1)
     }
 
     /// Publishes any server frame (call state, notices) to a user's channel, without logging it.
@@ -191,6 +350,13 @@ impl SignalBus {
         let pushed = async {
             let json = serde_json::to_string(frame).map_err(|_| SignalError::BadCandidate)?;
             match &self.backend {
+                Backend::Redis { conn, .. } if conn.is_cluster() => {
+                    // Each party's channel lives on its own shard: one SPUBLISH each, side by side.
+                    let pushes = parties.iter().map(|user| self.publish_json_to_user(user, json.clone()));
+                    for pushed in futures_util::future::join_all(pushes).await {
+                        pushed?;
+                    }
+                }
                 Backend::Redis { conn, .. } => {
                     let channels: Vec<String> = parties.iter().map(|u| user_channel(&self.config.cell_id, u)).collect();
                     let () = once_more_if_dropped(|| {
@@ -221,11 +387,18 @@ impl SignalBus {
     pub async fn publish_json_to_user(&self, user_id: &str, json: String) -> Result<(), BusError> {
         match &self.backend {
             Backend::Redis { conn, .. } => {
-                let channel = user_channel(&self.config.cell_id, user_id);
+                let cluster = conn.is_cluster();
+                let channel = if cluster {
+                    redis_keys::cluster::user_channel(&self.config.cell_id, user_id)
+                } else {
+                    user_channel(&self.config.cell_id, user_id)
+                };
                 let _: i64 = once_more_if_dropped(|| {
                     let mut conn = conn.clone();
                     let (channel, json) = (channel.clone(), json.clone());
-                    async move { conn.publish(channel, json).await }
+                    async move {
+                        if cluster { conn.spublish(channel, json).await } else { conn.publish(channel, json).await }
+                    }
                 })
                 .await?;
             }
@@ -241,7 +414,11 @@ impl SignalBus {
             Backend::Redis { conn, .. } => conn,
             Backend::InProcess(local) => return Ok(local.replay(call_id, user_id, after_seq)),
         };
-        let key = call_log(&self.config.cell_id, call_id);
+        let key = if conn.is_cluster() {
+            redis_keys::cluster::call_log(&self.config.cell_id, call_id)
+        } else {
+            call_log(&self.config.cell_id, call_id)
+        };
         let frames: Vec<String> = once_more_if_dropped(|| {
             let (mut conn, key) = (conn.clone(), key.clone());
             async move { conn.lrange(key, 0, -1).await }
@@ -286,10 +463,18 @@ impl SignalBus {
         }
     }
 
-    /// A new subscriber (on Redis, its own Pub/Sub connection): subscribe it to users and read
-    /// the frames published to them.
+    /// A new subscriber (on Redis, its own Pub/Sub connection; on Redis Cluster, its own cluster
+    /// connection with a connection per node): subscribe it to users (and, on a cluster, to
+    /// calls) and read the frames published to them.
     pub async fn subscriber(&self) -> Result<Subscriber, BusError> {
+        let cell = &self.config.cell_id;
         let inner = match &self.backend {
+            Backend::Redis { conn, .. } if conn.is_cluster() => {
+                let seeds = cluster_seeds(&self.config.redis_url).unwrap_or_default();
+                let (tx, pushes) = mpsc::unbounded_channel();
+                let conn = cluster_client(&seeds, Some(tx))?.get_async_connection().await?;
+                SubscriberInner::Cluster { conn, pushes, wanted: HashSet::new() }
+            }
             Backend::Redis { .. } => {
                 let pubsub = redis::Client::open(self.config.redis_url.as_str())?.get_async_pubsub().await?;
                 let (sink, stream) = pubsub.split();
@@ -297,7 +482,14 @@ impl SignalBus {
             }
             Backend::InProcess(local) => SubscriberInner::InProcess { rx: local.receiver(), users: HashSet::new() },
         };
-        Ok(Subscriber { prefix: user_channel(&self.config.cell_id, ""), inner })
+        Ok(Subscriber { cell: cell.clone(), prefix: user_channel(cell, ""), inner })
+    }
+
+    /// Whether signals travel on per-call channels (Redis Cluster), so whoever reads a call's
+    /// signals must watch that call ([`Subscriber::subscribe_call`], the hub's `watch_call`); on
+    /// one Redis and in process they travel on the receiver's channel.
+    pub fn signals_per_call(&self) -> bool {
+        matches!(&self.backend, Backend::Redis { conn, .. } if conn.is_cluster())
     }
 
     /// Whether this bus lives in this process (no Redis).
@@ -323,21 +515,53 @@ where
     }
 }
 
-/// Reads the frames published to the users it is subscribed to.
+/// Reads the frames published to the users (and calls) it is subscribed to.
 pub struct Subscriber {
-    /// Channel name of a user, without the user id.
+    cell: String,
+    /// Channel name of a user on one Redis, without the user id.
     prefix: String,
     inner: SubscriberInner,
 }
 
 enum SubscriberInner {
-    Redis { sink: redis::aio::PubSubSink, stream: redis::aio::PubSubStream },
-    InProcess { rx: tokio::sync::broadcast::Receiver<local::Published>, users: HashSet<Arc<str>> },
+    Redis {
+        sink: redis::aio::PubSubSink,
+        stream: redis::aio::PubSubStream,
+    },
+    Cluster {
+        conn: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+        /// The sharded channels subscribed to: one the server unsubscribes (its slot moved to
+        /// another shard) is subscribed again.
+        wanted: HashSet<String>,
+    },
+    InProcess {
+        rx: tokio::sync::broadcast::Receiver<local::Published>,
+        users: HashSet<Arc<str>>,
+    },
+}
+
+/// What a subscriber read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A frame for a user: `(user_id, frame)`.
+    Frame(String, Arc<str>),
+    /// A channel's slot moved to another shard of the cluster (which unsubscribed it); it is
+    /// subscribed again on its new owner, and what was published meanwhile must come from the
+    /// replay log.
+    Resubscribed(Watched),
+}
+
+/// A channel a subscriber listens to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    User(String),
+    Call(String),
 }
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("Subscriber").field("cell", &self.cell).finish_non_exhaustive()
     }
 }
 
@@ -346,6 +570,11 @@ impl Subscriber {
     pub async fn subscribe(&mut self, user_id: &str) -> Result<(), BusError> {
         match &mut self.inner {
             SubscriberInner::Redis { sink, .. } => sink.subscribe(format!("{}{user_id}", self.prefix)).await?,
+            SubscriberInner::Cluster { conn, wanted, .. } => {
+                let channel = redis_keys::cluster::user_channel(&self.cell, user_id);
+                conn.ssubscribe(&channel).await?;
+                wanted.insert(channel);
+            }
             SubscriberInner::InProcess { users, .. } => {
                 users.insert(Arc::from(user_id));
             }
@@ -356,6 +585,11 @@ impl Subscriber {
     pub async fn unsubscribe(&mut self, user_id: &str) -> Result<(), BusError> {
         match &mut self.inner {
             SubscriberInner::Redis { sink, .. } => sink.unsubscribe(format!("{}{user_id}", self.prefix)).await?,
+            SubscriberInner::Cluster { conn, wanted, .. } => {
+                let channel = redis_keys::cluster::user_channel(&self.cell, user_id);
+                wanted.remove(&channel);
+                conn.sunsubscribe(&channel).await?;
+            }
             SubscriberInner::InProcess { users, .. } => {
                 users.remove(user_id);
             }
@@ -363,22 +597,91 @@ impl Subscriber {
         Ok(())
     }
 
+    /// The signals of `call_id` (to whichever party) from now on are read by [`Self::next`]. Only
+    /// a cluster subscriber needs this (elsewhere signals come on the receiver's channel): a
+    /// no-op there.
+    pub async fn subscribe_call(&mut self, call_id: &str) -> Result<(), BusError> {
+        if let SubscriberInner::Cluster { conn, wanted, .. } = &mut self.inner {
+            let channel = redis_keys::cluster::call_channel(&self.cell, call_id);
+            conn.ssubscribe(&channel).await?;
+            wanted.insert(channel);
+        }
+        Ok(())
+    }
+
+    pub async fn unsubscribe_call(&mut self, call_id: &str) -> Result<(), BusError> {
+        if let SubscriberInner::Cluster { conn, wanted, .. } = &mut self.inner {
+            let channel = redis_keys::cluster::call_channel(&self.cell, call_id);
+            wanted.remove(&channel);
+            conn.sunsubscribe(&channel).await?;
+        }
+        Ok(())
+    }
+
     /// The next frame for a subscribed user: `(user_id, frame)`. `None` means frames may have been
     /// lost (the Redis connection dropped, or this in-process subscriber fell too far behind):
-    /// make a new subscriber and catch up from the replay log.
+    /// make a new subscriber and catch up from the replay log. Channels moved between cluster
+    /// shards are subscribed again without a word: read [`Self::next_event`] to hear of them.
     pub async fn next(&mut self) -> Option<(String, Arc<str>)> {
+        loop {
+            if let BusEvent::Frame(user, frame) = self.next_event().await? {
+                return Some((user, frame));
+            }
+        }
+    }
+
+    /// The next frame, or the news that a channel moved shards (frames published to it meanwhile
+    /// may be missing). `None` as for [`Self::next`].
+    pub async fn next_event(&mut self) -> Option<BusEvent> {
         match &mut self.inner {
             SubscriberInner::Redis { stream, .. } => loop {
                 let message = stream.next().await?;
                 let Ok(payload) = message.get_payload::<String>() else { continue };
                 if let Some(user) = message.get_channel_name().strip_prefix(&self.prefix) {
-                    return Some((user.to_owned(), Arc::from(payload)));
+                    return Some(BusEvent::Frame(user.to_owned(), Arc::from(payload)));
+                }
+            },
+            SubscriberInner::Cluster { conn, pushes, wanted } => loop {
+                let push = pushes.recv().await?;
+                let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+                match push.kind {
+                    redis::PushKind::SMessage => {
+                        let (Some(channel), Some(payload)) =
+                            (channel, push.data.get(1).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()))
+                        else {
+                            continue;
+                        };
+                        let to = match channel_of(&self.cell, &channel) {
+                            Some(Watched::User(user)) => user,
+                            Some(Watched::Call(_)) => match serde_json::from_str::<FrameHead>(&payload) {
+                                Ok(head) => head.to,
+                                Err(_) => continue,
+                            },
+                            None => continue,
+                        };
+                        return Some(BusEvent::Frame(to, Arc::from(payload)));
+                    }
+                    // A node's connection dropped (it died, or failed over): start afresh.
+                    redis::PushKind::Disconnection => return None,
+                    // The server unsubscribed a channel still wanted: its slot moved away.
+                    redis::PushKind::SUnsubscribe => {
+                        let Some(channel) = channel.filter(|c| wanted.contains(c)) else { continue };
+                        tracing::info!(%channel, "sharded channel moved to another shard; subscribing again");
+                        if let Err(error) = conn.ssubscribe(&channel).await {
+                            tracing::warn!(%error, %channel, "cannot subscribe again");
+                            return None;
+                        }
+                        if let Some(watched) = channel_of(&self.cell, &channel) {
+                            return Some(BusEvent::Resubscribed(watched));
+                        }
+                    }
+                    _ => {}
                 }
             },
             SubscriberInner::InProcess { rx, users } => loop {
                 match rx.recv().await {
                     Ok(published) if users.contains(&published.user_id) => {
-                        return Some((published.user_id.to_string(), published.frame));
+                        return Some(BusEvent::Frame(published.user_id.to_string(), published.frame));
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
@@ -389,5 +692,42 @@ impl Subscriber {
                 }
             },
         }
+    }
+}
+
+/// Which user or call a cluster channel name belongs to.
+fn channel_of(cell: &str, channel: &str) -> Option<Watched> {
+    let rest = channel.strip_prefix(cell)?.strip_prefix(":vc:")?;
+    if let Some(user) = rest.strip_prefix("user:{").and_then(|r| r.strip_suffix('}')) {
+        return Some(Watched::User(user.to_owned()));
+    }
+    let call = rest.strip_prefix("call:{")?.strip_suffix("}:signals")?;
+    Some(Watched::Call(call.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_channel_names_give_back_their_user_or_call() {
+        let user = redis_keys::cluster::user_channel("eu-1", "agent-7");
+        assert_eq!(channel_of("eu-1", &user), Some(Watched::User("agent-7".into())));
+        let call = redis_keys::cluster::call_channel("eu-1", "c1");
+        assert_eq!(channel_of("eu-1", &call), Some(Watched::Call("c1".into())));
+        assert_eq!(channel_of("eu-2", &call), None);
+        assert_eq!(channel_of("eu-1", "eu-1:vc:call:{c1}:log"), None);
+    }
+
+    #[test]
+    fn seed_lists_select_the_cluster() {
+        assert_eq!(cluster_seeds("redis://a:7000"), None);
+        assert_eq!(
+            cluster_seeds("redis://a:7000,redis://b:7001"),
+            Some(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+        );
+        assert_eq!(cluster_seeds("redis://a:7000,"), Some(vec!["redis://a:7000".into()]));
+        let script = cluster_script();
+        assert_ne!(script.get_hash(), Script::new(PUBLISH_SIGNAL).get_hash());
     }
 }

@@ -7,6 +7,7 @@ pub mod coturn;
 pub mod fault_proxy;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod ws;
 
 use std::time::Duration;

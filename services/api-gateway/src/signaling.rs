@@ -123,10 +123,13 @@ pub async fn subscribe(
 ) -> Result<ReceiverStream<Result<pb::Signal, Status>>, Status> {
     let (call, _) = live_call_for_party(store, &req.call_id, actor).await?;
     let call_id = call.id.to_string();
-    let mut registration = hub.register(&actor.id, usize::MAX).await.map_err(|error| {
+    let unavailable = |error: videocall_signaling::signal_bus::hub::RegisterError| {
         tracing::warn!(%error, "signal hub not subscribed");
         Status::unavailable("signaling is unavailable, retry")
-    })?;
+    };
+    let mut registration = hub.register(&actor.id, usize::MAX).await.map_err(unavailable)?;
+    // On Redis Cluster the call's signals come on its own channel: watched before the replay.
+    registration.watcher().watch_call(&call_id).await.map_err(unavailable)?;
     let backlog = bus.replay(&call_id, &actor.id, req.after_seq).await.map_err(bus_status)?;
 
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);

@@ -3,16 +3,16 @@
 //! session's missed signals come back from the call's replay log.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use videocall_runtime::backoff::Backoff;
 use videocall_signaling::{
-    signal_bus::SignalBus,
+    signal_bus::{BusEvent, SignalBus, Subscriber},
     signals::{ParsedSignal, RECORDER_PEER, SignalType},
 };
 
@@ -32,22 +32,29 @@ struct Route {
 
 /// Where each call's signals go. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct Routes(Arc<Mutex<HashMap<String, Route>>>);
+pub struct Routes {
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+    /// A route opened or closed: on Redis Cluster the subscriber watches the calls routed.
+    changed: Arc<Notify>,
+}
 
 impl Routes {
-    /// Signals of `call_id` from now on arrive on the returned receiver.
+    /// Signals of `call_id` from now on arrive on the returned receiver (on Redis Cluster, from
+    /// the log until the call's channel is watched).
     pub fn open(&self, call_id: &str) -> mpsc::UnboundedReceiver<Incoming> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.lock().insert(call_id.to_owned(), Route { tx, last_seq: 0 });
+        self.changed.notify_one();
         rx
     }
 
     pub fn close(&self, call_id: &str) {
         self.lock().remove(call_id);
+        self.changed.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.routes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Hands a frame to its call's session, once (by sequence number).
@@ -103,19 +110,30 @@ pub async fn run(bus: SignalBus, routes: Routes, subscribed: watch::Sender<bool>
             },
         };
         backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut watched = HashSet::new();
+        if watch_routed(&mut subscriber, &routes, &mut watched).await.is_err() {
+            continue;
+        }
         subscribed.send_replace(true);
         // Whatever was published while no subscriber listened is in the calls' logs.
-        for (call_id, after) in routes.positions() {
-            match bus.replay(&call_id, RECORDER_PEER, after).await {
-                Ok(frames) => frames.iter().for_each(|(_, frame)| routes.deliver(frame)),
-                Err(error) => tracing::warn!(%error, %call_id, "recorder replay failed"),
-            }
-        }
+        replay(&bus, &routes, routes.positions()).await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                next = subscriber.next() => match next {
-                    Some((_, frame)) => routes.deliver(&frame),
+                () = routes.changed.notified(), if bus.signals_per_call() => {
+                    match watch_routed(&mut subscriber, &routes, &mut watched).await {
+                        Ok(new) => replay(&bus, &routes, new).await,
+                        Err(error) => {
+                            tracing::warn!(%error, "recorder cannot watch its calls; resubscribing");
+                            subscribed.send_replace(false);
+                            break;
+                        }
+                    }
+                }
+                next = subscriber.next_event() => match next {
+                    Some(BusEvent::Frame(_, frame)) => routes.deliver(&frame),
+                    // A channel moved between cluster shards: what it carried meanwhile is logged.
+                    Some(BusEvent::Resubscribed(_)) => replay(&bus, &routes, routes.positions()).await,
                     None => {
                         tracing::warn!("recorder channel lost; resubscribing");
                         subscribed.send_replace(false);
@@ -123,6 +141,41 @@ pub async fn run(bus: SignalBus, routes: Routes, subscribed: watch::Sender<bool>
                     }
                 },
             }
+        }
+    }
+}
+
+/// On Redis Cluster, where a call's signals travel on its own channel: watches the routed calls
+/// not watched yet and stops watching those no longer routed. Returns the newly watched calls with
+/// their positions, whose earlier signals must come from the log. A no-op elsewhere.
+async fn watch_routed(
+    subscriber: &mut Subscriber,
+    routes: &Routes,
+    watched: &mut HashSet<String>,
+) -> Result<Vec<(String, u64)>, videocall_signaling::signal_bus::BusError> {
+    let positions = routes.positions();
+    let routed: HashSet<&String> = positions.iter().map(|(call, _)| call).collect();
+    for gone in watched.iter().filter(|call| !routed.contains(call)).cloned().collect::<Vec<_>>() {
+        subscriber.unsubscribe_call(&gone).await?;
+        watched.remove(&gone);
+    }
+    let mut new = Vec::new();
+    for (call, after) in &positions {
+        if !watched.contains(call) {
+            subscriber.subscribe_call(call).await?;
+            watched.insert(call.clone());
+            new.push((call.clone(), *after));
+        }
+    }
+    Ok(new)
+}
+
+/// Hands each call's logged signals after its position to its session.
+async fn replay(bus: &SignalBus, routes: &Routes, positions: Vec<(String, u64)>) {
+    for (call_id, after) in positions {
+        match bus.replay(&call_id, RECORDER_PEER, after).await {
+            Ok(frames) => frames.iter().for_each(|(_, frame)| routes.deliver(frame)),
+            Err(error) => tracing::warn!(%error, %call_id, "recorder replay failed"),
         }
     }
 }

@@ -13,10 +13,13 @@ use std::{
     time::Duration,
 };
 
-use crate::signal_bus::SignalBus;
+use crate::signal_bus::{BusEvent, SignalBus, Watched};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use videocall_runtime::{backoff::Backoff, ops::Readiness};
+
+/// How long a new subscriber may take to connect, and then to subscribe to everything.
+const SUBSCRIBE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Frames queued per connection before it counts as too slow and is closed.
 pub const CONNECTION_BUFFER: usize = 512;
@@ -33,9 +36,22 @@ pub enum Outbound {
 enum Command {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
+    /// Answered once every command before it went out.
+    Ack(oneshot::Sender<()>),
+    SubscribeCall(String, oneshot::Sender<()>),
+    UnsubscribeCall(String),
 }
 
 type Conns = HashMap<String, HashMap<u64, mpsc::Sender<Outbound>>>;
+
+/// The hub's books: each user's connections here, and (on Redis Cluster, where signals travel on
+/// per-call channels) which connections watch which call.
+#[derive(Default)]
+struct Books {
+    conns: Conns,
+    /// Call id → (connection id → its user).
+    watchers: HashMap<String, HashMap<u64, String>>,
+}
 
 /// Cheap to clone.
 #[derive(Clone)]
@@ -44,7 +60,9 @@ pub struct Hub {
 }
 
 struct Inner {
-    conns: Mutex<Conns>,
+    books: Mutex<Books>,
+    /// Signals travel on per-call channels (Redis Cluster): connections watch their calls.
+    per_call: bool,
     commands: mpsc::UnboundedSender<Command>,
     /// Users whose first socket arrived or last socket left here: their presence lease is
     /// written at once.
@@ -68,6 +86,63 @@ impl Drop for Registration {
     }
 }
 
+impl Registration {
+    /// A handle that watches calls for this connection ([`Watcher::watch_call`]).
+    pub fn watcher(&self) -> Watcher {
+        Watcher { hub: self.hub.clone(), id: self.id, user_id: self.user_id.clone() }
+    }
+}
+
+/// Watches calls on behalf of one registered connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Watcher {
+    hub: Hub,
+    id: u64,
+    user_id: String,
+}
+
+impl Watcher {
+    /// Whether calls must be watched for their signals to arrive (Redis Cluster).
+    pub fn per_call(&self) -> bool {
+        self.hub.inner.per_call
+    }
+
+    /// Makes the signals of `call_id` addressed to this connection's user reach it, and waits
+    /// until they do: signals published before this returned may have been missed (replay them
+    /// from the log). Where signals travel on the receiver's channel (one Redis, in process) this
+    /// returns at once. A connection unwatches its calls when it is dropped.
+    pub async fn watch_call(&self, call_id: &str) -> Result<(), RegisterError> {
+        if !self.hub.inner.per_call {
+            return Ok(());
+        }
+        let first = {
+            let mut books = self.hub.lock();
+            let watchers = books.watchers.entry(call_id.to_owned()).or_default();
+            let first = watchers.is_empty();
+            watchers.insert(self.id, self.user_id.clone());
+            first
+        };
+        // A later watcher of a call already subscribed still waits for the command queue, so it
+        // never returns before the first watcher's subscription went out.
+        let (ack_tx, ack_rx) = oneshot::channel();
+        let command = if first { Command::SubscribeCall(call_id.to_owned(), ack_tx) } else { Command::Ack(ack_tx) };
+        if self.hub.inner.commands.send(command).is_err() {
+            return Err(RegisterError::NotSubscribed);
+        }
+        match tokio::time::timeout(Duration::from_secs(5), ack_rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(RegisterError::NotSubscribed),
+        }
+    }
+
+    /// The signals of `call_id` (it ended) need not reach this connection any more.
+    pub fn unwatch_call(&self, call_id: &str) {
+        if self.hub.inner.per_call {
+            self.hub.unwatch(self.id, call_id);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     #[error("user has {0} connections already")]
@@ -87,9 +162,11 @@ impl Hub {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+        let per_call = bus.signals_per_call();
         let hub = Hub {
             inner: Arc::new(Inner {
-                conns: Mutex::new(HashMap::new()),
+                books: Mutex::new(Books::default()),
+                per_call,
                 commands: tx,
                 presence: presence_tx,
                 next_id: AtomicU64::new(1),
@@ -120,11 +197,22 @@ impl Hub {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock().conns.values().map(HashMap::len).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
-        self.inner.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.inner.books.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn unwatch(&self, id: u64, call_id: &str) {
+        let mut books = self.lock();
+        if let Some(watchers) = books.watchers.get_mut(call_id)
+            && watchers.remove(&id).is_some()
+            && watchers.is_empty()
+        {
+            books.watchers.remove(call_id);
+            let _ = self.inner.commands.send(Command::UnsubscribeCall(call_id.to_owned()));
+        }
     }
 
     /// Registers a connection of `user_id` and waits until its channel is subscribed, so nothing
@@ -133,8 +221,8 @@ impl Hub {
         let (tx, rx) = mpsc::channel(CONNECTION_BUFFER);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         {
-            let mut conns = self.lock();
-            let mine = conns.entry(user_id.to_owned()).or_default();
+            let mut books = self.lock();
+            let mine = books.conns.entry(user_id.to_owned()).or_default();
             if mine.len() >= max_per_user {
                 return Err(RegisterError::TooManyForUser(mine.len()));
             }
@@ -156,15 +244,24 @@ impl Hub {
 
     /// How many connections `user_id` has here.
     pub fn connections_of(&self, user_id: &str) -> usize {
-        self.lock().get(user_id).map_or(0, HashMap::len)
+        self.lock().conns.get(user_id).map_or(0, HashMap::len)
     }
 
     fn unregister(&self, user_id: &str, id: u64) {
-        let mut conns = self.lock();
-        if let Some(mine) = conns.get_mut(user_id) {
+        let mut books = self.lock();
+        if self.inner.per_call {
+            books.watchers.retain(|call_id, watchers| {
+                if watchers.remove(&id).is_some() && watchers.is_empty() {
+                    let _ = self.inner.commands.send(Command::UnsubscribeCall(call_id.clone()));
+                    return false;
+                }
+                true
+            });
+        }
+        if let Some(mine) = books.conns.get_mut(user_id) {
             mine.remove(&id);
             if mine.is_empty() {
-                conns.remove(user_id);
+                books.conns.remove(user_id);
                 let _ = self.inner.commands.send(Command::Unsubscribe(user_id.to_owned()));
                 let _ = self.inner.presence.send((user_id.to_owned(), false));
             }
@@ -172,8 +269,8 @@ impl Hub {
     }
 
     fn deliver(&self, user: &str, payload: Arc<str>) {
-        let conns = self.lock();
-        if let Some(mine) = conns.get(user) {
+        let books = self.lock();
+        if let Some(mine) = books.conns.get(user) {
             for tx in mine.values() {
                 // A full queue means a stalled client; it notices the missing seq and resumes.
                 let _ = tx.try_send(Outbound::Frame(payload.clone()));
@@ -199,7 +296,7 @@ impl Hub {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = renew.tick() => {
-                    let users: Vec<String> = self.lock().keys().cloned().collect();
+                    let users: Vec<String> = self.lock().conns.keys().cloned().collect();
                     if let Err(error) = bus.mark_present(&users, lease).await {
                         tracing::warn!(%error, users = users.len(), "presence leases not renewed");
                     }
@@ -218,8 +315,29 @@ impl Hub {
     }
 
     fn broadcast_resync(&self, lost: bool) {
-        for tx in self.lock().values().flat_map(HashMap::values) {
+        for tx in self.lock().conns.values().flat_map(HashMap::values) {
             let _ = tx.try_send(Outbound::Resync { lost });
+        }
+    }
+
+    /// A channel moved to another cluster shard and was subscribed again there: the connections
+    /// it feeds replay what may have been published meanwhile.
+    fn resync_moved(&self, watched: &Watched) {
+        let books = self.lock();
+        let resync = |user: &str, id: Option<u64>| {
+            for (conn, tx) in books.conns.get(user).into_iter().flatten() {
+                if id.is_none_or(|id| id == *conn) {
+                    let _ = tx.try_send(Outbound::Resync { lost: false });
+                }
+            }
+        };
+        match watched {
+            Watched::User(user) => resync(user, None),
+            Watched::Call(call) => {
+                for (id, user) in books.watchers.get(call).into_iter().flatten() {
+                    resync(user, Some(*id));
+                }
+            }
         }
     }
 
@@ -228,7 +346,10 @@ impl Hub {
         let mut first = true;
         let marker = uuid::Uuid::now_v7().simple().to_string();
         while !shutdown.is_cancelled() {
-            let mut subscriber = match bus.subscriber().await {
+            // Bounded: on a cluster whose master just died, a node may not answer until its replica
+            // took over; then this starts again.
+            let subscriber = tokio::time::timeout(SUBSCRIBE_WITHIN, bus.subscriber()).await;
+            let mut subscriber = match subscriber.unwrap_or(Err(super::BusError::TimedOut)) {
                 Ok(subscriber) => subscriber,
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -240,16 +361,28 @@ impl Hub {
                     }
                 }
             };
-            let users: Vec<String> = self.lock().keys().cloned().collect();
-            let mut ok = true;
-            for user in &users {
-                if subscriber.subscribe(user).await.is_err() {
-                    ok = false;
-                    break;
+            let (users, calls): (Vec<String>, Vec<String>) = {
+                let books = self.lock();
+                (books.conns.keys().cloned().collect(), books.watchers.keys().cloned().collect())
+            };
+            let subscribed = async {
+                for user in &users {
+                    subscriber.subscribe(user).await?;
                 }
-            }
-            if !ok {
-                continue;
+                for call in &calls {
+                    subscriber.subscribe_call(call).await?;
+                }
+                Ok::<_, super::BusError>(())
+            };
+            let taken =
+                tokio::time::timeout(SUBSCRIBE_WITHIN, subscribed).await.unwrap_or(Err(super::BusError::TimedOut));
+            if let Err(error) = taken {
+                tracing::warn!(%error, users = users.len(), calls = calls.len(), "signal bus subscriptions not taken; again");
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
             }
             backoff.reset();
             self.inner.connected.set(true);
@@ -275,10 +408,21 @@ impl Hub {
                         Some(Command::Unsubscribe(user)) => {
                             if subscriber.unsubscribe(&user).await.is_err() { break; }
                         }
+                        Some(Command::Ack(ack)) => {
+                            let _ = ack.send(());
+                        }
+                        Some(Command::SubscribeCall(call, ack)) => {
+                            if subscriber.subscribe_call(&call).await.is_err() { break; }
+                            let _ = ack.send(());
+                        }
+                        Some(Command::UnsubscribeCall(call)) => {
+                            if subscriber.unsubscribe_call(&call).await.is_err() { break; }
+                        }
                     },
-                    message = subscriber.next() => match message {
+                    event = subscriber.next_event() => match event {
                         None => break,
-                        Some((user, frame)) => self.deliver(&user, frame),
+                        Some(BusEvent::Frame(user, frame)) => self.deliver(&user, frame),
+                        Some(BusEvent::Resubscribed(watched)) => self.resync_moved(&watched),
                     },
                 }
             }

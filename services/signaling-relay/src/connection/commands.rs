@@ -35,7 +35,8 @@ impl State {
             signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => {
                 // The hot path: its ack is written straight, without building a JSON tree.
                 return match self.signal(signal, text).await {
-                    Ok(seq) => vec![protocol::signal_ack(id, seq)],
+                    Ok((seq, None)) => vec![protocol::signal_ack(id, seq)],
+                    Ok((seq, Some(notice))) => vec![protocol::signal_ack(id, seq), notice],
                     Err(f) => vec![self.failed(id, &f)],
                 };
             }
@@ -225,8 +226,9 @@ impl State {
         self.calls.get(call_id).cloned().ok_or_else(|| Failure::new("internal", "call not cached".into()))
     }
 
-    /// Validates and publishes a signal; returns its sequence number.
-    pub(super) async fn signal(&mut self, kind: &str, text: &str) -> Result<u64, Failure> {
+    /// Validates and publishes a signal; returns its sequence number, and the `signals_lost`
+    /// notice to send after the ack when the bus turned out to have lost the call's newest signals.
+    pub(super) async fn signal(&mut self, kind: &str, text: &str) -> Result<(u64, Option<String>), Failure> {
         let signal_type: SignalType = kind
             .parse()
             .map_err(|e: videocall_signaling::signals::SignalError| Failure::new("invalid_argument", e.to_string()))?;
@@ -276,24 +278,40 @@ impl State {
             }
         };
         let started = Instant::now();
-        let seq = self
-            .bus
-            .publish_signal(Outgoing { call_id: &frame.call_id, from: &self.user_id, to, signal_type, payload })
-            .await
-            .map_err(|e| match e {
-                BusError::Signal(e) => Failure::new("invalid_argument", e.to_string()),
-                e @ (BusError::Redis(_) | BusError::TimedOut) => {
-                    tracing::warn!(error = %e, "signal bus unavailable");
-                    Failure::new("unavailable", "signaling is unavailable, retry".into())
-                }
-            })?;
+        // The highest number this connection saw in the call: a bus that lost the newest ones
+        // (a failover) must not hand one out again.
+        let floor = known.last_seq.max(known.last_sent_seq);
+        let outgoing = Outgoing { call_id: &frame.call_id, from: &self.user_id, to, signal_type, payload };
+        let (seq, lost) = self.bus.publish_signal_above(outgoing, floor).await.map_err(|e| match e {
+            BusError::Signal(e) => Failure::new("invalid_argument", e.to_string()),
+            e @ (BusError::Redis(_) | BusError::TimedOut) => {
+                tracing::warn!(error = %e, "signal bus unavailable");
+                Failure::new("unavailable", "signaling is unavailable, retry".into())
+            }
+        })?;
         if let Some(known) = self.calls.get_mut(&frame.call_id) {
             known.sent = true;
+            known.last_sent_seq = seq;
         }
         self.metrics.signal_latency.observe(started.elapsed().as_secs_f64());
         self.metrics.count_signal(signal_type);
-        Ok(seq)
+        if lost {
+            tracing::warn!(call_id = %frame.call_id, seq, "the signal bus had lost this call's newest signals");
+            self.metrics.signals_lost.inc();
+            return Ok((seq, Some(signals_lost_notice(&frame.call_id))));
+        }
+        Ok((seq, None))
     }
+}
+
+/// Tells a party that signals of `call_id` may be gone for good; the caller renegotiates.
+pub(super) fn signals_lost_notice(call_id: &str) -> String {
+    serde_json::json!({
+        "type": "signals_lost",
+        "call_id": call_id,
+        "reason": "the signal bus restarted and lost this call's signals; the caller renegotiates (ICE restart)",
+    })
+    .to_string()
 }
 
 fn parse<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Failure> {

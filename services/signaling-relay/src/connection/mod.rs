@@ -19,7 +19,7 @@ use videocall_domain::CallStatus;
 use videocall_proto::v1::{self as pb, call_service_client::CallServiceClient};
 use videocall_signaling::signal_bus::{
     SignalBus,
-    hub::{Outbound, Registration},
+    hub::{Outbound, Registration, Watcher},
 };
 
 use crate::{
@@ -60,6 +60,8 @@ struct KnownCall {
     last_seq: u64,
     /// This connection sent a signal of this call.
     sent: bool,
+    /// Sequence number of the last signal this connection sent in this call.
+    last_sent_seq: u64,
     /// The call's recording is starting or active: the recording leg's signals may go to the
     /// recorder.
     recording: bool,
@@ -69,7 +71,7 @@ impl KnownCall {
     /// A call first seen in `status`, nothing delivered or sent yet.
     fn new(other: &str, status: CallStatus, caller: bool, recording: bool) -> Self {
         let live = !status.is_terminal();
-        Self { other: other.to_owned(), live, status, caller, last_seq: 0, sent: false, recording }
+        Self { other: other.to_owned(), live, status, caller, last_seq: 0, sent: false, last_sent_seq: 0, recording }
     }
 }
 
@@ -91,6 +93,9 @@ struct State {
     gateway: CallServiceClient<Channel>,
     bus: SignalBus,
     calls: HashMap<String, KnownCall>,
+    /// On Redis Cluster (signals on per-call channels): the calls this connection watches.
+    watcher: Watcher,
+    watched: std::collections::HashSet<String>,
     metrics: RelayMetrics,
 }
 
@@ -106,6 +111,8 @@ impl Connection {
             gateway,
             bus,
             calls: HashMap::new(),
+            watcher: registration.watcher(),
+            watched: Default::default(),
             metrics: metrics.clone(),
         };
         // The user's calls are read before `hello` goes out: once a client sees `hello`, the
@@ -153,6 +160,9 @@ impl Connection {
                         if socket.flush().await.is_err() {
                             return;
                         }
+                        for frame in state.watch_new_calls().await {
+                            if send(&mut socket, frame).await.is_err() { return; }
+                        }
                         if let Some(lost) = resync
                             && state.sync(&mut socket, lost).await.is_err()
                         {
@@ -177,7 +187,8 @@ impl Connection {
                             if !bucket.take() {
                                 break (CLOSE_POLICY, "rate limit exceeded");
                             }
-                            let reply = state.handle(text.as_str()).await;
+                            let mut reply = state.handle(text.as_str()).await;
+                            reply.extend(state.watch_new_calls().await);
                             for frame in reply {
                                 if send(&mut socket, frame).await.is_err() { return; }
                             }

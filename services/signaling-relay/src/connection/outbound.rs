@@ -54,6 +54,7 @@ impl State {
                     caller: false,
                     last_seq: 0,
                     sent: false,
+                    last_sent_seq: 0,
                     recording: false,
                 };
                 self.calls.insert(call_id.to_owned(), known);

@@ -64,6 +64,7 @@ async fn consents_are_shown_to_both_and_the_recording_leg_reaches_only_the_recor
     .expect("bus");
     let mut recorder = bus.subscriber().await.expect("subscriber");
     recorder.subscribe("@recorder").await.expect("subscribe");
+    recorder.subscribe_call(&call_id).await.expect("watch the call (Redis Cluster)");
     let offer =
         Outgoing { call_id: &call_id, from: "@recorder", to: "bob", signal_type: SignalType::Offer, payload: SDP };
     bus.publish_signal(offer).await.expect("offer");
