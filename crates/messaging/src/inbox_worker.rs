@@ -1,7 +1,10 @@
 //! One queue's consumer loop, shared by the workers that consume RabbitMQ: manual acks, the
 //! handler's verdict decides each message's fate — ack once its effect committed, dead-letter
-//! (with the reason in a header) when it can never apply, republish with an attempt count after a
-//! transient fault, up to a bound. Broker failures end the loop so the caller reconnects.
+//! (with the reason in a header) when it can never apply, retry after a transient fault, up to a
+//! bound: a quorum queue's message goes back to the queue (nack with requeue) and the broker counts
+//! its deliveries (`x-delivery-count`, dead-lettering it past `x-delivery-limit` should the worker
+//! never settle it); a classic queue's is republished with an attempt count. Broker failures end
+//! the loop so the caller reconnects.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -12,7 +15,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -25,8 +28,13 @@ use tokio_util::sync::CancellationToken;
 
 use videocall_runtime::backoff::Backoff;
 
-/// Header with the number of retries a republished message has had.
+use crate::amqp::{DeclareError, QueueType, declare_durable_queue};
+
+/// Header with the number of retries a republished message (classic queues) has had; on a
+/// dead-lettered copy, the retries it had whatever the queue's type.
 pub const ATTEMPT_HEADER: &str = "x-attempt";
+/// Header the broker puts on a quorum queue's redelivered message: its earlier deliveries.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Header on a dead-lettered message saying why it was dead-lettered.
 pub const REASON_HEADER: &str = "x-death-reason";
 
@@ -42,34 +50,56 @@ pub async fn publisher_channel(connection: &Connection) -> Result<Channel, lapin
     Ok(channel)
 }
 
+/// How a consumed queue is declared: its type (`QUEUE_TYPE`) and, for a quorum queue, the
+/// deliveries after the first the broker allows a message before dead-lettering it
+/// (`x-delivery-limit`, from `MAX_RETRIES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueShape {
+    pub queue_type: QueueType,
+    pub max_retries: u32,
+}
+
 /// Declares the dead-letter exchange `dlx` (direct) and `queue`'s dead-letter queue bound to it,
 /// then the durable `queue` (dead-lettering to `dlx`, should anything reject) bound to each
-/// `(exchange, routing key)` of `bindings`. The exchanges bound to are declared already. Every
-/// declaration is idempotent.
+/// `(exchange, routing key)` of `bindings`. The exchanges bound to are declared already. Both
+/// queues are of `shape.queue_type`; a quorum `queue` also gets `x-delivery-limit` =
+/// `shape.max_retries` and at-least-once dead-lettering (which needs `x-overflow: reject-publish`;
+/// the queue has no length bound, so that changes nothing else). Every declaration is idempotent;
+/// a queue that exists with another type or other arguments is a [`DeclareError`] naming it.
 pub async fn declare_queue(
-    channel: &Channel,
+    connection: &Connection,
     queue: &str,
     dlx: &str,
     bindings: &[(&str, &str)],
-) -> Result<(), lapin::Error> {
+    shape: QueueShape,
+) -> Result<(), DeclareError> {
+    let channel = connection.create_channel().await?;
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel.exchange_declare(dlx.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
-    let durable_queue = QueueDeclareOptions { durable: true, ..Default::default() };
     let dlq = dlq_name(queue);
-    channel.queue_declare(dlq.as_str().into(), durable_queue, FieldTable::default()).await?;
+    declare_durable_queue(connection, &dlq, shape.queue_type, |_| FieldTable::default()).await?;
     channel
         .queue_bind(dlq.as_str().into(), dlx.into(), queue.into(), QueueBindOptions::default(), FieldTable::default())
         .await?;
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
-    arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
-    channel.queue_declare(queue.into(), durable_queue, arguments).await?;
+    let arguments = |queue_type| {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
+        arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.into()));
+        if queue_type == QueueType::Quorum {
+            arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(shape.max_retries)));
+            arguments.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+            arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+        }
+        arguments
+    };
+    declare_durable_queue(connection, queue, shape.queue_type, arguments).await?;
     for (exchange, key) in bindings {
         let (exchange, key) = (*exchange, *key);
         channel
             .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
             .await?;
     }
+    let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }
 
@@ -150,6 +180,8 @@ pub struct QueueWorker<H> {
     pub dlx_exchange: String,
     pub prefetch: u16,
     pub max_retries: u32,
+    /// The queue's type, which decides how a transient fault is retried.
+    pub queue_type: QueueType,
     /// The session's confirm-mode channel for republishing and dead-lettering.
     pub publisher: Channel,
     pub handler: H,
@@ -226,19 +258,23 @@ impl<H: Handler> QueueWorker<H> {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         // Back to the queue as it was; the next replica tries it afresh.
-                        if !delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await? {
-                            anyhow::bail!("the channel closed before the nack; the message will be redelivered");
-                        }
+                        requeue(&delivery).await?;
                         return Ok(());
                     }
                     _ = tokio::time::sleep(delay) => {}
                 }
-                let mut headers = headers_of(&delivery.properties);
-                headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt) + 1));
-                let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
-                // Through the default exchange straight back to this queue, at its tail.
-                self.publish("", &self.queue, &delivery.data, properties).await?;
-                ack(&delivery).await?;
+                match self.queue_type {
+                    // Back to the queue; the broker counts the delivery (`x-delivery-count`).
+                    QueueType::Quorum => requeue(&delivery).await?,
+                    QueueType::Classic => {
+                        let mut headers = headers_of(&delivery.properties);
+                        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt) + 1));
+                        let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+                        // Through the default exchange straight back to this queue, at its tail.
+                        self.publish("", &self.queue, &delivery.data, properties).await?;
+                        ack(&delivery).await?;
+                    }
+                }
                 (self.count)("retried");
             }
         }
@@ -294,14 +330,30 @@ async fn ack(delivery: &Delivery) -> anyhow::Result<()> {
     }
 }
 
+/// Returns `delivery` to its queue (nack with requeue); `false` from lapin is a broker failure,
+/// as for [`ack`].
+async fn requeue(delivery: &Delivery) -> anyhow::Result<()> {
+    if delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await? {
+        Ok(())
+    } else {
+        anyhow::bail!("the channel closed before the nack; the message will be redelivered")
+    }
+}
+
 fn headers_of(properties: &BasicProperties) -> FieldTable {
     properties.headers().clone().unwrap_or_default()
 }
 
-/// Retries already made, from the attempt header (absent on first delivery).
+/// Retries already made: the attempt header of a republished message (classic queues) plus the
+/// broker's count of earlier deliveries (quorum queues); both absent on the first delivery.
 fn attempt_of(properties: &BasicProperties) -> u32 {
     let Some(headers) = properties.headers() else { return 0 };
-    let value = match headers.inner().get(ATTEMPT_HEADER) {
+    count_in(headers, ATTEMPT_HEADER).saturating_add(count_in(headers, DELIVERY_COUNT_HEADER))
+}
+
+/// A non-negative count in header `name`; 0 when absent or not a number.
+fn count_in(headers: &FieldTable, name: &str) -> u32 {
+    let value = match headers.inner().get(name) {
         Some(AMQPValue::LongLongInt(n)) => *n,
         Some(AMQPValue::LongInt(n)) => i64::from(*n),
         Some(AMQPValue::LongUInt(n)) => i64::from(*n),

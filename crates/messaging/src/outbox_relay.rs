@@ -134,9 +134,15 @@ impl OutboxRelay {
             };
             let channel = match self.open_channel(&connection).await {
                 Ok(channel) => channel,
-                Err(error) => {
+                Err(error @ amqp::DeclareError::Broker(_)) => {
                     tracing::warn!(%error, "cannot set up the events exchange; reconnecting");
                     sleep_or_stop(Duration::from_secs(1), &shutdown).await;
+                    continue;
+                }
+                Err(error) => {
+                    // Nothing changes by retrying until someone acts on the queue; say so, loudly.
+                    tracing::error!(%error, "cannot declare the unrouted events queue; retrying in 10 s");
+                    sleep_or_stop(Duration::from_secs(10), &shutdown).await;
                     continue;
                 }
             };
@@ -235,7 +241,7 @@ impl OutboxRelay {
         Ok(rows.len())
     }
 
-    async fn open_channel(&self, connection: &lapin::Connection) -> Result<Channel, lapin::Error> {
+    async fn open_channel(&self, connection: &lapin::Connection) -> Result<Channel, amqp::DeclareError> {
         amqp::declare_events_exchange(connection, &self.config.exchange, Some(self.config.unrouted)).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;

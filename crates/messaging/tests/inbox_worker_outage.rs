@@ -19,7 +19,8 @@ use lapin::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use videocall_messaging::{
-    inbox_worker::Handler, inbox_worker::QueueWorker, inbox_worker::Verdict, inbox_worker::publisher_channel,
+    amqp::QueueType, inbox_worker::Handler, inbox_worker::QueueWorker, inbox_worker::Verdict,
+    inbox_worker::publisher_channel,
 };
 use videocall_testkit::{amqp_url, fault_proxy::FaultProxy, unique_name};
 
@@ -64,6 +65,7 @@ fn worker(
         dlx_exchange: String::new(),
         prefetch: MESSAGES as u16,
         max_retries: 1,
+        queue_type: QueueType::Classic,
         publisher,
         handler,
         count: Arc::new(move |outcome| counted.lock().expect("lock").push(outcome)),

@@ -152,6 +152,58 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How a service declares its durable RabbitMQ queues (`QUEUE_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// Replicated over the cluster's nodes (Raft); redeliveries counted by the broker.
+    #[default]
+    Quorum,
+    /// One node's queue, as declared before `QUEUE_TYPE` existed.
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for QueueType {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quorum" => Ok(Self::Quorum),
+            "classic" => Ok(Self::Classic),
+            _ => Err("must be `quorum` or `classic`"),
+        }
+    }
+}
+
+/// `QUEUE_TYPE`, for every service that declares durable queues.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueTypeArgs {
+    /// `quorum` (replicated; the default) or `classic`: the type of the durable queues this
+    /// service declares.
+    #[arg(long, env = "QUEUE_TYPE", default_value = "quorum")]
+    pub queue_type: String,
+}
+
+impl QueueTypeArgs {
+    pub fn check(&self, c: &mut Checker) -> Option<QueueType> {
+        c.parse("QUEUE_TYPE", &self.queue_type)
+    }
+}
+
 /// Whether `url` names Redis in a scheme the redis crate connects to: one server, or a
 /// comma-separated list of Redis Cluster seed nodes (`redis://a:7000,redis://b:7001`; a list is
 /// what selects cluster mode, so one seed is written with a trailing comma).
@@ -207,6 +259,17 @@ mod tests {
         assert_eq!(common.service_name, "api-gateway");
         assert_eq!(common.log_format, LogFormat::Json);
         assert_eq!(c.finish(), Ok(()));
+    }
+
+    #[test]
+    fn queue_type_is_quorum_unless_set_to_classic_and_nothing_else() {
+        let mut c = Checker::new();
+        let quorum = QueueTypeArgs { queue_type: "quorum".into() }.check(&mut c);
+        let classic = QueueTypeArgs { queue_type: " classic ".into() }.check(&mut c);
+        assert_eq!((quorum, classic), (Some(QueueType::Quorum), Some(QueueType::Classic)));
+        assert_eq!(QueueType::default(), QueueType::Quorum);
+        assert_eq!(QueueTypeArgs { queue_type: "Quorum".into() }.check(&mut c), None);
+        assert_eq!(c.finish().unwrap_err().0, ["QUEUE_TYPE: `Quorum` is invalid: must be `quorum` or `classic`"]);
     }
 
     #[test]

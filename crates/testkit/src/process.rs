@@ -34,6 +34,7 @@ const SETTINGS: &[&str] = &[
     "DLX_EXCHANGE",
     "PREFETCH",
     "MAX_RETRIES",
+    "QUEUE_TYPE",
     "SHUTDOWN_GRACE_SECS",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_USER",

@@ -6,7 +6,7 @@ use clap::Parser;
 use videocall_domain::CallType;
 use videocall_runtime::{
     auth::JwtKeys,
-    config::{Checker, Common, CommonArgs, ConfigError},
+    config::{Checker, Common, CommonArgs, ConfigError, QueueTypeArgs},
     ice::{IceArgs, IceConfig},
     tokens::TokenArgs,
 };
@@ -83,6 +83,9 @@ pub struct GatewayArgs {
     /// ...and at most this long.
     #[arg(long, env = "UNROUTED_TTL_SECS", default_value = "86400")]
     pub unrouted_ttl_secs: String,
+    /// ...in a queue of this type.
+    #[command(flatten)]
+    pub queue_type: QueueTypeArgs,
     /// Serve gRPC server reflection (lists every RPC to anyone who asks; for grpcurl in
     /// development).
     #[arg(long, env = "GRPC_REFLECTION", default_value_t = false, action = clap::ArgAction::Set)]
@@ -204,6 +207,7 @@ impl GatewayArgs {
         if let Some(t) = unrouted_ttl {
             c.check("UNROUTED_TTL_SECS", (1..=30 * 86_400).contains(&t), "must be between 1 and 2592000");
         }
+        let queue_type = self.queue_type.check(&mut c);
         if let Some(n) = per_minute {
             c.check("INITIATE_CALLS_PER_MIN", (1..=100_000).contains(&n), "must be between 1 and 100000");
         }
@@ -214,6 +218,7 @@ impl GatewayArgs {
             unrouted: videocall_messaging::amqp::UnroutedRetention {
                 max_messages: unrouted_max.ok_or_else(missing)?,
                 ttl: Duration::from_secs(unrouted_ttl.ok_or_else(missing)?),
+                queue_type: queue_type.ok_or_else(missing)?,
             },
             call_policy: crate::CallPolicy {
                 users_may_call_users: open.ok_or_else(missing)?,

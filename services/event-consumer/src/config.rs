@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError};
+use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError, QueueType, QueueTypeArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "event-consumer", version, about = "Consumes UserOffline and SupportTicketCreated from RabbitMQ")]
@@ -42,9 +42,12 @@ pub struct ConsumerArgs {
     /// Unacknowledged messages the broker hands each consumer at once.
     #[arg(long, env = "PREFETCH", default_value = "16")]
     pub prefetch: String,
-    /// Attempts at a message that keeps meeting a transient fault before it is dead-lettered.
+    /// Attempts at a message that keeps meeting a transient fault before it is dead-lettered
+    /// (also the quorum queues' `x-delivery-limit`).
     #[arg(long, env = "MAX_RETRIES", default_value = "5")]
     pub max_retries: String,
+    #[command(flatten)]
+    pub queue_type: QueueTypeArgs,
     /// How long a support offer stays open.
     #[arg(long, env = "SUPPORT_OFFER_TTL_SECS", default_value = "900")]
     pub support_offer_ttl_secs: String,
@@ -72,6 +75,7 @@ pub struct ConsumerConfig {
     pub dlx_exchange: String,
     pub prefetch: u16,
     pub max_retries: u32,
+    pub queue_type: QueueType,
     pub support_offer_ttl: Duration,
     pub ops_listen_addr: std::net::SocketAddr,
 }
@@ -138,6 +142,7 @@ impl ConsumerArgs {
         if let Some(m) = max_retries {
             c.check("MAX_RETRIES", m <= 100, "must be between 0 and 100");
         }
+        let queue_type = self.queue_type.check(&mut c);
         let ttl = c.parse::<u64>("SUPPORT_OFFER_TTL_SECS", &self.support_offer_ttl_secs);
         if let Some(t) = ttl {
             c.check("SUPPORT_OFFER_TTL_SECS", (60..=7 * 86_400).contains(&t), "must be between 60 and 604800");
@@ -157,6 +162,7 @@ impl ConsumerArgs {
             dlx_exchange,
             prefetch,
             max_retries,
+            queue_type,
             ttl,
         ) {
             (
@@ -169,6 +175,7 @@ impl ConsumerArgs {
                 Some(dlx_exchange),
                 Some(prefetch),
                 Some(max_retries),
+                Some(queue_type),
                 Some(ttl),
             ) => Ok(ConsumerConfig {
                 common,
@@ -180,6 +187,7 @@ impl ConsumerArgs {
                 dlx_exchange,
                 prefetch,
                 max_retries,
+                queue_type,
                 support_offer_ttl: Duration::from_secs(ttl),
                 ops_listen_addr,
             }),
@@ -213,6 +221,7 @@ mod tests {
         assert_eq!(config.ticket_created.queue, "videocall.ticket-created");
         assert_eq!(config.dlx_exchange, "videocall.dlx");
         assert_eq!(config.max_retries, 5);
+        assert_eq!(config.queue_type, QueueType::Quorum);
         assert_eq!(config.support_offer_ttl, Duration::from_secs(900));
         assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(config.common.service_name, "event-consumer");
@@ -227,6 +236,7 @@ mod tests {
             "--user-offline-queue= ",
             "--prefetch=0",
             "--max-retries=many",
+            "--queue-type=lazy",
             "--support-offer-ttl-secs=5",
         ])
         .expect("flags parse");
@@ -241,6 +251,7 @@ mod tests {
                 "USER_OFFLINE_QUEUE",
                 "PREFETCH",
                 "MAX_RETRIES",
+                "QUEUE_TYPE",
                 "SUPPORT_OFFER_TTL_SECS"
             ],
             "{err}"

@@ -6,7 +6,10 @@ use lapin::{Channel, Connection, ExchangeKind, options::ExchangeDeclareOptions, 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 pub use videocall_messaging::consumer_metrics::ConsumerMetrics;
-use videocall_messaging::inbox_worker::{Handler, QueueWorker, Verdict, declare_queue};
+use videocall_messaging::{
+    amqp::{DeclareError, QueueType},
+    inbox_worker::{Handler, QueueShape, QueueWorker, Verdict, declare_queue},
+};
 
 use crate::{
     config::QueueBinding,
@@ -20,16 +23,27 @@ pub struct Settings {
     pub dlx_exchange: String,
     pub prefetch: u16,
     pub max_retries: u32,
+    pub queue_type: QueueType,
+}
+
+impl Settings {
+    /// How the queues are declared.
+    pub fn shape(&self) -> QueueShape {
+        QueueShape { queue_type: self.queue_type, max_retries: self.max_retries }
+    }
 }
 
 /// Declares the upstream topic exchange, then the queue with its dead-letter queue, bound to it.
 /// Every declaration is idempotent.
-pub async fn declare(channel: &Channel, binding: &QueueBinding, dlx_exchange: &str) -> Result<(), lapin::Error> {
+pub async fn declare(connection: &Connection, binding: &QueueBinding, settings: &Settings) -> Result<(), DeclareError> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let channel = connection.create_channel().await?;
     channel
         .exchange_declare(binding.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
         .await?;
-    declare_queue(channel, &binding.queue, dlx_exchange, &[(&binding.exchange, &binding.routing_key)]).await
+    let _ = channel.close(200, "declared".into()).await;
+    let bindings = [(binding.exchange.as_str(), binding.routing_key.as_str())];
+    declare_queue(connection, &binding.queue, &settings.dlx_exchange, &bindings, settings.shape()).await
 }
 
 /// Consumes one queue.
@@ -88,6 +102,7 @@ impl QueueConsumer {
             dlx_exchange: self.settings.dlx_exchange.clone(),
             prefetch: self.settings.prefetch,
             max_retries: self.settings.max_retries,
+            queue_type: self.settings.queue_type,
             publisher: self.publisher.clone(),
             handler: Apply { effects: self.effects.clone(), kind: self.kind },
             lag: self.metrics.lag.clone(),

@@ -71,6 +71,7 @@ impl Service for Application {
             dlx_exchange: config.dlx_exchange.clone(),
             prefetch: config.prefetch,
             max_retries: config.max_retries,
+            queue_type: config.queue_type,
         };
         amqp::run_sessions(&config.amqp_url, &config.common.service_name, &shutdown, &ready, |connection| async {
             let result = session(&connection, &config, &effects, &settings, &metrics, &ready, &shutdown).await;
@@ -96,7 +97,7 @@ async fn session(
 ) -> anyhow::Result<()> {
     let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
     for binding in [&config.user_offline, &config.ticket_created] {
-        consumer::declare(&publisher, binding, &config.dlx_exchange)
+        consumer::declare(connection, binding, settings)
             .await
             .with_context(|| format!("declaring queue {} on exchange {}", binding.queue, binding.exchange))?;
     }

@@ -295,7 +295,18 @@ async fn offer_attempts(h: &Harness) -> i64 {
 
 #[tokio::test]
 async fn database_faults_are_retried_a_bounded_number_of_times_then_dead_lettered() {
-    let h = Harness::start(&["--max-retries=2"]).await;
+    retried_then_dead_lettered("--queue-type=quorum").await;
+}
+
+#[tokio::test]
+async fn database_faults_are_retried_by_republishing_on_classic_queues_too() {
+    retried_then_dead_lettered("--queue-type=classic").await;
+}
+
+/// With quorum queues the broker counts the retries (`x-delivery-count`), with classic ones the
+/// republished `x-attempt`: the dead letter says the same either way.
+async fn retried_then_dead_lettered(queue_type: &str) {
+    let h = Harness::start(&["--max-retries=2", queue_type]).await;
     inject_offer_faults(&h, 1_000_000).await;
     h.ticket_created(Some("flaky-1"), &json!({"ticket_id":"T-9","customer_id":"quinn"})).await;
     let dead = h.next_dead_letter(&h.config.ticket_created.queue).await;

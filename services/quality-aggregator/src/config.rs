@@ -1,7 +1,7 @@
 //! quality-aggregator configuration: every variable also a `--flag`, every bad value reported at once.
 
 use clap::Parser;
-use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError};
+use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError, QueueType, QueueTypeArgs};
 
 /// Routing keys the queue is bound with: samples, and the endings that finalize a summary.
 pub const ROUTING_KEYS: [&str; 4] = ["call.quality", "call.ended", "call.missed", "call.rejected"];
@@ -29,9 +29,12 @@ pub struct AggregatorArgs {
     /// Unacknowledged messages the broker hands the consumer at once.
     #[arg(long, env = "PREFETCH", default_value = "32")]
     pub prefetch: String,
-    /// Retries of a message that keeps meeting a transient fault before it is dead-lettered.
+    /// Retries of a message that keeps meeting a transient fault before it is dead-lettered
+    /// (also the quorum queue's `x-delivery-limit`).
     #[arg(long, env = "MAX_RETRIES", default_value = "5")]
     pub max_retries: String,
+    #[command(flatten)]
+    pub queue_type: QueueTypeArgs,
     /// `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9093")]
     pub ops_listen_addr: String,
@@ -47,6 +50,7 @@ pub struct AggregatorConfig {
     pub dlx_exchange: String,
     pub prefetch: u16,
     pub max_retries: u32,
+    pub queue_type: QueueType,
     pub ops_listen_addr: std::net::SocketAddr,
 }
 
@@ -75,32 +79,22 @@ impl AggregatorArgs {
         if let Some(m) = max_retries {
             c.check("MAX_RETRIES", m <= 100, "must be between 0 and 100");
         }
+        let queue_type = self.queue_type.check(&mut c);
         let ops = c.parse::<std::net::SocketAddr>("OPS_LISTEN_ADDR", &self.ops_listen_addr);
         c.finish()?;
-        match (common, database_url, amqp_url, events_exchange, queue, dlx_exchange, prefetch, max_retries, ops) {
-            (
-                Some(common),
-                Some(database_url),
-                Some(amqp_url),
-                Some(events_exchange),
-                Some(queue),
-                Some(dlx_exchange),
-                Some(prefetch),
-                Some(max_retries),
-                Some(ops_listen_addr),
-            ) => Ok(AggregatorConfig {
-                common,
-                database_url,
-                amqp_url,
-                events_exchange,
-                queue,
-                dlx_exchange,
-                prefetch,
-                max_retries,
-                ops_listen_addr,
-            }),
-            _ => Err(ConfigError(vec!["internal: a checked value is missing".into()])),
-        }
+        let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
+        Ok(AggregatorConfig {
+            common: common.ok_or_else(missing)?,
+            database_url: database_url.ok_or_else(missing)?,
+            amqp_url: amqp_url.ok_or_else(missing)?,
+            events_exchange: events_exchange.ok_or_else(missing)?,
+            queue: queue.ok_or_else(missing)?,
+            dlx_exchange: dlx_exchange.ok_or_else(missing)?,
+            prefetch: prefetch.ok_or_else(missing)?,
+            max_retries: max_retries.ok_or_else(missing)?,
+            queue_type: queue_type.ok_or_else(missing)?,
+            ops_listen_addr: ops.ok_or_else(missing)?,
+        })
     }
 }
 
@@ -120,7 +114,7 @@ mod tests {
         assert_eq!(config.events_exchange, "videocall.events");
         assert_eq!(config.queue, "videocall.quality-aggregator");
         assert_eq!(config.dlx_exchange, "videocall.dlx");
-        assert_eq!((config.prefetch, config.max_retries), (32, 5));
+        assert_eq!((config.prefetch, config.max_retries, config.queue_type), (32, 5, QueueType::Quorum));
         assert_eq!(config.common.service_name, "quality-aggregator");
         assert_eq!(config.ops_listen_addr.port(), 9093);
     }
@@ -134,6 +128,7 @@ mod tests {
             "--quality-queue=",
             "--prefetch=0",
             "--max-retries=many",
+            "--queue-type=stream",
             "--ops-listen-addr=nowhere",
         ])
         .expect("flags parse");
@@ -148,6 +143,7 @@ mod tests {
                 "QUALITY_QUEUE",
                 "PREFETCH",
                 "MAX_RETRIES",
+                "QUEUE_TYPE",
                 "OPS_LISTEN_ADDR"
             ],
             "{err}"

@@ -7,7 +7,10 @@ use lapin::{Channel, Connection};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 pub use videocall_messaging::consumer_metrics::ConsumerMetrics;
-use videocall_messaging::inbox_worker::{Handler, QueueWorker, Verdict, declare_queue};
+use videocall_messaging::{
+    amqp::{DeclareError, QueueType},
+    inbox_worker::{Handler, QueueShape, QueueWorker, Verdict, declare_queue},
+};
 
 use crate::{
     config::ROUTING_KEYS,
@@ -24,14 +27,16 @@ pub struct Settings {
     pub dlx_exchange: String,
     pub prefetch: u16,
     pub max_retries: u32,
+    pub queue_type: QueueType,
 }
 
 /// Declares (the events exchange being declared already, with its alternate exchange: see
 /// `videocall_messaging::amqp::declare_events_exchange`) the queue and its dead-letter queue,
 /// bound to the events exchange with every key of [`ROUTING_KEYS`]. Idempotent.
-pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), lapin::Error> {
+pub async fn declare(connection: &Connection, settings: &Settings) -> Result<(), DeclareError> {
     let bindings = ROUTING_KEYS.map(|key| (settings.exchange.as_str(), key));
-    declare_queue(channel, &settings.queue, &settings.dlx_exchange, &bindings).await
+    let shape = QueueShape { queue_type: settings.queue_type, max_retries: settings.max_retries };
+    declare_queue(connection, &settings.queue, &settings.dlx_exchange, &bindings, shape).await
 }
 
 /// Consumes the queue.
@@ -88,6 +93,7 @@ impl QueueConsumer {
             dlx_exchange: self.settings.dlx_exchange.clone(),
             prefetch: self.settings.prefetch,
             max_retries: self.settings.max_retries,
+            queue_type: self.settings.queue_type,
             publisher: self.publisher.clone(),
             handler: Apply(self.aggregator.clone()),
             lag: self.metrics.lag.clone(),

@@ -60,6 +60,7 @@ impl Service for Application {
             dlx_exchange: config.dlx_exchange.clone(),
             prefetch: config.prefetch,
             max_retries: config.max_retries,
+            queue_type: config.queue_type,
         };
         amqp::run_sessions(&config.amqp_url, &config.common.service_name, &shutdown, &ready, |connection| async {
             let result = session(&connection, &aggregator, &settings, &metrics, &ready, &shutdown).await;
@@ -86,7 +87,7 @@ async fn session(
         .await
         .with_context(|| format!("declaring exchange {}", settings.exchange))?;
     let publisher = consumer::publisher_channel(connection).await.context("opening the publisher channel")?;
-    consumer::declare(&publisher, settings)
+    consumer::declare(connection, settings)
         .await
         .with_context(|| format!("declaring queue {} on exchange {}", settings.queue, settings.exchange))?;
     let consumer = QueueConsumer {

@@ -18,7 +18,11 @@ fn call_to(callee: &str) -> pb::InitiateCallRequest {
 async fn events_nobody_is_bound_for_are_confirmed_into_the_bounded_unrouted_queue() {
     let exchange = format!("videocall.events.test.{}", Uuid::now_v7().simple());
     let elsewhere = EventTap::bind(&format!("{exchange}.unused")).await;
-    let retention = videocall_messaging::amqp::UnroutedRetention { max_messages: 100, ttl: Duration::from_secs(600) };
+    let retention = videocall_messaging::amqp::UnroutedRetention {
+        max_messages: 100,
+        ttl: Duration::from_secs(600),
+        ..Default::default()
+    };
     let app = spawn_app_on_with(fresh_database().await, exchange.clone(), elsewhere, |c| c.unrouted = retention).await;
     let mut client = app.client().await;
 
