@@ -32,6 +32,17 @@ pub fn relay_config(
     gateway: SocketAddr,
     max_connections: usize,
 ) -> signaling_relay::RelayConfig {
+    relay_config_on(index, cell, gateway, max_connections, &redis_url())
+}
+
+/// [`relay_config`] with the signal bus on `redis_url` (one server, or a cluster's seed list).
+pub fn relay_config_on(
+    index: usize,
+    cell: &str,
+    gateway: SocketAddr,
+    max_connections: usize,
+    redis: &str,
+) -> signaling_relay::RelayConfig {
     signaling_relay::RelayConfig {
         common: Common {
             service_name: format!("signaling-relay-{index}"),
@@ -48,7 +59,7 @@ pub fn relay_config(
         rate_limit_per_sec: 1_000_000,
         rate_limit_burst: 1_000_000,
         heartbeat: Duration::from_secs(20),
-        signal_bus: bus_config(cell),
+        signal_bus: bus_config_on(cell, redis),
         shutdown_grace: Duration::from_secs(2),
         presence_interval: Duration::from_secs(5),
         ops_listen_addr: None,
@@ -61,8 +72,12 @@ pub fn no_ice() -> IceConfig {
 }
 
 pub fn bus_config(cell: &str) -> SignalBusConfig {
+    bus_config_on(cell, &redis_url())
+}
+
+pub fn bus_config_on(cell: &str, redis: &str) -> SignalBusConfig {
     SignalBusConfig {
-        redis_url: redis_url(),
+        redis_url: redis.to_owned(),
         cell_id: cell.to_owned(),
         log_capacity: 256,
         log_ttl: Duration::from_secs(600),
@@ -84,6 +99,11 @@ pub struct Fleet {
 impl Fleet {
     /// Starts the gateway (fresh database, migrations) and `relays` relays.
     pub async fn spawn(relays: usize, ice: IceConfig) -> anyhow::Result<Self> {
+        Self::spawn_on(relays, ice, &redis_url()).await
+    }
+
+    /// [`Self::spawn`] with the signal bus on `redis` (one server, or a cluster's seed list).
+    pub async fn spawn_on(relays: usize, ice: IceConfig, redis: &str) -> anyhow::Result<Self> {
         let cell = videocall_testkit::unique_name("loadgen").replace('.', "-");
         let exchange = videocall_testkit::unique_name("videocall.events.loadgen");
         let sink = EventSink::bind(&exchange).await?;
@@ -96,7 +116,7 @@ impl Fleet {
             common: Common { service_name: "api-gateway".into(), cell_id: cell.clone(), log_format: LogFormat::Text },
             database_url: database_url.clone(),
             amqp_url: videocall_testkit::amqp_url(),
-            signal_bus: bus_config(&cell),
+            signal_bus: bus_config_on(&cell, redis),
             grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
             tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             ice,
@@ -112,7 +132,7 @@ impl Fleet {
         let mut tasks = vec![tokio::spawn(app.run_until_stopped(shutdown.clone()))];
         let mut addrs = Vec::new();
         for i in 0..relays {
-            let app = signaling_relay::Application::build(relay_config(i, &cell, gateway, 20_000), &shutdown)
+            let app = signaling_relay::Application::build(relay_config_on(i, &cell, gateway, 20_000, redis), &shutdown)
                 .await
                 .context("relay builds")?;
             addrs.push(app.local_addr());

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod fleet;
 pub mod idle;
 pub mod lifecycle;
@@ -74,7 +75,7 @@ impl Scale {
 }
 
 /// The scenarios, in the order `all` runs them.
-pub const SCENARIOS: [&str; 6] = ["signal", "lifecycle", "outbox", "idle", "setup", "peerjs"];
+pub const SCENARIOS: [&str; 7] = ["signal", "lifecycle", "outbox", "idle", "setup", "peerjs", "cluster"];
 
 /// Runs one scenario. `exe` is the loadgen binary (scenario 4 starts it as the relay child).
 pub async fn run_scenario(name: &str, scale: &Scale, exe: &std::path::Path) -> anyhow::Result<report::Report> {
@@ -85,6 +86,7 @@ pub async fn run_scenario(name: &str, scale: &Scale, exe: &std::path::Path) -> a
         "idle" => idle::run(scale, exe).await,
         "setup" => setup::run(scale).await,
         "peerjs" => peerjs::run(scale).await,
+        "cluster" => cluster::run(scale).await,
         other => anyhow::bail!("unknown scenario `{other}`"),
     }
 }

@@ -62,6 +62,8 @@ enum Cmd {
     Setup,
     /// 6. Signal load against PeerJS server beside our relay.
     Peerjs,
+    /// 7. Signals through two relays on a 3-master Redis Cluster beside one Redis.
+    Cluster,
     /// Every scenario, in order.
     All,
     /// Checks a deployed fleet from outside (not a benchmark): every /readyz ready, a call over
@@ -163,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Idle => vec!["idle"],
         Cmd::Setup => vec!["setup"],
         Cmd::Peerjs => vec!["peerjs"],
+        Cmd::Cluster => vec!["cluster"],
         Cmd::All => SCENARIOS.to_vec(),
     };
     let scale = cli.scale();

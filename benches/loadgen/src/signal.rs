@@ -379,7 +379,7 @@ pub async fn run_raw_redis(scale: &Scale, layout: RawLayout) -> anyhow::Result<R
 }
 
 /// The middle value (the upper one of an even count).
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or_default()
 }

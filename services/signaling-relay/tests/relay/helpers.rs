@@ -1,5 +1,5 @@
-//! A fleet for tests: one gateway and N relays sharing a fresh database and a unique cell (the
-//! WebSocket client is the testkit's).
+//! A fleet for tests: gateways (two by default: relay i talks to gateway i mod 2) and N relays
+//! sharing a fresh database and a unique cell (the WebSocket client is the testkit's).
 
 use std::{net::SocketAddr, time::Duration};
 use videocall_runtime::service::Service;
@@ -23,7 +23,8 @@ pub struct Fleet {
     pub relays: Vec<SocketAddr>,
     /// Each relay's ops address, with [`FleetOptions::relay_ops`].
     pub relay_ops: Vec<Option<SocketAddr>>,
-    /// The in-process gateway's gRPC address, and the cell everyone shares (for relay processes).
+    /// The first in-process gateway's gRPC address, and the cell everyone shares (for relay
+    /// processes).
     pub gateway: SocketAddr,
     pub cell: String,
     keys: JwtKeys,
@@ -40,6 +41,8 @@ pub struct FleetOptions {
     pub rate_limit_burst: u32,
     /// Relays serve `/metrics` (with health and readiness) on an ops address of their own.
     pub relay_ops: bool,
+    /// Gateway replicas (same database, bus and exchange); relay i talks to gateway i mod n.
+    pub gateways: usize,
 }
 
 impl Default for FleetOptions {
@@ -57,6 +60,7 @@ impl Default for FleetOptions {
             rate_limit_per_sec: 50,
             rate_limit_burst: 200,
             relay_ops: false,
+            gateways: 2,
         }
     }
 }
@@ -73,12 +77,13 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         log_ttl: Duration::from_secs(600),
     };
     let exchange = videocall_testkit::unique_name("videocall.events.relaytest");
+    let database_url = videocall_testkit::fresh_database().await;
     let gateway_config = api_gateway::GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
         unrouted: Default::default(),
         common: common("api-gateway"),
-        database_url: videocall_testkit::fresh_database().await,
+        database_url: database_url.clone(),
         amqp_url: videocall_testkit::amqp_url(),
         signal_bus: bus.clone(),
         grpc_listen_addr: "127.0.0.1:0".parse().expect("addr"),
@@ -91,16 +96,23 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         shutdown_grace: Duration::from_secs(2),
         ops_listen_addr: None,
     };
-    let gateway_app = api_gateway::Application::build(gateway_config, &shutdown).await.expect("gateway builds");
-    let gateway = gateway_app.local_addr();
-    let mut tasks = vec![tokio::spawn(gateway_app.run_until_stopped(shutdown.clone()))];
+    let mut tasks = Vec::new();
+    let mut gateways = Vec::new();
+    for i in 0..options.gateways.min(options.relays).max(1) {
+        let mut config = gateway_config.clone();
+        config.common = common(&format!("api-gateway-{i}"));
+        let gateway_app = api_gateway::Application::build(config, &shutdown).await.expect("gateway builds");
+        gateways.push(gateway_app.local_addr());
+        tasks.push(tokio::spawn(gateway_app.run_until_stopped(shutdown.clone())));
+    }
+    let gateway = gateways[0];
     let mut relays = Vec::new();
     let mut relay_ops = Vec::new();
     for i in 0..options.relays {
         let config = RelayConfig {
             common: common(&format!("signaling-relay-{i}")),
             http_listen_addr: "127.0.0.1:0".parse().expect("addr"),
-            gateway_url: format!("http://{gateway}"),
+            gateway_url: format!("http://{}", gateways[i % gateways.len()]),
             tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             allowed_origins: vec!["https://agents.example.com".into()],
             max_connections: 1000,
