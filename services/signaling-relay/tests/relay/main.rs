@@ -1,6 +1,7 @@
 //! Black-box tests of the signaling relay: real api-gateway, real Redis, two relay instances,
 //! WebSocket clients (and, in `webrtc`, real webrtc-rs peers).
 
+mod cluster_failover;
 mod fuzz;
 mod helpers;
 mod recording;
