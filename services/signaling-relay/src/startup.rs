@@ -243,28 +243,33 @@ async fn upgrade(
         heartbeat: state.config.heartbeat,
     };
     let max = state.config.max_message_bytes;
+    let per_user = state.config.max_connections_per_user;
+    // The socket's task keeps what it uses and no more (not the keys, not the whole principal):
+    // it lives as long as the socket (docs/benchmarks.md, scenario 4).
+    let AppState { hub, gateway, bus, shutdown, metrics, .. } = state;
+    let (user_id, token_expires_at) = (principal.user_id, principal.expires_at);
     let ws = ws.read_buffer_size(READ_BUFFER_BYTES);
     ws.max_message_size(max).max_frame_size(max).protocols([SUBPROTOCOL]).on_upgrade(move |mut socket| async move {
         let _permit = permit;
-        match state.hub.register(&principal.user_id, state.config.max_connections_per_user).await {
+        match hub.register(&user_id, per_user).await {
             Ok(registration) => {
                 let connection = Connection {
                     socket,
                     registration,
                     token,
-                    token_expires_at: principal.expires_at,
-                    gateway: state.gateway.clone(),
-                    bus: state.bus.clone(),
+                    token_expires_at,
+                    gateway,
+                    bus,
                     limits,
-                    metrics: state.metrics.clone(),
+                    metrics: metrics.clone(),
                 };
-                state.metrics.connections.inc();
-                connection.run(state.shutdown.clone()).await;
-                state.metrics.connections.dec();
+                metrics.connections.inc();
+                connection.run(shutdown).await;
+                metrics.connections.dec();
             }
             Err(error) => {
                 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-                tracing::warn!(%error, user_id = %principal.user_id, "connection refused after upgrade");
+                tracing::warn!(%error, %user_id, "connection refused after upgrade");
                 let reason = if matches!(error, videocall_signaling::signal_bus::hub::RegisterError::TooManyForUser(_))
                 {
                     "too many connections for this user"

@@ -14,7 +14,8 @@ impl State {
     /// connection was negotiating may be gone for good: it is told so (`signals_lost`), and the
     /// caller renegotiates (docs/protocol.md).
     pub(super) async fn sync(&mut self, socket: &mut WebSocket, bus_lost: bool) -> Result<(), axum::Error> {
-        self.sync_after(socket, bus_lost, None).await
+        // Boxed: rare, and large (gRPC and Redis calls) for the socket's task to carry inline.
+        Box::pin(self.sync_after(socket, bus_lost, None)).await
     }
 
     /// [`Self::sync`], sending `first` (the `hello`) once the calls are read and before them.
@@ -95,6 +96,11 @@ impl State {
         if !self.watcher.per_call() {
             return Vec::new();
         }
+        // Boxed: only on Redis Cluster, and too large for the socket's task to carry inline.
+        Box::pin(self.watch_and_replay_new_calls()).await
+    }
+
+    async fn watch_and_replay_new_calls(&mut self) -> Vec<String> {
         let ended: Vec<String> =
             self.watched.iter().filter(|id| self.calls.get(*id).is_none_or(|c| !c.live)).cloned().collect();
         for call_id in ended {
