@@ -155,8 +155,8 @@ pub async fn run(scale: &Scale, exe: &Path) -> anyhow::Result<Report> {
         report.problem(format!("{open} of {target} sockets opened ({failed} failed)"));
     }
     report.verdict(
-        "10,000 sockets at ≤ 20 KiB each",
-        open >= 10_000 && per <= 20.0,
+        "10,000 sockets at ≤ 10 KiB each",
+        open >= 10_000 && per <= 10.0,
         format!("{open} sockets, {per:.1} KiB each"),
     );
     report.notes.push("Each socket is a distinct user with a fresh token: authenticated before the upgrade, registered in the hub (its Redis channel subscribed), `hello` and the call sync (GetUserCalls over gRPC) done, then idle (the client answers pings). RSS is the relay child's VmRSS after a warm-up connection and after all sockets are open; the difference divided by the sockets is the cost of one.".into());

@@ -133,7 +133,17 @@ pub async fn run(scale: &Scale) -> anyhow::Result<Report> {
             report.row(p.row(scale.pairs, scale.window));
             p.check(&mut report, false);
             let ratio = one.rate() / p.rate().max(1e-9);
-            report.notes.push(format!("Our relay on one instance runs at {:.0}% of PeerJS's rate.", ratio * 100.0));
+            report.verdict(
+                "one relay instance ≥ 1.5× PeerJS's msg/s",
+                ratio >= 1.5,
+                format!("{:.0}%: {:.0} vs {:.0} msg/s", ratio * 100.0, one.rate(), p.rate()),
+            );
+            let (ours, theirs) = (one.latency.p99_us, p.latency.p99_us);
+            report.verdict(
+                "one relay instance's p99 ≤ half of PeerJS's",
+                ours * 2 <= theirs,
+                format!("{} ms vs {} ms", crate::stats::ms(ours), crate::stats::ms(theirs)),
+            );
         }
         Err(e) => report.problem(format!("PeerJS could not run here: {e:#}")),
     }

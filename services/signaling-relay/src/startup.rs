@@ -34,9 +34,10 @@ use crate::{
 pub const SUBPROTOCOL: &str = "videocall.v1";
 
 /// Initial read buffer of a socket. tungstenite zero-fills its whole read buffer on the first
-/// read, so its 128 KiB default costs 128 KiB of RSS per idle socket; signals are small, and the
-/// buffer grows for larger messages (up to `MAX_MESSAGE_BYTES`). docs/benchmarks.md, scenario 4.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// read, so its 128 KiB default costs 128 KiB of RSS per idle socket (and 4 KiB still cost 3 KiB
+/// more than this): an ICE candidate frame (~300 bytes) fits, the buffer grows for larger messages
+/// (up to `MAX_MESSAGE_BYTES`), which then take more reads. docs/benchmarks.md, scenario 4.
+const READ_BUFFER_BYTES: usize = 512;
 
 #[derive(Clone)]
 struct AppState {

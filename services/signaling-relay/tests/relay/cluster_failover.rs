@@ -21,7 +21,8 @@ fn candidate(i: u32) -> serde_json::Value {
 async fn send_until_acked(client: &mut crate::helpers::Client, call_id: &str, i: u32, within: Duration) -> u64 {
     let deadline = Instant::now() + within;
     loop {
-        let reply = client.request(json!({"type": "ice-candidate", "call_id": call_id, "candidate": candidate(i)})).await;
+        let reply =
+            client.request(json!({"type": "ice-candidate", "call_id": call_id, "candidate": candidate(i)})).await;
         if let Some(seq) = reply["seq"].as_u64() {
             return seq;
         }
