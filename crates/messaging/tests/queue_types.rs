@@ -1,4 +1,4 @@
-//! The durable queues' types against the real RabbitMQ: quorum queues (the default) with a
+//! The durable queues' types against the real RabbitMQ: quorum queues (QUEUE_TYPE=quorum) with a
 //! delivery limit, classic ones as before, the unrouted retention queue, and a queue that exists
 //! with the other type. Every test uses queues and exchanges of its own.
 
@@ -270,7 +270,7 @@ fn pre_quorum_arguments(queue: &str, dlx: &str) -> FieldTable {
 
 #[tokio::test]
 async fn a_queue_of_the_other_type_is_refused_with_its_type_and_what_to_do() {
-    // A classic queue an older deployment declared, and now QUEUE_TYPE=quorum (the default).
+    // A classic queue an older deployment declared, and now QUEUE_TYPE=quorum.
     let connection = connect().await;
     let (name, dlx) = (unique_name("test.was-classic"), unique_name("test.dlx"));
     let channel = connection.create_channel().await.expect("channel");
@@ -312,8 +312,7 @@ async fn a_queue_of_the_other_type_is_refused_with_its_type_and_what_to_do() {
 async fn the_unrouted_retention_queue_is_a_bounded_quorum_queue_keeping_the_newest() {
     let connection = connect().await;
     let exchange = unique_name("test.events.quorum");
-    let retention = UnroutedRetention { max_messages: 3, ttl: Duration::from_secs(600), ..Default::default() };
-    assert_eq!(retention.queue_type, QueueType::Quorum, "quorum by default");
+    let retention = UnroutedRetention { max_messages: 3, ttl: Duration::from_secs(600), queue_type: QueueType::Quorum };
     assert!(declare_events_exchange(&connection, &exchange, Some(retention)).await.expect("declared"));
     let unrouted = unrouted_name(&exchange);
 
