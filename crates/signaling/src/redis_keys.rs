@@ -40,6 +40,21 @@ pub mod cluster {
     }
 }
 
+/// A call's counter as a bus on one Redis (`cluster: false`) or on a cluster spells it.
+pub fn call_seq_on(cluster: bool, cell_id: &str, call_id: &str) -> String {
+    if cluster { self::cluster::call_seq(cell_id, call_id) } else { call_seq(cell_id, call_id) }
+}
+
+/// A call's replay log as a bus on one Redis or on a cluster spells it.
+pub fn call_log_on(cluster: bool, cell_id: &str, call_id: &str) -> String {
+    if cluster { self::cluster::call_log(cell_id, call_id) } else { call_log(cell_id, call_id) }
+}
+
+/// A user's channel as a bus on one Redis or on a cluster spells it.
+pub fn user_channel_on(cluster: bool, cell_id: &str, user_id: &str) -> String {
+    if cluster { self::cluster::user_channel(cell_id, user_id) } else { user_channel(cell_id, user_id) }
+}
+
 /// Sorted set of presence leases: user id → until when (ms of Redis' clock) the user counts as
 /// connected to some relay.
 pub fn presence(cell_id: &str) -> String {

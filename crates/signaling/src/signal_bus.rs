@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::{
-    redis_keys::{self, call_log, call_seq, user_channel},
+    redis_keys::{self, user_channel},
     signals::{FrameHead, SignalError, SignalType, frame_tail},
 };
 
@@ -283,20 +283,13 @@ impl SignalBus {
             Backend::InProcess(local) => return Ok((local.publish_signal(s.call_id, s.to, &tail), false)),
         };
         let mut conn = conn.clone();
-        let keys = if conn.is_cluster() {
-            use redis_keys::cluster;
-            [
-                cluster::call_seq(cell, s.call_id),
-                cluster::call_log(cell, s.call_id),
-                cluster::call_channel(cell, s.call_id),
-            ]
-        } else {
-            [call_seq(cell, s.call_id), call_log(cell, s.call_id), user_channel(cell, s.to)]
-        };
-        let [seq_key, log_key, channel] = keys;
+        let cluster = conn.is_cluster();
+        // On a cluster the frame goes out on the call's channel (one slot), else on the receiver's.
+        let channel =
+            if cluster { redis_keys::cluster::call_channel(cell, s.call_id) } else { user_channel(cell, s.to) };
         let (seq, raised): (u64, u8) = script
-            .key(seq_key)
-            .key(log_key)
+            .key(redis_keys::call_seq_on(cluster, cell, s.call_id))
+            .key(redis_keys::call_log_on(cluster, cell, s.call_id))
             .key(channel)
             .arg(tail)
             .arg(self.config.log_capacity)
@@ -322,11 +315,7 @@ return 1
         if floor == 0 {
             return Ok(false);
         }
-        let key = if conn.is_cluster() {
-            redis_keys::cluster::call_seq(&self.config.cell_id, call_id)
-        } else {
-            call_seq(&self.config.cell_id, call_id)
-        };
+        let key = redis_keys::call_seq_on(conn.is_cluster(), &self.config.cell_id, call_id);
         let mut invocation = RAISE_SCRIPT.key(key);
         invocation.arg(floor).arg(self.config.log_ttl.as_secs().max(1));
         let raised: u8 = once_more_if_dropped(|| {
@@ -388,11 +377,7 @@ return 1
         match &self.backend {
             Backend::Redis { conn, .. } => {
                 let cluster = conn.is_cluster();
-                let channel = if cluster {
-                    redis_keys::cluster::user_channel(&self.config.cell_id, user_id)
-                } else {
-                    user_channel(&self.config.cell_id, user_id)
-                };
+                let channel = redis_keys::user_channel_on(cluster, &self.config.cell_id, user_id);
                 let _: i64 = once_more_if_dropped(|| {
                     let mut conn = conn.clone();
                     let (channel, json) = (channel.clone(), json.clone());
@@ -414,11 +399,7 @@ return 1
             Backend::Redis { conn, .. } => conn,
             Backend::InProcess(local) => return Ok(local.replay(call_id, user_id, after_seq)),
         };
-        let key = if conn.is_cluster() {
-            redis_keys::cluster::call_log(&self.config.cell_id, call_id)
-        } else {
-            call_log(&self.config.cell_id, call_id)
-        };
+        let key = redis_keys::call_log_on(conn.is_cluster(), &self.config.cell_id, call_id);
         let frames: Vec<String> = once_more_if_dropped(|| {
             let (mut conn, key) = (conn.clone(), key.clone());
             async move { conn.lrange(key, 0, -1).await }
