@@ -21,6 +21,14 @@ export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 stale=$(psql "$TEST_DATABASE_URL" -Atc "select datname from pg_database where datname like 'vc_test_%'" 2>/dev/null || true)
 for db in $stale; do psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
 
+# Quorum queues an interrupted run left behind (the tests delete those they make): one RabbitMQ
+# node slows down and then stops answering under hundreds of them (docs/operations.md, Queue types).
+if command -v rabbitmqctl >/dev/null; then
+  for q in $(rabbitmqctl -q list_queues name type 2>/dev/null | awk '$2 == "quorum" && $1 ~ /^test\./ {print $1}'); do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+fi
+
 log "building (target dir: $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked
 log "running the tests"

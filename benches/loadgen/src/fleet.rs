@@ -112,7 +112,7 @@ impl Fleet {
         let config = api_gateway::GatewayConfig {
             call_policy: api_gateway::CallPolicy::open(),
             grpc_reflection: false,
-            unrouted: Default::default(),
+            unrouted: videocall_testkit::classic_unrouted(),
             common: Common { service_name: "api-gateway".into(), cell_id: cell.clone(), log_format: LogFormat::Text },
             database_url: database_url.clone(),
             amqp_url: videocall_testkit::amqp_url(),

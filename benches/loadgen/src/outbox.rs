@@ -62,7 +62,7 @@ async fn run_relay(scale: &Scale) -> anyhow::Result<Outcome> {
             batch_size: BATCH,
             poll_interval: Duration::from_millis(200),
             connection_name: "loadgen-outbox".into(),
-            unrouted: Default::default(),
+            unrouted: videocall_testkit::classic_unrouted(),
         },
         wake.clone(),
     );

@@ -93,7 +93,7 @@ pub struct UnroutedRetention {
 
 impl Default for UnroutedRetention {
     fn default() -> Self {
-        Self { max_messages: 100_000, ttl: Duration::from_secs(24 * 3600), queue_type: QueueType::Classic }
+        Self { max_messages: 100_000, ttl: Duration::from_secs(24 * 3600), queue_type: QueueType::default() }
     }
 }
 

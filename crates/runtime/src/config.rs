@@ -155,10 +155,10 @@ impl fmt::Debug for Secret {
 /// How a service declares its durable RabbitMQ queues (`QUEUE_TYPE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
-    /// Replicated over the cluster's nodes (Raft); redeliveries counted by the broker.
+    /// Replicated over the cluster's nodes (Raft); redeliveries counted by the broker. The default.
+    #[default]
     Quorum,
     /// One node's queue, as declared before `QUEUE_TYPE` existed.
-    #[default]
     Classic,
 }
 
@@ -192,9 +192,9 @@ impl FromStr for QueueType {
 /// `QUEUE_TYPE`, for every service that declares durable queues.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QueueTypeArgs {
-    /// `classic` (the default) or `quorum` (replicated; what compose deploys): the type of the durable queues this
-    /// service declares.
-    #[arg(long, env = "QUEUE_TYPE", default_value = "classic")]
+    /// `quorum` (the default: replicated, redeliveries counted by the broker) or `classic`: the type of the
+    /// durable queues this service declares.
+    #[arg(long, env = "QUEUE_TYPE", default_value = "quorum")]
     pub queue_type: String,
 }
 
@@ -262,12 +262,12 @@ mod tests {
     }
 
     #[test]
-    fn queue_type_is_classic_unless_set_to_quorum_and_nothing_else() {
+    fn queue_type_is_quorum_unless_set_to_classic_and_nothing_else() {
         let mut c = Checker::new();
         let quorum = QueueTypeArgs { queue_type: "quorum".into() }.check(&mut c);
         let classic = QueueTypeArgs { queue_type: " classic ".into() }.check(&mut c);
         assert_eq!((quorum, classic), (Some(QueueType::Quorum), Some(QueueType::Classic)));
-        assert_eq!(QueueType::default(), QueueType::Classic);
+        assert_eq!(QueueType::default(), QueueType::Quorum);
         assert_eq!(QueueTypeArgs { queue_type: "Quorum".into() }.check(&mut c), None);
         assert_eq!(c.finish().unwrap_err().0, ["QUEUE_TYPE: `Quorum` is invalid: must be `quorum` or `classic`"]);
     }

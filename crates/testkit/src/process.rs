@@ -75,7 +75,7 @@ pub fn workspace_binary(name: &str) -> tokio::process::Command {
     for setting in SETTINGS {
         command.env_remove(setting);
     }
-    command.env("RUST_LOG", "info");
+    command.env("RUST_LOG", "info").env("QUEUE_TYPE", crate::QUEUE_TYPE);
     command
 }
 

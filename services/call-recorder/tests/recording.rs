@@ -153,7 +153,7 @@ fn gateway_config(database_url: String, exchange: &str, cell: &str) -> GatewayCo
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
-        unrouted: Default::default(),
+        unrouted: videocall_testkit::classic_unrouted(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: videocall_testkit::amqp_url(),

@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(config.ticket_created.queue, "videocall.ticket-created");
         assert_eq!(config.dlx_exchange, "videocall.dlx");
         assert_eq!(config.max_retries, 5);
-        assert_eq!(config.queue_type, QueueType::Classic);
+        assert_eq!(config.queue_type, QueueType::Quorum);
         assert_eq!(config.support_offer_ttl, Duration::from_secs(900));
         assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(config.common.service_name, "event-consumer");

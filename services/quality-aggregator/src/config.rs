@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(config.events_exchange, "videocall.events");
         assert_eq!(config.queue, "videocall.quality-aggregator");
         assert_eq!(config.dlx_exchange, "videocall.dlx");
-        assert_eq!((config.prefetch, config.max_retries, config.queue_type), (32, 5, QueueType::Classic));
+        assert_eq!((config.prefetch, config.max_retries, config.queue_type), (32, 5, QueueType::Quorum));
         assert_eq!(config.common.service_name, "quality-aggregator");
         assert_eq!(config.ops_listen_addr.port(), 9093);
     }

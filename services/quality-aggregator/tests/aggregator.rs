@@ -63,6 +63,7 @@ impl Harness {
             format!("--dlx-exchange={}", u("test.dlx")),
             "--max-retries=1".to_owned(),
             "--ops-listen-addr=127.0.0.1:0".to_owned(),
+            format!("--queue-type={}", videocall_testkit::QUEUE_TYPE),
         ])
         .expect("flags")
         .validate()
@@ -361,7 +362,7 @@ mod end_to_end {
         GatewayConfig {
             call_policy: api_gateway::CallPolicy::open(),
             grpc_reflection: false,
-            unrouted: Default::default(),
+            unrouted: videocall_testkit::classic_unrouted(),
             common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
             database_url,
             amqp_url: videocall_testkit::amqp_url(),

@@ -57,7 +57,7 @@ fn gateway_config(database_url: String, amqp_url: String, exchange: &str) -> Gat
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
-        unrouted: Default::default(),
+        unrouted: videocall_testkit::classic_unrouted(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url,
@@ -175,6 +175,7 @@ async fn a_ten_second_broker_outage_during_1000_lifecycles_loses_nothing() {
         format!("--quality-queue={}", unique_name("test.outage.quality")),
         format!("--dlx-exchange={}", unique_name("test.outage.dlx")),
         "--ops-listen-addr=127.0.0.1:0".to_owned(),
+        format!("--queue-type={}", videocall_testkit::QUEUE_TYPE),
     ])
     .expect("flags")
     .validate()

@@ -24,7 +24,7 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
     GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
-        unrouted: Default::default(),
+        unrouted: videocall_testkit::classic_unrouted(),
         common: Common { service_name: "api-gateway".into(), cell_id: "test".into(), log_format: LogFormat::Text },
         database_url,
         amqp_url: amqp_url(),

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     message::BasicGetMessage,
-    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
 };
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
@@ -56,6 +56,7 @@ impl Harness {
             format!("--ticket-created-exchange={}", u("test.support")),
             format!("--ticket-created-queue={}", u("test.ticket-created")),
             "--ops-listen-addr=127.0.0.1:0".to_owned(),
+            format!("--queue-type={}", videocall_testkit::QUEUE_TYPE),
         ];
         // Flags given by the test replace the defaults above.
         let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_owned();
@@ -180,6 +181,12 @@ impl Harness {
         for queue in [&self.config.user_offline.queue, &self.config.ticket_created.queue] {
             let (_, consumers) = self.queue_counts(queue).await.expect("queue is durable");
             assert_eq!(consumers, 0, "no consumer left on {queue}");
+        }
+        // The queues have the test's own names: leave none behind (quorum ones least of all).
+        for queue in [&self.config.user_offline.queue, &self.config.ticket_created.queue] {
+            for name in [queue.clone(), format!("{queue}.dlq")] {
+                let _ = self.channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
+            }
         }
     }
 }

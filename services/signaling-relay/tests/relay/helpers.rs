@@ -81,7 +81,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let gateway_config = api_gateway::GatewayConfig {
         call_policy: api_gateway::CallPolicy::open(),
         grpc_reflection: false,
-        unrouted: Default::default(),
+        unrouted: videocall_testkit::classic_unrouted(),
         common: common("api-gateway"),
         database_url: database_url.clone(),
         amqp_url: videocall_testkit::amqp_url(),
