@@ -103,23 +103,78 @@ enum Backend {
 }
 
 /// A connection to one Redis server, or to a Redis Cluster (made on first use, then kept: it
-/// follows the cluster's topology and reconnects by itself).
+/// follows the cluster's topology and reconnects by itself — except when it wedges, below).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster { client: Arc<ClusterClient>, conn: Arc<tokio::sync::OnceCell<ClusterConnection>> },
+    Cluster { client: Arc<ClusterClient>, conn: Arc<ClusterSlot> },
+}
+
+/// The cluster connection in use, replaced when a command outlives [`CLUSTER_COMMAND_WITHIN`].
+#[derive(Default)]
+struct ClusterSlot {
+    current: tokio::sync::Mutex<Option<(u64, ClusterConnection)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// A cluster command's answer takes at most the client's response timeout (3 s) plus a retry or
+/// two. One that takes longer met a wedged connection: with a master SIGKILLed under a few
+/// hundred commands in flight, redis 1.8's cluster connection stayed in its recovery state for
+/// good and answered nothing more, on healthy shards too (`crates/signaling/tests/cluster.rs`,
+/// `CLUSTER_FAULT_CALLS=200`). Then the connection is dropped and the next command makes a new one.
+const CLUSTER_COMMAND_WITHIN: Duration = Duration::from_secs(6);
+
+impl ClusterSlot {
+    async fn get(&self, client: &ClusterClient) -> redis::RedisResult<(u64, ClusterConnection)> {
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = client.get_async_connection().await?;
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        *current = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Drops connection `generation` if it is still the one in use.
+    async fn discard(&self, generation: u64) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            tracing::warn!(
+                within_ms = CLUSTER_COMMAND_WITHIN.as_millis() as u64,
+                "a Redis Cluster command got no answer in time; replacing the cluster connection"
+            );
+            *current = None;
+        }
+    }
+
+    /// Runs `command` on the connection in use, bounded by [`CLUSTER_COMMAND_WITHIN`].
+    async fn run<T, F, Fut>(&self, client: &ClusterClient, command: F) -> redis::RedisResult<T>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let (generation, conn) = self.get(client).await?;
+        match tokio::time::timeout(CLUSTER_COMMAND_WITHIN, command(conn)).await {
+            Ok(Err(e)) if e.is_timeout() => {
+                self.discard(generation).await;
+                Err(e)
+            }
+            Ok(result) => result,
+            Err(_) => {
+                self.discard(generation).await;
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "Redis Cluster command timed out; the connection is replaced",
+                )))
+            }
+        }
+    }
 }
 
 impl Conn {
     fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster { .. })
-    }
-
-    async fn cluster(
-        client: &ClusterClient,
-        conn: &tokio::sync::OnceCell<ClusterConnection>,
-    ) -> redis::RedisResult<ClusterConnection> {
-        conn.get_or_try_init(|| client.get_async_connection()).await.cloned()
     }
 }
 
@@ -127,10 +182,9 @@ impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Conn::Single(conn) => conn.req_packed_command(cmd),
-            Conn::Cluster { client, conn } => Box::pin(async move {
-                let mut conn = Self::cluster(client, conn).await?;
-                conn.req_packed_command(cmd).await
-            }),
+            Conn::Cluster { client, conn } => {
+                Box::pin(conn.run(client, move |mut conn| async move { conn.req_packed_command(cmd).await }))
+            }
         }
     }
 
@@ -142,10 +196,9 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Conn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            Conn::Cluster { client, conn } => Box::pin(async move {
-                let mut conn = Self::cluster(client, conn).await?;
-                conn.req_packed_commands(cmd, offset, count).await
-            }),
+            Conn::Cluster { client, conn } => Box::pin(
+                conn.run(client, move |mut conn| async move { conn.req_packed_commands(cmd, offset, count).await }),
+            ),
         }
     }
 
@@ -159,7 +212,8 @@ fn cluster_seeds(redis_url: &str) -> Option<Vec<String>> {
     redis_url.contains(',').then(|| videocall_runtime::config::split_list(redis_url))
 }
 
-/// A Redis Cluster client: 2 s to connect to a node, 3 s for an answer.
+/// A Redis Cluster client: 2 s to connect to a node, 3 s for an answer (a command that times out
+/// replaces the connection: [`ClusterSlot`]).
 fn cluster_client(
     seeds: &[String],
     pushes: Option<mpsc::UnboundedSender<redis::PushInfo>>,
@@ -198,8 +252,8 @@ impl SignalBus {
     pub async fn connect(config: SignalBusConfig) -> Result<Self, redis::RedisError> {
         if let Some(seeds) = cluster_seeds(&config.redis_url) {
             let client = Arc::new(cluster_client(&seeds, None)?);
-            let conn = Arc::new(tokio::sync::OnceCell::new());
-            Conn::cluster(&client, &conn).await?;
+            let conn: Arc<ClusterSlot> = Arc::default();
+            conn.get(&client).await?;
             let backend = Backend::Redis { conn: Conn::Cluster { client, conn }, script: cluster_script() };
             return Ok(Self { config, backend });
         }
@@ -220,7 +274,7 @@ impl SignalBus {
         };
         if let Some(seeds) = cluster_seeds(&config.redis_url) {
             let client = Arc::new(cluster_client(&seeds, None)?);
-            let conn = Conn::Cluster { client, conn: Arc::new(tokio::sync::OnceCell::new()) };
+            let conn = Conn::Cluster { client, conn: Arc::default() };
             return Ok(Self { config, backend: Backend::Redis { conn, script: cluster_script() } });
         }
         let client = redis::Client::open(config.redis_url.as_str())?;
@@ -496,6 +550,9 @@ where
     }
 }
 
+/// `SSUBSCRIBE`s a cluster subscriber keeps in flight when it subscribes many channels at once.
+pub const SUBSCRIBES_IN_FLIGHT: usize = 64;
+
 /// Reads the frames published to the users (and calls) it is subscribed to.
 pub struct Subscriber {
     cell: String,
@@ -553,11 +610,52 @@ impl Subscriber {
             SubscriberInner::Redis { sink, .. } => sink.subscribe(format!("{}{user_id}", self.prefix)).await?,
             SubscriberInner::Cluster { conn, wanted, .. } => {
                 let channel = redis_keys::cluster::user_channel(&self.cell, user_id);
+                wanted.insert(channel.clone());
                 conn.ssubscribe(&channel).await?;
-                wanted.insert(channel);
             }
             SubscriberInner::InProcess { users, .. } => {
                 users.insert(Arc::from(user_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to all of `users` and `calls` (a new subscriber taking over the hub's books):
+    /// on one Redis in one `SUBSCRIBE` per thousand channels, on a cluster with up to
+    /// [`SUBSCRIBES_IN_FLIGHT`] `SSUBSCRIBE`s in flight at once (channels of different slots
+    /// cannot share one command). One after the other, a relay's few hundred channels took longer
+    /// than the hub's bound on a busy cluster right after a failover, so the subscriber never
+    /// came back.
+    pub async fn subscribe_all(&mut self, users: &[String], calls: &[String]) -> Result<(), BusError> {
+        match &mut self.inner {
+            SubscriberInner::Redis { sink, .. } => {
+                let channels: Vec<String> = users.iter().map(|u| format!("{}{u}", self.prefix)).collect();
+                for chunk in channels.chunks(1000) {
+                    sink.subscribe(chunk).await?;
+                }
+            }
+            SubscriberInner::Cluster { conn, wanted, .. } => {
+                let channels: Vec<String> = users
+                    .iter()
+                    .map(|u| redis_keys::cluster::user_channel(&self.cell, u))
+                    .chain(calls.iter().map(|c| redis_keys::cluster::call_channel(&self.cell, c)))
+                    .collect();
+                // Wanted before asked for: a `sunsubscribe` pushed meanwhile (the slot moving) must
+                // find the channel wanted, or it would not be subscribed again.
+                wanted.extend(channels.iter().cloned());
+                let shared = conn.clone();
+                let mut taken = futures_util::stream::iter(channels.clone())
+                    .map(move |channel| {
+                        let mut conn = shared.clone();
+                        async move { conn.ssubscribe(channel).await }
+                    })
+                    .buffer_unordered(SUBSCRIBES_IN_FLIGHT);
+                while let Some(result) = taken.next().await {
+                    result?;
+                }
+            }
+            SubscriberInner::InProcess { users: subscribed, .. } => {
+                subscribed.extend(users.iter().map(|u| Arc::from(u.as_str())));
             }
         }
         Ok(())
@@ -584,8 +682,8 @@ impl Subscriber {
     pub async fn subscribe_call(&mut self, call_id: &str) -> Result<(), BusError> {
         if let SubscriberInner::Cluster { conn, wanted, .. } = &mut self.inner {
             let channel = redis_keys::cluster::call_channel(&self.cell, call_id);
+            wanted.insert(channel.clone());
             conn.ssubscribe(&channel).await?;
-            wanted.insert(channel);
         }
         Ok(())
     }

@@ -253,16 +253,21 @@ impl Traffic {
     async fn until_every_call_got(&self, since: Instant, more: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let (done, total) = {
+            let (done, total, delivered_since) = {
                 let delivered = self.delivered.lock().expect("lock");
                 let done =
                     delivered.values().filter(|d| d.iter().filter(|(_, at)| *at > since).count() >= more).count();
-                (done, self.acked.lock().expect("lock").len())
+                let since: usize = delivered.values().map(|d| d.iter().filter(|(_, at)| *at > since).count()).sum();
+                (done, self.acked.lock().expect("lock").len(), since)
             };
             if done == total && total > 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "only {done} of {total} calls signalled again");
+            let acked: usize = self.acked.lock().expect("lock").values().map(Vec::len).sum();
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {total} calls signalled again ({delivered_since} signals delivered in that time; {acked} acknowledged in all)"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -306,7 +311,7 @@ impl Traffic {
 async fn signalling_goes_on_across_a_master_failover() {
     let mut cluster = RedisCluster::start();
     let cell = unique_name("fo").replace('.', "-");
-    let calls: usize = std::env::var("CLUSTER_FAULT_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let calls: usize = std::env::var("CLUSTER_FAULT_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let traffic = traffic(&cluster.url(), &cell, calls).await;
     traffic.until_every_call_got(Instant::now(), 3, Duration::from_secs(20)).await;
 

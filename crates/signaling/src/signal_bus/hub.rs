@@ -365,15 +365,7 @@ impl Hub {
                 let books = self.lock();
                 (books.conns.keys().cloned().collect(), books.watchers.keys().cloned().collect())
             };
-            let subscribed = async {
-                for user in &users {
-                    subscriber.subscribe(user).await?;
-                }
-                for call in &calls {
-                    subscriber.subscribe_call(call).await?;
-                }
-                Ok::<_, super::BusError>(())
-            };
+            let subscribed = subscriber.subscribe_all(&users, &calls);
             let taken =
                 tokio::time::timeout(SUBSCRIBE_WITHIN, subscribed).await.unwrap_or(Err(super::BusError::TimedOut));
             if let Err(error) = taken {
