@@ -9,10 +9,11 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
     pub caller_id: String,
+    /// Empty while a desk call waits in its queue; then the agent it rings.
     pub callee_id: String,
     /// `support` | `sales` | `consult`
     pub call_type: String,
-    /// `initiated` | `ringing` | `active` | `ended` | `rejected` | `missed`
+    /// `queued` | `initiated` | `ringing` | `active` | `ended` | `rejected` | `missed`
     pub status: String,
     pub end_reason: Option<String>,
     pub ended_by: Option<String>,
@@ -24,12 +25,15 @@ pub struct Model {
     pub version: i64,
     pub ring_timeout_secs: i32,
     pub created_at: DateTimeUtc,
-    /// `created_at + ring_timeout_secs`: unanswered past this, the sweeper marks the call missed.
+    /// `created_at + ring_timeout_secs` (a desk call: + the queue timeout): unanswered past this,
+    /// the sweeper marks the call missed.
     pub ring_deadline_at: DateTimeUtc,
     pub ringing_at: Option<DateTimeUtc>,
     pub answered_at: Option<DateTimeUtc>,
     pub ended_at: Option<DateTimeUtc>,
     pub updated_at: DateTimeUtc,
+    /// Set on desk calls (a customer calling a desk): when the call first joined its queue.
+    pub queued_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,9 @@
 //! sea-orm entities, one module per table. Rules live in `videocall-domain`; queries in the services.
 
+pub mod agent_desks;
+pub mod agents;
 pub mod call_quality;
+pub mod call_routing_attempts;
 pub mod call_transitions;
 pub mod calls;
 pub mod live_call_parties;

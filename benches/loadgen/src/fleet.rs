@@ -121,6 +121,7 @@ impl Fleet {
             tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
             ice,
             ring_timeouts: api_gateway::RingTimeouts::uniform(45),
+            desk: Default::default(),
             events_exchange: exchange.clone(),
             outbox_batch_size: 100,
             outbox_poll_interval: Duration::from_millis(200),

@@ -12,6 +12,7 @@ use crate::record::CallRecord;
 /// CloudEvents `type` and AMQP routing key of the event a call entering `status` emits.
 pub fn call_event_names(status: CallStatus) -> (&'static str, &'static str) {
     match status {
+        CallStatus::Queued => ("CallQueued", "call.queued"),
         CallStatus::Initiated => ("CallInitiated", "call.initiated"),
         CallStatus::Ringing => ("CallRinging", "call.ringing"),
         CallStatus::Active => ("CallAnswered", "call.answered"),
@@ -20,6 +21,9 @@ pub fn call_event_names(status: CallStatus) -> (&'static str, &'static str) {
         CallStatus::Missed => ("CallMissed", "call.missed"),
     }
 }
+
+/// A desk call offered to an agent (queued -> initiated, the agent its callee): one per attempt.
+pub const CALL_ROUTED: (&str, &str) = ("CallRouted", "call.routed");
 
 /// `data` of every call event: the call after the change, and the status it left.
 #[derive(Debug, Serialize)]
@@ -39,6 +43,9 @@ pub(crate) struct CallEventData<'a> {
     ended_at: Option<DateTime<Utc>>,
     duration_ms: Option<i64>,
     metadata: &'a BTreeMap<String, String>,
+    /// Desk calls only: when the call joined its queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> CallEventData<'a> {
@@ -59,6 +66,7 @@ impl<'a> CallEventData<'a> {
             ended_at: call.ended_at,
             duration_ms: call.duration_ms(),
             metadata: &call.metadata,
+            queued_at: call.queued_at,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod desk;
 pub mod events;
 pub mod history;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::DbErr;
 use uuid::Uuid;
-use videocall_domain::{CallStatus, CallType, EndReason, Party};
+use videocall_domain::{CallStatus, CallType, EndReason, Party, Routing};
 use videocall_entities::calls;
 use videocall_messaging::inbound::Failure;
 
@@ -28,9 +28,16 @@ pub struct CallRecord {
     pub ringing_at: Option<DateTime<Utc>>,
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// Set on desk calls: when the call joined its desk's queue.
+    pub queued_at: Option<DateTime<Utc>>,
 }
 
 impl CallRecord {
+    /// A desk call (queued for its desk's agents), or a call to a person.
+    pub fn routing(&self) -> Routing {
+        if self.queued_at.is_some() { Routing::Desk } else { Routing::Direct }
+    }
+
     /// Talk time: from answer to end.
     pub fn duration_ms(&self) -> Option<i64> {
         Some((self.ended_at? - self.answered_at?).num_milliseconds())
@@ -74,6 +81,7 @@ impl CallRecord {
             ringing_at: m.ringing_at,
             answered_at: m.answered_at,
             ended_at: m.ended_at,
+            queued_at: m.queued_at,
         })
     }
 }
@@ -126,9 +134,12 @@ impl From<StoreError> for Failure {
 pub struct NewCall {
     pub request_id: String,
     pub caller_id: String,
+    /// Empty for a desk call: it waits in the queue of `call_type` for an agent.
     pub callee_id: String,
     pub call_type: CallType,
     pub metadata: BTreeMap<String, String>,
+    /// A call to a person: how long it may ring. A desk call: how long it may wait for an agent
+    /// (the queue timeout) before it is missed.
     pub ring_timeout_secs: i32,
 }
 
@@ -140,8 +151,9 @@ pub struct Initiated {
 }
 
 impl CallRecord {
-    /// The two users of this call, caller first: who is told when it changes.
-    pub fn parties(&self) -> [&str; 2] {
-        [&self.caller_id, &self.callee_id]
+    /// The users of this call, caller first: who is told when it changes. A queued desk call has
+    /// no callee.
+    pub fn parties(&self) -> Vec<&str> {
+        if self.callee_id.is_empty() { vec![&self.caller_id] } else { vec![&self.caller_id, &self.callee_id] }
     }
 }

@@ -13,12 +13,12 @@ use sea_orm::{
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
-use videocall_domain::{CallStatus, Command, Decision, Effect, Party, decide};
+use videocall_domain::{CallStatus, Command, Decision, Effect, Party, decide, decide_for};
 use videocall_entities::{call_transitions, calls, live_call_parties, support_offers};
 use videocall_messaging::outbox::{NewEvent, write_event};
 
 use crate::{
-    events::{CallEventData, call_event_names},
+    events::{CALL_ROUTED, CallEventData, call_event_names},
     metrics::CallMetrics,
     quality_sample::{CALL_QUALITY_REPORTED, QualityReported, QualitySample},
     record::{Actor, CallRecord, Initiated, NewCall, StoreError},
@@ -53,6 +53,8 @@ fn usual_step(command: Command, actor: &Actor) -> Option<(CallStatus, PartyFilte
         Command::Ring => CallStatus::Initiated,
         Command::Answer | Command::Reject | Command::Miss => CallStatus::Ringing,
         Command::End(_) => CallStatus::Active,
+        // The router's steps: it knows the call it moves.
+        Command::Route | Command::Requeue => return None,
     };
     let effect_for = |party| match decide(from, command, party) {
         Decision::Apply(effect) => Some(effect),
@@ -150,12 +152,13 @@ impl CallStore {
     /// `(caller_id, request_id)`. One query less on the common path.
     async fn initiate_inner(&self, new: NewCall, offer: Option<Uuid>, actor_id: &str) -> Result<Initiated, StoreError> {
         let now = Utc::now().trunc_subsecs(6);
+        let desk = new.callee_id.is_empty();
         let call = CallRecord {
             id: Uuid::now_v7(),
             caller_id: new.caller_id,
             callee_id: new.callee_id,
             call_type: new.call_type,
-            status: CallStatus::Initiated,
+            status: if desk { CallStatus::Queued } else { CallStatus::Initiated },
             end_reason: None,
             ended_by: None,
             metadata: new.metadata,
@@ -166,6 +169,7 @@ impl CallStore {
             ringing_at: None,
             answered_at: None,
             ended_at: None,
+            queued_at: desk.then_some(now),
         };
         match self.insert_new(&call, offer, actor_id, now).await {
             Ok(()) => {
@@ -194,8 +198,8 @@ impl CallStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
-        let parties = [&call.caller_id, &call.callee_id].map(|user| live_call_parties::ActiveModel {
-            user_id: Set(user.clone()),
+        let parties = call.parties().into_iter().map(|user| live_call_parties::ActiveModel {
+            user_id: Set(user.to_owned()),
             call_id: Set(call.id),
             since: Set(now),
         });
@@ -218,6 +222,7 @@ impl CallStore {
             answered_at: Set(None),
             ended_at: Set(None),
             updated_at: Set(now),
+            queued_at: Set(call.queued_at),
         })
         .exec_without_returning(&txn)
         .await?;
@@ -248,7 +253,9 @@ impl CallStore {
         // The usual case first, without reading the call: the conditional update from the status
         // this command usually finds, for the party it must come from. If it matches nothing
         // (another status, another party, a repeat), read the call and decide as below.
-        if let Some((from, party, effect)) = usual_step(command, actor) {
+        // Reject and Miss do otherwise on a desk call (back to the queue; no agent): read it first.
+        let same_for_desks = !matches!(command, Command::Reject | Command::Miss);
+        if let Some((from, party, effect)) = usual_step(command, actor).filter(|_| same_for_desks) {
             let txn = self.db.begin().await?;
             if let Some(changed) = self.transition_from(&txn, id, from, party, effect, &actor.id).await? {
                 txn.commit().await?;
@@ -261,7 +268,7 @@ impl CallStore {
         for _ in 0..MAX_ATTEMPTS {
             let call = self.get(id).await?;
             let party = call.party_of(actor).ok_or(StoreError::NotAParty)?;
-            match decide(call.status, command, party) {
+            match decide_for(call.routing(), call.status, command, party) {
                 Decision::AlreadyDone => return Ok(call),
                 Decision::Refuse { current } => return Err(StoreError::WrongState(current)),
                 Decision::Forbidden => return Err(StoreError::Forbidden),
@@ -321,6 +328,12 @@ impl CallStore {
             CallStatus::Active => update.col_expr(calls::Column::AnsweredAt, Expr::value(now)),
             _ => update,
         };
+        if effect.to == CallStatus::Queued {
+            // Back in the queue: the agent it rang is no longer its callee.
+            update = update
+                .col_expr(calls::Column::CalleeId, Expr::value(""))
+                .col_expr(calls::Column::RingingAt, Expr::value(Option::<DateTime<Utc>>::None));
+        }
         if let Some(reason) = effect.reason {
             update = update
                 .col_expr(calls::Column::EndedAt, Expr::value(now))
@@ -344,8 +357,16 @@ impl CallStore {
             return Ok(None);
         };
         let changed = CallRecord::from_model(model)?;
-        if changed.status.is_terminal() {
-            live_call_parties::Entity::delete_many().filter(live_call_parties::Column::CallId.eq(id)).exec(txn).await?;
+        if changed.status.is_terminal() || changed.status == CallStatus::Queued {
+            // A requeued call keeps its customer only.
+            let mut gone = live_call_parties::Entity::delete_many().filter(live_call_parties::Column::CallId.eq(id));
+            if !changed.status.is_terminal() {
+                gone = gone.filter(live_call_parties::Column::UserId.ne(&changed.caller_id));
+            }
+            gone.exec(txn).await?;
+        }
+        if changed.queued_at.is_some() {
+            crate::desk::after_transition(txn, &changed, actor_id, now).await?;
         }
         self.record_change(txn, &changed, Some(from), actor_id, now).await?;
         Ok(Some(changed))
@@ -374,7 +395,10 @@ impl CallStore {
         .await?;
 
         let subject = call.id.to_string();
-        let names = call_event_names(call.status);
+        let names = match (from, call.status) {
+            (Some(CallStatus::Queued), CallStatus::Initiated) => CALL_ROUTED,
+            _ => call_event_names(call.status),
+        };
         let data = CallEventData::new(call, from);
         let event =
             NewEvent { source: &self.event_source, names, subject: &subject, aggregate_id: call.id, time: now, data };

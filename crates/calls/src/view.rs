@@ -28,6 +28,8 @@ pub struct CallView {
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub metadata: BTreeMap<String, String>,
+    /// Desk calls: when the call joined its desk's queue (null for calls to a person).
+    pub queued_at: Option<DateTime<Utc>>,
 }
 
 impl From<&CallRecord> for CallView {
@@ -48,6 +50,7 @@ impl From<&CallRecord> for CallView {
             ended_at: c.ended_at,
             duration_ms: c.duration_ms(),
             metadata: c.metadata.clone(),
+            queued_at: c.queued_at,
         }
     }
 }

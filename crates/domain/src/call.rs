@@ -2,9 +2,11 @@
 
 use std::{fmt, str::FromStr};
 
-/// Where a call is in its life. `Ended`, `Rejected` and `Missed` are terminal.
+/// Where a call is in its life. `Ended`, `Rejected` and `Missed` are terminal. `Queued` is a
+/// desk call (a customer calling a desk, not a person) waiting for an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallStatus {
+    Queued,
     Initiated,
     Ringing,
     Active,
@@ -14,7 +16,8 @@ pub enum CallStatus {
 }
 
 impl CallStatus {
-    pub const ALL: [CallStatus; 6] = [
+    pub const ALL: [CallStatus; 7] = [
+        CallStatus::Queued,
         CallStatus::Initiated,
         CallStatus::Ringing,
         CallStatus::Active,
@@ -35,6 +38,7 @@ impl CallStatus {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            CallStatus::Queued => "queued",
             CallStatus::Initiated => "initiated",
             CallStatus::Ringing => "ringing",
             CallStatus::Active => "active",
@@ -78,10 +82,14 @@ pub enum EndReason {
     MediaFailed,
     ConnectionLost,
     Error,
+    /// A desk call nobody answered within the queue timeout.
+    NoAgent,
+    /// The customer hung up a desk call before an agent answered.
+    Abandoned,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 10] = [
+    pub const ALL: [EndReason; 12] = [
         EndReason::Hangup,
         EndReason::Cancelled,
         EndReason::Rejected,
@@ -92,6 +100,8 @@ impl EndReason {
         EndReason::MediaFailed,
         EndReason::ConnectionLost,
         EndReason::Error,
+        EndReason::NoAgent,
+        EndReason::Abandoned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +116,8 @@ impl EndReason {
             EndReason::MediaFailed => "media_failed",
             EndReason::ConnectionLost => "connection_lost",
             EndReason::Error => "error",
+            EndReason::NoAgent => "no_agent",
+            EndReason::Abandoned => "abandoned",
         }
     }
 }

@@ -12,4 +12,4 @@ pub use limits::{
     MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES, MAX_REQUEST_ID_BYTES, MetadataError,
     RESERVED_METADATA_KEYS, validate_metadata,
 };
-pub use transition::{Command, Decision, Effect, decide};
+pub use transition::{Command, Decision, Effect, Routing, decide, decide_for};

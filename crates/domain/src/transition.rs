@@ -16,8 +16,14 @@ pub enum Command {
     /// Hang up; before answer it is a cancel (caller) or a reject (callee). `None` means the
     /// natural reason for the state: hangup, cancelled or rejected.
     End(Option<EndReason>),
-    /// Nobody answered within the ring timeout (the sweeper).
+    /// Nobody answered within the ring timeout (the sweeper); for a queued desk call, within the
+    /// queue timeout.
     Miss,
+    /// A desk call is offered to an agent (the router, a service): queued -> initiated.
+    Route,
+    /// The agent a desk call was offered to rejected it or did not answer in time: the call goes
+    /// back to its desk's queue (initiated|ringing -> queued), the same call.
+    Requeue,
 }
 
 /// The state change a command makes.
@@ -48,7 +54,7 @@ fn party_may_give(reason: EndReason, by: Party) -> bool {
     match reason {
         Hangup | IceFailed | MediaFailed | Error => true,
         UserOffline | ConnectionLost => by == Party::Service,
-        Cancelled | Rejected | Busy | Timeout => false,
+        Cancelled | Rejected | Busy | Timeout | NoAgent | Abandoned => false,
     }
 }
 
@@ -58,7 +64,7 @@ pub fn decide(status: CallStatus, command: Command, by: Party) -> Decision {
     let may = match command {
         Command::Ring | Command::Answer | Command::Reject => by != Party::Caller,
         Command::End(_) => true,
-        Command::Miss => by == Party::Service,
+        Command::Miss | Command::Route | Command::Requeue => by == Party::Service,
     };
     if !may {
         return Decision::Forbidden;
@@ -70,6 +76,20 @@ pub fn decide(status: CallStatus, command: Command, by: Party) -> Decision {
     }
     let apply = |to, reason| Decision::Apply(Effect { to, reason });
     match (command, status) {
+        (Command::Route, Queued) => apply(Initiated, None),
+        (Command::Route, Initiated) => Decision::AlreadyDone,
+        (Command::Requeue, Initiated | Ringing) => apply(Queued, None),
+        (Command::Requeue, Queued) => Decision::AlreadyDone,
+        // Nobody is the callee of a queued call: the customer leaving is abandoning the queue.
+        (Command::End(reason), Queued) => {
+            let reason = match (by, reason) {
+                (Party::Service, Some(given)) => given,
+                _ => EndReason::Abandoned,
+            };
+            apply(Ended, Some(reason))
+        }
+        (Command::Miss, Queued) => apply(Missed, Some(EndReason::NoAgent)),
+
         (Command::Ring, Initiated) => apply(Ringing, None),
         (Command::Ring, Ringing) => Decision::AlreadyDone,
 
@@ -98,6 +118,37 @@ pub fn decide(status: CallStatus, command: Command, by: Party) -> Decision {
     }
 }
 
+/// Whom a call is for: a person (the callee named at initiation), or a desk whose agents the
+/// router offers it to one after the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    Direct,
+    Desk,
+}
+
+/// [`decide`] for a call routed as `routing`. A desk call differs where the agent and the queue
+/// are concerned: the agent it rings declining it (reject, or hanging up before answering) puts it
+/// back in the queue for the next agent; the customer leaving before an agent answered abandons
+/// it; and nobody answering in time misses it for want of an agent.
+pub fn decide_for(routing: Routing, status: CallStatus, command: Command, by: Party) -> Decision {
+    use CallStatus::*;
+    let decision = decide(status, command, by);
+    if routing == Routing::Direct {
+        return decision;
+    }
+    let apply = |to, reason| Decision::Apply(Effect { to, reason });
+    match decision {
+        Decision::Apply(Effect { to: Rejected, .. }) if by == Party::Callee => apply(Queued, None),
+        Decision::Apply(Effect { to: Ended, reason: Some(EndReason::Cancelled) }) => {
+            apply(Ended, Some(EndReason::Abandoned))
+        }
+        Decision::Apply(Effect { to: Missed, reason: Some(EndReason::Timeout) }) => {
+            apply(Missed, Some(EndReason::NoAgent))
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,10 +157,11 @@ mod tests {
 
     fn rank(s: CallStatus) -> u8 {
         match s {
-            Initiated => 0,
-            Ringing => 1,
-            Active => 2,
-            Ended | Rejected | Missed => 3,
+            Queued => 0,
+            Initiated => 1,
+            Ringing => 2,
+            Active => 3,
+            Ended | Rejected | Missed => 4,
         }
     }
 
@@ -128,6 +180,8 @@ mod tests {
             Just(Command::Answer),
             Just(Command::Reject),
             Just(Command::Miss),
+            Just(Command::Route),
+            Just(Command::Requeue),
             reason.prop_map(Command::End),
         ]
     }
@@ -145,7 +199,13 @@ mod tests {
             s in any_status(), c in any_command(), p in any_party()
         ) {
             if let Decision::Apply(e) = decide(s, c, p) {
-                prop_assert!(rank(e.to) > rank(s), "{s:?} -> {:?}", e.to);
+                // Only a requeue goes back: to the queue, the call not yet answered.
+                if c == Command::Requeue {
+                    prop_assert_eq!(e.to, Queued);
+                    prop_assert!(rank(s) < rank(Active));
+                } else {
+                    prop_assert!(rank(e.to) > rank(s), "{s:?} -> {:?}", e.to);
+                }
                 prop_assert_eq!(e.to.is_terminal(), e.reason.is_some());
             }
         }
@@ -255,5 +315,55 @@ mod tests {
         assert_eq!(decide(Rejected, Command::Answer, Party::Callee), Decision::Refuse { current: Rejected });
         assert_eq!(decide(Missed, Command::Answer, Party::Callee), Decision::Refuse { current: Missed });
         assert_eq!(decide(Active, Command::Miss, Party::Service), Decision::Refuse { current: Active });
+    }
+
+    #[test]
+    fn desk_calls_go_back_to_the_queue_when_the_agent_declines() {
+        use Routing::Desk;
+        assert_eq!(
+            decide(Queued, Command::Route, Party::Service),
+            Decision::Apply(Effect { to: Initiated, reason: None })
+        );
+        assert_eq!(decide(Queued, Command::Route, Party::Caller), Decision::Forbidden);
+        for (status, command) in
+            [(Initiated, Command::Reject), (Ringing, Command::Reject), (Ringing, Command::End(None))]
+        {
+            assert_eq!(
+                decide_for(Desk, status, command, Party::Callee),
+                Decision::Apply(Effect { to: Queued, reason: None }),
+                "{command:?} in {status:?}"
+            );
+        }
+        assert_eq!(
+            decide_for(Desk, Ringing, Command::Requeue, Party::Service),
+            Decision::Apply(Effect { to: Queued, reason: None })
+        );
+        assert_eq!(decide_for(Desk, Active, Command::Requeue, Party::Service), Decision::Refuse { current: Active });
+        // The customer leaving before an agent answered abandons the call, queued or ringing.
+        for status in [Queued, Initiated, Ringing] {
+            assert_eq!(
+                decide_for(Desk, status, Command::End(None), Party::Caller),
+                Decision::Apply(Effect { to: Ended, reason: Some(EndReason::Abandoned) })
+            );
+        }
+        for status in [Queued, Ringing] {
+            assert_eq!(
+                decide_for(Desk, status, Command::Miss, Party::Service),
+                Decision::Apply(Effect { to: Missed, reason: Some(EndReason::NoAgent) })
+            );
+        }
+        // Answered, a desk call is a call like any other.
+        assert_eq!(
+            decide_for(Desk, Active, Command::End(None), Party::Callee),
+            Decision::Apply(Effect { to: Ended, reason: Some(EndReason::Hangup) })
+        );
+        assert_eq!(
+            decide_for(Routing::Direct, Ringing, Command::Reject, Party::Callee),
+            Decision::Apply(Effect { to: Rejected, reason: Some(EndReason::Rejected) })
+        );
+        assert_eq!(
+            decide(Queued, Command::End(Some(EndReason::Abandoned)), Party::Caller),
+            Decision::BadReason(EndReason::Abandoned)
+        );
     }
 }

@@ -78,6 +78,9 @@ pub enum SignalError {
 /// send `hangup`; an `answer`, and the callee's `offer` or `ice-candidate`s, are refused. Once
 /// active, either party may (re)negotiate. Terminal calls are refused before this is asked.
 pub fn check_negotiation(status: CallStatus, from_caller: bool, signal_type: SignalType) -> Result<(), String> {
+    if status == CallStatus::Queued {
+        return Err("call is queued: no agent has it yet; signals flow once an agent rings (offer) and answers".into());
+    }
     let allowed = status == CallStatus::Active
         || signal_type == SignalType::Hangup
         || (from_caller && matches!(signal_type, SignalType::Offer | SignalType::IceCandidate));

@@ -55,6 +55,12 @@ pub struct GatewayArgs {
     pub ring_timeout_sales_secs: Option<String>,
     #[arg(long, env = "RING_TIMEOUT_CONSULT_SECS")]
     pub ring_timeout_consult_secs: Option<String>,
+    /// How long a desk call rings an agent before it is offered to the next one.
+    #[arg(long, env = "AGENT_RING_SECS", default_value = "20")]
+    pub agent_ring_secs: String,
+    /// How long a desk call may wait for an agent's answer before it is missed (`no_agent`).
+    #[arg(long, env = "QUEUE_TIMEOUT_SECS", default_value = "300")]
+    pub queue_timeout_secs: String,
     /// Topic exchange of the domain events.
     #[arg(long, env = "EVENTS_EXCHANGE", default_value = "videocall.events")]
     pub events_exchange: String,
@@ -121,6 +127,21 @@ impl RingTimeouts {
     }
 }
 
+/// The support desks' timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeskTimeouts {
+    /// How long a desk call rings one agent (`AGENT_RING_SECS`).
+    pub agent_ring: Duration,
+    /// How long a desk call may go unanswered in all (`QUEUE_TIMEOUT_SECS`).
+    pub queue_timeout: Duration,
+}
+
+impl Default for DeskTimeouts {
+    fn default() -> Self {
+        Self { agent_ring: Duration::from_secs(20), queue_timeout: Duration::from_secs(300) }
+    }
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -132,6 +153,7 @@ pub struct GatewayConfig {
     pub tokens: JwtKeys,
     pub ice: IceConfig,
     pub ring_timeouts: RingTimeouts,
+    pub desk: DeskTimeouts,
     pub events_exchange: String,
     pub outbox_batch_size: u64,
     pub outbox_poll_interval: Duration,
@@ -208,6 +230,14 @@ impl GatewayArgs {
             c.check("UNROUTED_TTL_SECS", (1..=30 * 86_400).contains(&t), "must be between 1 and 2592000");
         }
         let queue_type = self.queue_type.check(&mut c);
+        let agent_ring = c.parse::<u64>("AGENT_RING_SECS", &self.agent_ring_secs);
+        if let Some(n) = agent_ring {
+            c.check("AGENT_RING_SECS", (1..=600).contains(&n), "must be between 1 and 600");
+        }
+        let queue_timeout = c.parse::<u64>("QUEUE_TIMEOUT_SECS", &self.queue_timeout_secs);
+        if let Some(n) = queue_timeout {
+            c.check("QUEUE_TIMEOUT_SECS", (1..=86_400).contains(&n), "must be between 1 and 86400");
+        }
         if let Some(n) = per_minute {
             c.check("INITIATE_CALLS_PER_MIN", (1..=100_000).contains(&n), "must be between 1 and 100000");
         }
@@ -242,6 +272,10 @@ impl GatewayArgs {
                 support: support.ok_or_else(missing)?,
                 sales: sales.ok_or_else(missing)?,
                 consult: consult.ok_or_else(missing)?,
+            },
+            desk: DeskTimeouts {
+                agent_ring: Duration::from_secs(agent_ring.ok_or_else(missing)?),
+                queue_timeout: Duration::from_secs(queue_timeout.ok_or_else(missing)?),
             },
             events_exchange: self.events_exchange.trim().to_owned(),
             outbox_batch_size: batch.ok_or_else(missing)?,

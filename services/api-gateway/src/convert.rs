@@ -48,6 +48,7 @@ pub fn call_status(raw: i32) -> Result<Option<CallStatus>, ApiError> {
         pb::CallStatus::Ended => Some(CallStatus::Ended),
         pb::CallStatus::Rejected => Some(CallStatus::Rejected),
         pb::CallStatus::Missed => Some(CallStatus::Missed),
+        pb::CallStatus::Queued => Some(CallStatus::Queued),
     })
 }
 
@@ -65,10 +66,12 @@ pub fn end_reason(raw: i32) -> Result<Option<EndReason>, ApiError> {
         pb::EndReason::MediaFailed => Some(EndReason::MediaFailed),
         pb::EndReason::ConnectionLost => Some(EndReason::ConnectionLost),
         pb::EndReason::Error => Some(EndReason::Error),
+        pb::EndReason::NoAgent => Some(EndReason::NoAgent),
+        pb::EndReason::Abandoned => Some(EndReason::Abandoned),
     })
 }
 
-fn pb_call_type(t: CallType) -> pb::CallType {
+pub fn pb_call_type(t: CallType) -> pb::CallType {
     match t {
         CallType::Support => pb::CallType::Support,
         CallType::Sales => pb::CallType::Sales,
@@ -84,6 +87,7 @@ fn pb_status(s: CallStatus) -> pb::CallStatus {
         CallStatus::Ended => pb::CallStatus::Ended,
         CallStatus::Rejected => pb::CallStatus::Rejected,
         CallStatus::Missed => pb::CallStatus::Missed,
+        CallStatus::Queued => pb::CallStatus::Queued,
     }
 }
 
@@ -99,6 +103,8 @@ fn pb_reason(r: EndReason) -> pb::EndReason {
         EndReason::MediaFailed => pb::EndReason::MediaFailed,
         EndReason::ConnectionLost => pb::EndReason::ConnectionLost,
         EndReason::Error => pb::EndReason::Error,
+        EndReason::NoAgent => pb::EndReason::NoAgent,
+        EndReason::Abandoned => pb::EndReason::Abandoned,
     }
 }
 
@@ -124,6 +130,9 @@ pub fn call(c: &CallRecord) -> pb::Call {
         quality: None,
         // Filled in where the recording is loaded (crate::recording).
         recording: None,
+        queued_at: c.queued_at.map(timestamp),
+        // Filled in where the attempts are loaded (crate::desk).
+        routing_attempts: Vec::new(),
     }
 }
 

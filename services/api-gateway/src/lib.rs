@@ -7,6 +7,7 @@
 pub mod config;
 pub mod convert;
 pub mod deadline;
+pub mod desk;
 pub mod error;
 pub mod health;
 pub mod policy;
@@ -16,6 +17,6 @@ pub mod service;
 pub mod signaling;
 pub mod startup;
 
-pub use config::{GatewayArgs, GatewayConfig, RingTimeouts};
+pub use config::{DeskTimeouts, GatewayArgs, GatewayConfig, RingTimeouts};
 pub use policy::CallPolicy;
 pub use startup::Application;

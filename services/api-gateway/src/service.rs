@@ -16,7 +16,12 @@ use videocall_runtime::{
 
 use videocall_signaling::signal_bus::SignalBus;
 
-use crate::{config::RingTimeouts, convert, error::ApiError, quality, recording, signaling};
+use crate::{
+    config::{DeskTimeouts, RingTimeouts},
+    convert, desk,
+    error::ApiError,
+    quality, recording, signaling,
+};
 
 const MAX_USER_ID_BYTES: usize = 128;
 const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -30,6 +35,9 @@ pub struct CallApi {
     pub recordings: RecordingStore,
     pub ice: IceConfig,
     pub ring_timeouts: RingTimeouts,
+    pub desk: DeskTimeouts,
+    /// Wakes this replica's desk router (a call queued, an agent available).
+    pub desk_wake: std::sync::Arc<tokio::sync::Notify>,
     pub bus: SignalBus,
     /// One bus subscriber shared by every SubscribeToSignals stream of this gateway.
     pub hub: videocall_signaling::signal_bus::hub::Hub,
@@ -66,7 +74,7 @@ fn actor(p: &Principal) -> Actor {
     Actor { id: p.user_id.clone(), is_service: p.is_service() }
 }
 
-fn user_id(field: &str, raw: &str) -> Result<String, ApiError> {
+pub(crate) fn user_id(field: &str, raw: &str) -> Result<String, ApiError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() || trimmed.len() > MAX_USER_ID_BYTES || trimmed.chars().any(char::is_control) {
         return Err(ApiError::invalid(format!("{field} must be 1-{MAX_USER_ID_BYTES} bytes of printable text")));
@@ -128,12 +136,18 @@ impl CallApi {
                 .ok_or_else(|| ApiError::invalid("callee_id is required: the offer names no agent"))?,
             _ => req.callee_id.clone(),
         };
-        let callee_id = user_id("callee_id", &callee_raw)?;
-        if callee_id == caller_id {
-            return Err(ApiError::invalid("a user cannot call themselves"));
-        }
-        let offer_agent = offer.as_ref().and_then(|o| o.agent_id.as_deref());
-        self.policy.may_call(p, &callee_id, offer_agent).await?;
+        // No callee and no offer: a desk call, for the agents of the call type's desk.
+        let mut callee_id = if callee_raw.is_empty() && offer.is_none() {
+            String::new()
+        } else {
+            let callee_id = user_id("callee_id", &callee_raw)?;
+            if callee_id == caller_id {
+                return Err(ApiError::invalid("a user cannot call themselves"));
+            }
+            let offer_agent = offer.as_ref().and_then(|o| o.agent_id.as_deref());
+            self.policy.may_call(p, &callee_id, offer_agent).await?;
+            callee_id
+        };
         let call_type = match (convert::call_type(req.call_type)?, &offer) {
             (None | Some(CallType::Support), Some(_)) => CallType::Support,
             (Some(_), Some(_)) => return Err(ApiError::invalid("a call taking up a support offer is of type support")),
@@ -146,25 +160,36 @@ impl CallApi {
         }
         self.policy.take_initiate(&p.user_id)?;
         let request_id = if req.request_id.is_empty() { Uuid::now_v7().to_string() } else { req.request_id };
+        // A ticket's agent who manages their availability and cannot take the call now: the
+        // call waits on the support desk instead.
+        if offer.is_some()
+            && req.callee_id.is_empty()
+            && self.store.agent(&callee_id).await?.is_some()
+            && !self.store.is_routable(&callee_id, CallType::Support).await?
+        {
+            callee_id = String::new();
+        }
+        let desk_call = callee_id.is_empty();
+        let ring_timeout_secs = if desk_call {
+            i32::try_from(self.desk.queue_timeout.as_secs()).unwrap_or(i32::MAX)
+        } else {
+            self.ring_timeouts.for_type(call_type)
+        };
         let mut metadata = req.metadata.into_iter().collect::<BTreeMap<_, _>>();
         if let Some(offer) = &offer {
             metadata.insert("ticket_id".into(), offer.ticket_id.clone());
             metadata.insert("support_offer_id".into(), offer.id.to_string());
         }
-        let new = NewCall {
-            request_id,
-            caller_id,
-            callee_id,
-            call_type,
-            metadata,
-            ring_timeout_secs: self.ring_timeouts.for_type(call_type),
-        };
+        let new = NewCall { request_id, caller_id, callee_id, call_type, metadata, ring_timeout_secs };
         let initiated = match &offer {
             Some(offer) => self.store.initiate_for_offer(new, offer.id, &p.user_id).await?,
             None => self.store.initiate(new, &p.user_id).await?,
         };
         if initiated.created {
             videocall_calls::push::call_state(&self.bus, &initiated.call).await;
+            if desk_call {
+                self.desk_wake.notify_one();
+            }
         }
         Ok(self.with_ice(initiated.call, &p.user_id))
     }
@@ -205,6 +230,7 @@ impl CallApi {
         let ids: Vec<Uuid> = page.calls.iter().map(|c| c.id).collect();
         let mut summaries = quality::summaries(self.store.db(), &ids).await?;
         let mut recordings = recording::for_calls(&self.recordings, &ids).await?;
+        let mut attempts = self.store.attempts_of(&ids).await?;
         Ok(pb::GetUserCallsResponse {
             calls: page
                 .calls
@@ -212,6 +238,7 @@ impl CallApi {
                 .map(|c| pb::Call {
                     quality: summaries.remove(&c.id),
                     recording: recordings.remove(&c.id),
+                    routing_attempts: attempts.remove(&c.id).map(|a| desk::attempts_pb(&a)).unwrap_or_default(),
                     ..convert::call(c)
                 })
                 .collect(),
@@ -290,6 +317,9 @@ impl CallService for CallApi {
         let mut view = convert::call(&call);
         view.quality = quality::summary(self.store.db(), call.id).await?;
         view.recording = self.recordings.get(call.id).await.map_err(ApiError::from)?.as_ref().map(recording::to_pb);
+        if call.queued_at.is_some() {
+            view.routing_attempts = desk::attempts_pb(&self.store.attempts(call.id).await.map_err(ApiError::from)?);
+        }
         Ok(Response::new(pb::CallResponse { call: Some(view) }))
     }
 
@@ -309,6 +339,19 @@ impl CallService for CallApi {
     ) -> Result<Response<pb::GetUserCallsResponse>, Status> {
         let p = self.principal(&request).await?;
         Ok(Response::new(self.history(&p, request.into_inner()).await?))
+    }
+
+    async fn set_agent_availability(
+        &self,
+        request: Request<pb::SetAgentAvailabilityRequest>,
+    ) -> Result<Response<pb::AgentAvailability>, Status> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(desk::set_availability(&self.store, &self.desk_wake, &p, request.into_inner()).await?))
+    }
+
+    async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> Result<Response<pb::GetQueueResponse>, Status> {
+        let p = self.principal(&request).await?;
+        Ok(Response::new(desk::queue(&self.store, &p, request.into_inner()).await?))
     }
 
     async fn get_ice_servers(

@@ -118,6 +118,8 @@ impl Service for Application {
         let store = CallStore::new(db.clone(), source.clone(), outbox_wake.clone()).with_metrics(call_metrics.clone());
         let stop_serving = CancellationToken::new();
         let (hub, hub_task) = Hub::start(bus.clone(), None, shutdown.clone());
+        let desk_wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let router = crate::desk::Router::new(store.clone(), bus.clone(), config.desk, desk_wake.clone());
         let api = CallApi {
             hub,
             policy: crate::policy::Policy::new(db.clone(), config.call_policy),
@@ -125,6 +127,8 @@ impl Service for Application {
             recordings: RecordingStore::new(db.clone(), source),
             ice: config.ice.clone(),
             ring_timeouts: config.ring_timeouts,
+            desk: config.desk,
+            desk_wake,
             bus,
             stopping: stop_serving.clone(),
         };
@@ -190,6 +194,7 @@ impl Service for Application {
                 .context("gRPC server")
         });
         tasks.spawn("outbox relay", relay.run(shutdown.clone()));
+        tasks.spawn("desk router", router.run(shutdown.clone()));
         let (stop, health_reporter, pool, is_ready) = (shutdown.clone(), health.clone(), db.clone(), ready.clone());
         tasks.spawn("readiness", async move {
             readiness(pool, health_reporter, is_ready, gauges, stop).await;

@@ -167,6 +167,7 @@ fn gateway_config(database_url: String, exchange: &str, cell: &str) -> GatewayCo
         tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: IceConfig { stun_urls: vec![], turn_urls: vec![], turn_secret: None, turn_ttl: Duration::from_secs(3600) },
         ring_timeouts: RingTimeouts { support: 45, sales: 45, consult: 45 },
+        desk: Default::default(),
         events_exchange: exchange.to_owned(),
         outbox_batch_size: 100,
         outbox_poll_interval: Duration::from_millis(100),

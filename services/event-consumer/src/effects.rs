@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use videocall_calls::{CallMetrics, CallRecord, CallStore};
-use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
+use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, Routing, decide_for};
 use videocall_entities::{calls, support_offers};
 use videocall_messaging::{
     cloud_event::event_source,
@@ -116,7 +116,8 @@ impl Effects {
             return Ok(Outcome::Duplicate);
         }
         let user = event.user_id.as_str();
-        let live = [CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active].map(CallStatus::as_str);
+        let live = [CallStatus::Queued, CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active]
+            .map(CallStatus::as_str);
         let mut select = calls::Entity::find()
             .filter(Condition::any().add(calls::Column::CallerId.eq(user)).add(calls::Column::CalleeId.eq(user)))
             .filter(calls::Column::Status.is_in(live))
@@ -129,15 +130,21 @@ impl Effects {
         for row in select.all(&txn).await? {
             let call = CallRecord::from_model(row)?;
             let command = match call.status {
+                // The agent a desk call rings went offline: the next agent gets it.
+                CallStatus::Initiated | CallStatus::Ringing
+                    if call.callee_id == user && call.routing() == Routing::Desk =>
+                {
+                    Command::Requeue
+                }
                 CallStatus::Initiated | CallStatus::Ringing if call.callee_id == user => Command::Miss,
                 _ => Command::End(Some(EndReason::UserOffline)),
             };
-            match decide(call.status, command, Party::Service) {
+            match decide_for(call.routing(), call.status, command, Party::Service) {
                 Decision::Apply(effect) => match self.store.transition_in(&txn, &call, effect, &self.actor).await? {
                     Some(changed) => {
                         if changed.status == CallStatus::Missed {
                             missed += 1;
-                        } else {
+                        } else if changed.status.is_terminal() {
                             ended += 1;
                         }
                         closed.push(changed);
@@ -148,6 +155,8 @@ impl Effects {
                 other => tracing::warn!(call_id = %call.id, ?other, "no transition for an offline party"),
             }
         }
+        // An offline agent takes no desk calls until they say they are available again.
+        self.store.make_unavailable(&txn, &[user.to_owned()]).await?;
         txn.commit().await?;
         if ended + missed > 0 {
             tracing::info!(ended, missed, "calls of an offline user closed");

@@ -20,7 +20,7 @@ use sea_orm::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use videocall_calls::{CallMetrics, CallRecord, CallStore, StoreError};
-use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide};
+use videocall_domain::{CallStatus, Command, Decision, EndReason, Party, decide_for};
 use videocall_entities::calls;
 use videocall_messaging::cloud_event::event_source;
 use videocall_runtime::ops::Readiness;
@@ -160,7 +160,9 @@ impl Sweeper {
         let (mut due, command) = match target {
             Target::Overdue => (
                 calls::Entity::find()
-                    .filter(calls::Column::Status.is_in([CallStatus::Initiated.as_str(), CallStatus::Ringing.as_str()]))
+                    .filter(calls::Column::Status.is_in(
+                        [CallStatus::Queued, CallStatus::Initiated, CallStatus::Ringing].map(CallStatus::as_str),
+                    ))
                     .filter(calls::Column::RingDeadlineAt.lte(cutoff))
                     .order_by_asc(calls::Column::RingDeadlineAt),
                 Command::Miss,
@@ -182,7 +184,7 @@ impl Sweeper {
         let mut changed = Vec::new();
         for row in rows {
             let call = CallRecord::from_model(row)?;
-            if let Decision::Apply(effect) = decide(call.status, command, Party::Service)
+            if let Decision::Apply(effect) = decide_for(call.routing(), call.status, command, Party::Service)
                 && let Some(after) = self.store.transition_in(&txn, &call, effect, &self.actor).await?
             {
                 changed.push(after);
@@ -211,7 +213,11 @@ impl Sweeper {
             let users: Vec<&str> = left.keys().copied().collect();
             let db = self.store.db();
             let txn = db.begin().await?;
-            let live = [CallStatus::Initiated.as_str(), CallStatus::Ringing.as_str(), CallStatus::Active.as_str()];
+            // Agents whose sockets are gone past the grace take no desk calls until they say so.
+            let agents: Vec<String> = users.iter().map(|u| (*u).to_owned()).collect();
+            self.store.make_unavailable(&txn, &agents).await?;
+            let live = [CallStatus::Queued, CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active]
+                .map(CallStatus::as_str);
             let mut query = calls::Entity::find().filter(calls::Column::Status.is_in(live)).filter(
                 sea_orm::Condition::any()
                     .add(calls::Column::CallerId.is_in(users.clone()))
@@ -231,7 +237,7 @@ impl Sweeper {
                     continue;
                 }
                 let command = Command::End(Some(EndReason::ConnectionLost));
-                if let Decision::Apply(effect) = decide(call.status, command, Party::Service)
+                if let Decision::Apply(effect) = decide_for(call.routing(), call.status, command, Party::Service)
                     && let Some(after) = self.store.transition_in(&txn, &call, effect, &self.actor).await?
                 {
                     changed.push(after);

@@ -381,6 +381,7 @@ mod end_to_end {
                 turn_ttl: Duration::from_secs(3600),
             },
             ring_timeouts: RingTimeouts { support: 45, sales: 45, consult: 45 },
+            desk: Default::default(),
             events_exchange: exchange.to_owned(),
             outbox_batch_size: 100,
             outbox_poll_interval: Duration::from_millis(100),

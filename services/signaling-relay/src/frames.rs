@@ -80,6 +80,20 @@ pub struct Consent {
     pub consent: bool,
 }
 
+/// `agent.availability`: an agent takes desk calls of `call_types` now (`available`), or not.
+#[derive(Debug, Deserialize)]
+pub struct Availability {
+    pub available: bool,
+    #[serde(default)]
+    pub call_types: Vec<String>,
+}
+
+/// `queue.get`: a desk's queue (agents only).
+#[derive(Debug, Deserialize)]
+pub struct QueueGet {
+    pub call_type: String,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Resume {
     pub call_id: String,

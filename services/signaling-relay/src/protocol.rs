@@ -8,7 +8,7 @@
 use serde::Serialize;
 use videocall_proto::v1 as pb;
 
-pub use crate::frames::{CallCommand, Consent, Envelope, Initiate, Quality, Resume, SignalIn};
+pub use crate::frames::{Availability, CallCommand, Consent, Envelope, Initiate, Quality, QueueGet, Resume, SignalIn};
 
 #[derive(Debug, Serialize)]
 pub struct Error<'a> {
@@ -54,6 +54,11 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// A protobuf timestamp as RFC 3339 with microseconds (JSON null when unset).
+pub fn timestamp_json(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    ts(t)
+}
+
 /// A protobuf timestamp as RFC 3339 with microseconds.
 fn ts(t: &Option<prost_types::Timestamp>) -> Option<String> {
     t.as_ref()
@@ -71,6 +76,7 @@ pub fn domain_status(status: pb::CallStatus) -> videocall_domain::CallStatus {
         pb::CallStatus::Ended => S::Ended,
         pb::CallStatus::Rejected => S::Rejected,
         pb::CallStatus::Missed => S::Missed,
+        pb::CallStatus::Queued => S::Queued,
     }
 }
 
@@ -112,6 +118,14 @@ pub fn call_json(c: &pb::Call) -> serde_json::Value {
             "finalized": q.finalized,
         })),
         "recording": c.recording.as_ref().map(recording_json),
+        "queued_at": ts(&c.queued_at),
+        "routing_attempts": c.routing_attempts.iter().map(|a| serde_json::json!({
+            "attempt": a.attempt,
+            "agent_id": a.agent_id,
+            "offered_at": ts(&a.offered_at),
+            "ended_at": ts(&a.ended_at),
+            "outcome": (!a.outcome.is_empty()).then_some(&a.outcome),
+        })).collect::<Vec<_>>(),
     })
 }
 

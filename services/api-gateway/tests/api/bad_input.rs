@@ -31,7 +31,7 @@ async fn bad_initiate_requests_are_refused_with_clear_errors() {
         (pb::InitiateCallRequest { call_type: 99, ..good() }, Code::InvalidArgument, "unknown call_type 99"),
         (pb::InitiateCallRequest { call_type: 0, ..good() }, Code::InvalidArgument, "call_type is required"),
         (
-            pb::InitiateCallRequest { callee_id: String::new(), ..good() },
+            pb::InitiateCallRequest { callee_id: "   ".into(), ..good() },
             Code::InvalidArgument,
             "callee_id must be 1-128 bytes of printable text",
         ),

@@ -43,6 +43,7 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
             turn_ttl: Duration::from_secs(3600),
         },
         ring_timeouts: RingTimeouts { support: 45, sales: 30, consult: 60 },
+        desk: Default::default(),
         events_exchange: exchange.to_owned(),
         outbox_batch_size: 100,
         outbox_poll_interval: Duration::from_millis(100),

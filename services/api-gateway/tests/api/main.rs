@@ -2,6 +2,8 @@
 //! test) and real RabbitMQ (a fresh exchange per test), driven through its gRPC API.
 
 mod bad_input;
+mod desk;
+mod desk_races;
 mod events;
 mod faults;
 mod helpers;

@@ -11,7 +11,9 @@ use videocall_signaling::{
 
 use super::{KnownCall, State};
 use crate::metrics::TypeLabel;
-use crate::protocol::{self, CallCommand, Consent, Envelope, Initiate, Quality, Resume, SignalIn};
+use crate::protocol::{
+    self, Availability, CallCommand, Consent, Envelope, Initiate, Quality, QueueGet, Resume, SignalIn,
+};
 
 impl State {
     /// Handles one client frame; returns the frames to send back.
@@ -31,6 +33,8 @@ impl State {
             "call.history" => self.history().await,
             "ice.servers" => self.ice_servers().await,
             "recording.consent" => self.consent(text).await,
+            "agent.availability" => self.availability(text).await,
+            "queue.get" => self.queue(text).await,
             "resume" => return self.resume(text, id).await,
             signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => {
                 // The hot path: its ack is written straight, without building a JSON tree.
@@ -65,13 +69,7 @@ impl State {
 
     pub(super) async fn initiate(&mut self, text: &str) -> Result<serde_json::Value, Failure> {
         let frame: Initiate = parse(text)?;
-        let call_type = match frame.call_type.as_str() {
-            "" => pb::CallType::Unspecified,
-            "support" => pb::CallType::Support,
-            "sales" => pb::CallType::Sales,
-            "consult" => pb::CallType::Consult,
-            other => return Err(Failure::new("invalid_argument", format!("unknown call_type `{other}`"))),
-        };
+        let call_type = call_type(&frame.call_type)?;
         if call_type == pb::CallType::Unspecified && frame.support_offer_id.is_none() {
             return Err(Failure::new("invalid_argument", "call_type is required".into()));
         }
@@ -144,6 +142,61 @@ impl State {
         let request = self.request(pb::SetRecordingConsentRequest { call_id: frame.call_id, consent: frame.consent });
         let reply = self.gateway.clone().set_recording_consent(request).await.map_err(Failure::from)?.into_inner();
         Ok(self.call_ack(reply.call, &[]))
+    }
+
+    pub(super) async fn availability(&mut self, text: &str) -> Result<serde_json::Value, Failure> {
+        let frame: Availability = parse(text)?;
+        let mut call_types = Vec::with_capacity(frame.call_types.len());
+        for t in &frame.call_types {
+            match call_type(t)? {
+                pb::CallType::Unspecified => {
+                    return Err(Failure::new("invalid_argument", "call_types must name desks".into()));
+                }
+                t => call_types.push(t as i32),
+            }
+        }
+        let request = self.request(pb::SetAgentAvailabilityRequest {
+            available: frame.available,
+            call_types,
+            agent_id: String::new(),
+        });
+        let reply = self.gateway.clone().set_agent_availability(request).await.map_err(Failure::from)?.into_inner();
+        let names: Vec<&str> = reply.call_types.iter().map(|t| call_type_name(*t)).collect();
+        Ok(serde_json::json!({"agent": {
+            "agent_id": reply.agent_id,
+            "available": reply.available,
+            "call_types": names,
+            "idle_since": protocol::timestamp_json(&reply.idle_since),
+        }}))
+    }
+
+    pub(super) async fn queue(&mut self, text: &str) -> Result<serde_json::Value, Failure> {
+        let frame: QueueGet = parse(text)?;
+        let desk = call_type(&frame.call_type)?;
+        if desk == pb::CallType::Unspecified {
+            return Err(Failure::new("invalid_argument", "call_type is required".into()));
+        }
+        let request = self.request(pb::GetQueueRequest { call_type: desk as i32 });
+        let reply = self.gateway.clone().get_queue(request).await.map_err(Failure::from)?.into_inner();
+        let waiting: Vec<_> = reply
+            .waiting
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "call_id": w.call_id,
+                    "caller_id": w.caller_id,
+                    "position": w.position,
+                    "queued_at": protocol::timestamp_json(&w.queued_at),
+                    "waited_ms": w.waited_ms,
+                    "estimated_wait_secs": (w.estimated_wait_secs >= 0).then_some(w.estimated_wait_secs),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({"queue": {
+            "call_type": frame.call_type,
+            "waiting": waiting,
+            "available_agents": reply.available_agents,
+        }}))
     }
 
     pub(super) async fn ice_servers(&mut self) -> Result<serde_json::Value, Failure> {
@@ -312,6 +365,29 @@ pub(super) fn signals_lost_notice(call_id: &str) -> String {
         "reason": "the signal bus restarted and lost this call's signals; the caller renegotiates (ICE restart)",
     })
     .to_string()
+}
+
+/// A call type's wire name (`support`), empty for none.
+fn call_type(name: &str) -> Result<pb::CallType, Failure> {
+    match name {
+        "" => Ok(pb::CallType::Unspecified),
+        "support" => Ok(pb::CallType::Support),
+        "sales" => Ok(pb::CallType::Sales),
+        "consult" => Ok(pb::CallType::Consult),
+        other => {
+            let other: String = other.chars().take(32).collect();
+            Err(Failure::new("invalid_argument", format!("unknown call_type `{other}`")))
+        }
+    }
+}
+
+fn call_type_name(t: i32) -> &'static str {
+    match pb::CallType::try_from(t) {
+        Ok(pb::CallType::Support) => "support",
+        Ok(pb::CallType::Sales) => "sales",
+        Ok(pb::CallType::Consult) => "consult",
+        _ => "",
+    }
 }
 
 fn parse<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Failure> {

@@ -257,8 +257,9 @@ impl State {
     fn remember(&mut self, call: &pb::Call) {
         let other = if call.caller_id == self.user_id { call.callee_id.clone() } else { call.caller_id.clone() };
         let status = pb::CallStatus::try_from(call.status).map_or(CallStatus::Ended, protocol::domain_status);
-        let live = !status.is_terminal();
         let caller = call.caller_id == self.user_id;
+        // An agent a desk call was taken back from (it went back to the queue) is no party of it.
+        let live = !status.is_terminal() && (caller || call.callee_id == self.user_id);
         let recording = call.recording.as_ref().is_some_and(|r| {
             matches!(
                 pb::RecordingStatus::try_from(r.status),

@@ -68,9 +68,11 @@ impl State {
             && let Some(call) = head.call
         {
             let caller = call.caller_id == self.user_id;
+            let party = caller || call.callee_id == self.user_id;
             let other = if caller { call.callee_id } else { call.caller_id };
             let status: CallStatus = call.status.parse().unwrap_or(CallStatus::Ended);
-            let live = !status.is_terminal();
+            // An agent a desk call was taken back from (back to the queue) is no party of it.
+            let live = !status.is_terminal() && party;
             let known = self.calls.entry(call.id).or_insert_with(|| KnownCall::new(&other, status, caller, false));
             known.other = other;
             known.live = live;

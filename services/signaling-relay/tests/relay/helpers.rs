@@ -90,6 +90,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         tokens: videocall_runtime::auth::JwtKeys::new(Secret::new(JWT_SECRET)),
         ice: options.ice.clone(),
         ring_timeouts: api_gateway::RingTimeouts::uniform(45),
+        desk: Default::default(),
         events_exchange: exchange,
         outbox_batch_size: 100,
         outbox_poll_interval: Duration::from_millis(200),
@@ -142,6 +143,12 @@ impl Fleet {
     /// A user's token valid for `secs` more seconds.
     pub fn token_for(&self, user: &str, secs: i64) -> String {
         self.keys.mint(user, Role::User, chrono::Utc::now().timestamp() + secs)
+    }
+
+    /// Connects agent `agent` (a token with role `agent`) to relay `i`.
+    pub async fn connect_agent(&self, i: usize, agent: &str) -> Client {
+        let token = self.keys.mint(agent, Role::Agent, chrono::Utc::now().timestamp() + 600);
+        Client::connect(&format!("ws://{}/ws?token={token}", self.relays[i])).await.expect("websocket connects")
     }
 
     /// Connects `user` to relay `i` with `?token=`.

@@ -2,6 +2,7 @@
 //! WebSocket clients (and, in `webrtc`, real webrtc-rs peers).
 
 mod cluster_failover;
+mod desk;
 mod fuzz;
 mod helpers;
 mod recording;

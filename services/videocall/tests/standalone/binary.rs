@@ -304,3 +304,47 @@ async fn an_agent_is_callable_as_soon_as_its_socket_says_hello() {
     app.stop().await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The support desk on the standalone binary (SQLite, everything in one process): a customer calls
+/// the sales desk, hears its place, the agent who becomes available gets the call, declines it
+/// once — back to the queue, the next round offers it again as the only agent — and answers.
+#[tokio::test]
+async fn the_binary_routes_desk_calls_on_sqlite() {
+    let dir = temp_dir("vc-standalone-desk");
+    let data = dir.join("data");
+    let app = Standalone::start(&data, &[]).await;
+    let ws = |token: String| format!("ws://{}/ws?token={token}", app.http);
+    let mut customer = Client::connect(&ws(Standalone::token("customer-7", "user").await)).await.expect("customer");
+    let mut agent = Client::connect(&ws(Standalone::token("agent-7", "agent").await)).await.expect("agent");
+
+    let ack = customer.request(json!({"type":"call.initiate","call_type":"sales","request_id":"desk-1"})).await;
+    assert_eq!(ack["call"]["status"], "queued", "{ack}");
+    let call_id = ack["call"]["id"].as_str().expect("id").to_owned();
+    let position = customer.next_of("queue.position").await;
+    assert_eq!((position["call_id"].as_str(), position["position"].as_u64()), (Some(call_id.as_str()), Some(1)));
+
+    let ack = agent.request(json!({"type":"agent.availability","available":true,"call_types":["sales"]})).await;
+    assert_eq!(ack["agent"]["available"], true, "{ack}");
+    let offered = agent.next_of("call_state").await;
+    assert_eq!(
+        (offered["call"]["id"].as_str(), offered["call"]["status"].as_str()),
+        (Some(call_id.as_str()), Some("initiated"))
+    );
+    let back = agent.request(json!({"type":"call.reject","call_id":call_id})).await;
+    assert_eq!((back["call"]["status"].as_str(), back["call"]["callee_id"].as_str()), (Some("queued"), Some("")));
+    // Offered again (the only agent of the desk), answered this time.
+    loop {
+        let state = agent.next_of("call_state").await;
+        if state["call"]["status"] == "initiated" && state["call"]["callee_id"] == "agent-7" {
+            break;
+        }
+    }
+    assert_eq!(agent.request(json!({"type":"call.answer","call_id":call_id})).await["call"]["status"], "active");
+    let entry = history_entry(&mut customer, &call_id, |c| c["status"] == "active").await;
+    let outcomes: Vec<&str> =
+        entry["routing_attempts"].as_array().expect("attempts").iter().filter_map(|a| a["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["rejected", "answered"], "{entry}");
+    assert_eq!(customer.request(json!({"type":"call.end","call_id":call_id})).await["call"]["status"], "ended");
+    app.stop().await;
+    std::fs::remove_dir_all(dir).ok();
+}
