@@ -38,3 +38,42 @@ document.addEventListener("keydown", (e) => {
     decline();
   }
 });
+
+// Desk calls: the agent's availability and the desks they serve, and the queues of those desks.
+const availableButton = document.getElementById("available");
+const availabilityState = document.getElementById("availability-state");
+const queueList = document.getElementById("queue-list");
+let available = false;
+const chosenDesks = () => [...document.querySelectorAll("input[name=desk]:checked")].map((el) => el.value);
+const showAvailability = (agent) => {
+  available = agent.available;
+  availableButton.textContent = available ? "Go unavailable" : "Go available";
+  availableButton.setAttribute("aria-pressed", String(available));
+  availabilityState.textContent = available ? `available for ${agent.call_types.join(", ")}` : "unavailable";
+};
+availableButton.onclick = async () => {
+  try {
+    const ack = await vc.request({ type: "agent.availability", available: !available, call_types: chosenDesks() });
+    showAvailability(ack.agent);
+    await refreshQueue();
+  } catch (err) {
+    Page.status(err.message);
+  }
+};
+async function refreshQueue() {
+  const rows = [];
+  for (const desk of chosenDesks()) {
+    const ack = await vc.request({ type: "queue.get", call_type: desk });
+    for (const w of ack.queue.waiting) rows.push(`${desk} #${w.position}: ${w.caller_id}, waiting ${Math.round(w.waited_ms / 1000)} s`);
+  }
+  queueList.replaceChildren(
+    ...(rows.length ? rows : ["nobody waiting"]).map((text) => {
+      const li = document.createElement("li");
+      li.textContent = text;
+      return li;
+    }),
+  );
+}
+setInterval(() => {
+  if (vc.connected) refreshQueue().catch(() => {});
+}, 3000);

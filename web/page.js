@@ -77,7 +77,7 @@ const Page = {
     vc.addEventListener("call", (e) => {
       const call = e.detail;
       document.getElementById("callstate").textContent = `${call.status}${call.end_reason ? ` (${call.end_reason})` : ""}`;
-      document.getElementById("end").disabled = !["initiated", "ringing", "active"].includes(call.status);
+      document.getElementById("end").disabled = !["queued", "initiated", "ringing", "active"].includes(call.status);
       showTimer();
     });
 

@@ -4,7 +4,7 @@
 // the web client does", describes the behaviour below.
 "use strict";
 
-const LIVE = ["initiated", "ringing", "active"];
+const LIVE = ["queued", "initiated", "ringing", "active"];
 const CLOSE_TOKEN_EXPIRED = 4001;
 const RECONNECT_CAP_MS = 3000;
 const SYNC_WINDOW_MS = 3000; // call_state frames this soon after hello are the relay's sync
@@ -355,6 +355,15 @@ class Videocall extends EventTarget {
   /** A call's state (`at`: when the frame arrived; right after hello it is the relay's sync). */
   async onCallState(call, at = Date.now()) {
     if (this.call && this.call.id === call.id && call.version < this.call.version) return;
+    if (call.caller_id !== this.userId && call.callee_id !== this.userId) {
+      // A desk call that rang this agent went back to the queue: it is not ours any more.
+      if (this.call && this.call.id === call.id) {
+        this.emit("call", { ...call, status: "withdrawn" });
+        this.teardown();
+        this.call = null;
+      }
+      return;
+    }
     if (this.call && this.call.id !== call.id && LIVE.includes(this.call.status)) return;
     const firstSight = !this.call || this.call.id !== call.id;
     if (firstSight) {
@@ -370,6 +379,10 @@ class Videocall extends EventTarget {
       this.teardown();
       return;
     }
+    if (call.queued_at && call.caller_id === this.userId && this.negotiation === call.id) {
+      await this.onDeskCall(call);
+      return;
+    }
     if (this.negotiation === call.id) return;
     const caller = call.caller_id === this.userId;
     const sync = at - this.helloAt < SYNC_WINDOW_MS;
@@ -379,6 +392,26 @@ class Videocall extends EventTarget {
     } else if (!caller && call.status === "active" && was && was.id === call.id && was.status !== "active") {
       this.note("the call was answered on another device");
     }
+  }
+
+  /** The customer's desk call: no peer connection while it waits in the queue; an offer to
+   * each agent it is offered to (a new connection when another agent gets it). */
+  async onDeskCall(call) {
+    if (call.status === "queued") {
+      if (this.offeredTo) this.closePc();
+      this.offeredTo = null;
+      return;
+    }
+    if (!["initiated", "ringing"].includes(call.status) || !call.callee_id || call.callee_id === this.offeredTo) return;
+    this.offeredTo = call.callee_id;
+    this.closePc();
+    await this.getMedia();
+    if (!this.call || this.call.id !== call.id || !LIVE.includes(this.call.status)) return;
+    this.buildPc();
+    this.addLocalTransceivers();
+    this.pendingNegotiation = false;
+    this.pendingRestart = false;
+    await this.negotiate();
   }
 
   // ---- Signals ----------------------------------------------------------------------------
@@ -721,13 +754,21 @@ class Videocall extends EventTarget {
 
   // ---- Actions ----------------------------------------------------------------------------
 
-  /** Customer side: start a call and send the offer. */
+  /** Customer side: start a call and send the offer. Without `calleeId` it calls the desk of
+   * `callType`: the offer goes out once an agent is offered the call. */
   startCall(calleeId, callType) {
     return this.enqueue(async () => {
-      const ack = await this.request({ type: "call.initiate", callee_id: calleeId, call_type: callType, request_id: crypto.randomUUID() });
+      const frame = { type: "call.initiate", call_type: callType, request_id: crypto.randomUUID() };
+      if (calleeId) frame.callee_id = calleeId;
+      const ack = await this.request(frame);
       this.setIceServers(ack.ice_servers);
       this.negotiation = ack.call.id;
+      this.offeredTo = null;
       await this.onCallState(ack.call);
+      if (ack.call.status === "queued") {
+        await this.getMedia();
+        return;
+      }
       await this.getMedia();
       if (!this.call || this.call.id !== ack.call.id || !LIVE.includes(this.call.status)) return;
       this.buildPc();

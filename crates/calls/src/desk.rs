@@ -68,6 +68,25 @@ pub struct Waiting {
     pub queued_at: DateTime<Utc>,
 }
 
+/// How a desk's calls fared over a period ([`CallStore::desk_outcomes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeskOutcomes {
+    pub answered: u64,
+    /// Answered within the service-level time of joining the queue.
+    pub answered_within: u64,
+    pub abandoned: u64,
+    pub no_agent: u64,
+}
+
+impl DeskOutcomes {
+    /// The share of the period's finished waits answered in time: answered within / (answered +
+    /// abandoned + no agent); 1 when no wait finished.
+    pub fn service_level(&self) -> f64 {
+        let finished = self.answered + self.abandoned + self.no_agent;
+        if finished == 0 { 1.0 } else { self.answered_within as f64 / finished as f64 }
+    }
+}
+
 /// A desk's queue now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueSnapshot {
@@ -436,6 +455,38 @@ impl CallStore {
             });
         }
         Ok(by_call)
+    }
+
+    /// How `desk`'s calls fared since `since`: answered (and how many within `within` of joining
+    /// the queue), abandoned, missed for want of an agent.
+    pub async fn desk_outcomes(
+        &self,
+        desk: CallType,
+        since: DateTime<Utc>,
+        within: Duration,
+    ) -> Result<DeskOutcomes, StoreError> {
+        let finished = calls::Entity::find()
+            .filter(calls::Column::CallType.eq(desk.as_str()))
+            .filter(calls::Column::QueuedAt.is_not_null())
+            .filter(calls::Column::UpdatedAt.gte(since))
+            .limit(100_000)
+            .all(self.db())
+            .await?;
+        let mut out = DeskOutcomes::default();
+        for c in finished {
+            match (c.answered_at, c.queued_at, c.end_reason.as_deref()) {
+                (Some(answered), Some(queued), _) if answered >= since => {
+                    out.answered += 1;
+                    if answered - queued <= within {
+                        out.answered_within += 1;
+                    }
+                }
+                (None, _, Some("abandoned")) if c.ended_at.is_some_and(|t| t >= since) => out.abandoned += 1,
+                (None, _, Some("no_agent")) if c.ended_at.is_some_and(|t| t >= since) => out.no_agent += 1,
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// `desk`'s queue now: the waiting calls, the free agents, the recent mean time to answer.

@@ -9,6 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -124,6 +129,75 @@ pub async fn queue(
     })
 }
 
+/// Answered within this long of joining the queue counts for the service level.
+pub const SERVICE_LEVEL_SECS: i64 = 20;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeskLabel {
+    desk: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    desk: &'static str,
+    outcome: &'static str,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The desks' metrics: the queue now and the last hour's outcomes (read from the database by every
+/// replica's router, so every replica shows the same values), and the offers this replica made.
+#[derive(Debug, Clone, Default)]
+pub struct DeskMetrics {
+    waiting: Family<DeskLabel, Gauge>,
+    longest_wait: Family<DeskLabel, FloatGauge>,
+    available_agents: Family<DeskLabel, Gauge>,
+    last_hour: Family<OutcomeLabel, Gauge>,
+    service_level: Family<DeskLabel, FloatGauge>,
+    offers: Family<DeskLabel, Counter>,
+}
+
+impl DeskMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        for desk in CallType::ALL.map(CallType::as_str) {
+            let _ = self.waiting.get_or_create(&DeskLabel { desk });
+            let _ = self.longest_wait.get_or_create(&DeskLabel { desk });
+            let _ = self.available_agents.get_or_create(&DeskLabel { desk });
+            let _ = self.offers.get_or_create(&DeskLabel { desk });
+            self.service_level.get_or_create(&DeskLabel { desk }).set(1.0);
+            for outcome in ["answered", "abandoned", "no_agent"] {
+                let _ = self.last_hour.get_or_create(&OutcomeLabel { desk, outcome });
+            }
+        }
+        registry.register("videocall_desk_waiting_calls", "Calls waiting in the desk's queue", self.waiting.clone());
+        registry.register(
+            "videocall_desk_longest_wait_seconds",
+            "How long the desk's oldest queued call has waited",
+            self.longest_wait.clone(),
+        );
+        registry.register(
+            "videocall_desk_available_agents",
+            "Available agents of the desk in no live call",
+            self.available_agents.clone(),
+        );
+        registry.register(
+            "videocall_desk_calls_last_hour",
+            "Desk calls of the last hour by outcome: answered, abandoned (the customer hung up first), no_agent (missed)",
+            self.last_hour.clone(),
+        );
+        registry.register(
+            "videocall_desk_service_level",
+            "Share of the last hour's finished desk waits answered within 20 s (1 when none finished)",
+            self.service_level.clone(),
+        );
+        registry.register(
+            "videocall_desk_offers",
+            "Desk calls offered to an agent by this replica's router",
+            self.offers.clone(),
+        );
+    }
+}
+
 /// Offers queued calls to agents, takes back offers nobody answered, and tells the waiting
 /// customers where they stand. One per gateway replica; [`Router::wake`] makes it look at once.
 pub struct Router {
@@ -131,11 +205,18 @@ pub struct Router {
     bus: SignalBus,
     timeouts: DeskTimeouts,
     wake: Arc<Notify>,
+    metrics: DeskMetrics,
 }
 
 impl Router {
     pub fn new(store: CallStore, bus: SignalBus, timeouts: DeskTimeouts, wake: Arc<Notify>) -> Self {
-        Self { store, bus, timeouts, wake }
+        Self { store, bus, timeouts, wake, metrics: DeskMetrics::default() }
+    }
+
+    /// Counts into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: DeskMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -174,6 +255,7 @@ impl Router {
         for desk in CallType::ALL {
             for _ in 0..ROUTES_PER_ROUND {
                 let Some(call) = self.store.route_next(desk, ring, ROUTER).await? else { break };
+                self.metrics.offers.get_or_create(&DeskLabel { desk: desk.as_str() }).inc();
                 tracing::info!(call_id = %call.id, agent = %call.callee_id, desk = %desk, "desk call offered");
                 self.tell(&call, None).await;
             }
@@ -194,9 +276,26 @@ impl Router {
 
     async fn tell_positions(&self, told: &mut HashMap<Uuid, (usize, Option<u64>, Instant)>) -> Result<(), ApiError> {
         let mut still_waiting = Vec::new();
+        let now = chrono::Utc::now();
         for desk in CallType::ALL {
             let snapshot = self.store.queue(desk).await?;
             let agents = snapshot.available_agents.len();
+            let label = DeskLabel { desk: desk.as_str() };
+            self.metrics.waiting.get_or_create(&label).set(snapshot.waiting.len() as i64);
+            self.metrics.available_agents.get_or_create(&label).set(agents as i64);
+            let longest =
+                snapshot.waiting.first().map_or(0.0, |w| (now - w.queued_at).num_milliseconds() as f64 / 1000.0);
+            self.metrics.longest_wait.get_or_create(&label).set(longest.max(0.0));
+            let outcomes = self
+                .store
+                .desk_outcomes(desk, now - chrono::Duration::hours(1), chrono::Duration::seconds(SERVICE_LEVEL_SECS))
+                .await?;
+            for (outcome, n) in
+                [("answered", outcomes.answered), ("abandoned", outcomes.abandoned), ("no_agent", outcomes.no_agent)]
+            {
+                self.metrics.last_hour.get_or_create(&OutcomeLabel { desk: desk.as_str(), outcome }).set(n as i64);
+            }
+            self.metrics.service_level.get_or_create(&label).set(outcomes.service_level());
             for w in &snapshot.waiting {
                 still_waiting.push(w.call_id);
                 let estimate = snapshot.estimated_wait_secs(w.position, agents);

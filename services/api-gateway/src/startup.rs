@@ -119,7 +119,9 @@ impl Service for Application {
         let stop_serving = CancellationToken::new();
         let (hub, hub_task) = Hub::start(bus.clone(), None, shutdown.clone());
         let desk_wake = std::sync::Arc::new(tokio::sync::Notify::new());
-        let router = crate::desk::Router::new(store.clone(), bus.clone(), config.desk, desk_wake.clone());
+        let desk_metrics = crate::desk::DeskMetrics::default();
+        let router = crate::desk::Router::new(store.clone(), bus.clone(), config.desk, desk_wake.clone())
+            .with_metrics(desk_metrics.clone());
         let api = CallApi {
             hub,
             policy: crate::policy::Policy::new(db.clone(), config.call_policy),
@@ -173,6 +175,7 @@ impl Service for Application {
         };
         relay.register_metrics(&mut registry);
         call_metrics.register(&mut registry);
+        desk_metrics.register(&mut registry);
         let gauges = Gauges::new(&mut registry);
         let ready = Readiness::default();
 

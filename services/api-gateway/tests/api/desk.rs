@@ -181,7 +181,7 @@ async fn a_reject_or_no_answer_passes_the_call_on_and_the_queue_timeout_misses_i
 
 #[tokio::test]
 async fn a_customer_hanging_up_while_queued_abandons_the_call_and_get_queue_shows_the_line() {
-    let mut app = spawn_app_with(|_| {}).await;
+    let mut app = spawn_app_with(|c| c.ops_listen_addr = Some("127.0.0.1:0".parse().expect("addr"))).await;
     let mut client = app.client().await;
     let mut ids = Vec::new();
     for customer in ["c1", "c2", "c3"] {
@@ -225,6 +225,26 @@ async fn a_customer_hanging_up_while_queued_abandons_the_call_and_get_queue_show
     let events = app.events.take(4).await;
     assert_eq!(routing_keys(&events), ["call.queued", "call.queued", "call.queued", "call.ended"]);
     assert_eq!(events[3].body["data"]["end_reason"], "abandoned");
+    // The desk's metrics, from the router's look at the database (every second).
+    let ops = app.ops.expect("ops endpoint");
+    let expected = [
+        "videocall_desk_waiting_calls{desk=\"sales\"} 2",
+        "videocall_desk_available_agents{desk=\"sales\"} 0",
+        "videocall_desk_calls_last_hour{desk=\"sales\",outcome=\"abandoned\"} 1",
+        "videocall_desk_calls_last_hour{desk=\"sales\",outcome=\"answered\"} 0",
+        "videocall_desk_service_level{desk=\"sales\"} 0.0",
+        "videocall_desk_waiting_calls{desk=\"support\"} 0",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = videocall_testkit::http_get(ops, "/metrics").await.expect("metrics");
+        if expected.iter().all(|line| metrics.contains(line)) {
+            assert!(metrics.contains("videocall_desk_longest_wait_seconds{desk=\"sales\"} "), "{metrics}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "desk metrics {expected:?} not in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     app.stop().await.expect("clean stop");
 }
 

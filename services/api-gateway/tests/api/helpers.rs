@@ -55,6 +55,8 @@ pub fn config(database_url: String, exchange: &str) -> GatewayConfig {
 /// A running gateway plus a queue that sees every event it publishes.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The operations endpoint, where the configuration serves one.
+    pub ops: Option<SocketAddr>,
     pub db: DatabaseConnection,
     pub database_url: String,
     pub exchange: String,
@@ -106,10 +108,12 @@ async fn start(config: GatewayConfig, database_url: String, exchange: String, ev
     let shutdown = CancellationToken::new();
     let app = Application::build(config, &shutdown).await.expect("gateway builds");
     let addr = app.local_addr();
+    let ops = app.ops_addr();
     let db = app.db().clone();
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         addr,
+        ops,
         db,
         database_url,
         exchange,

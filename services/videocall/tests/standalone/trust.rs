@@ -373,3 +373,38 @@ async fn a_relay_only_call_connects_through_turn_over_tls_alone() {
     scene.customer_hangs_up().await;
     scene.stop().await;
 }
+
+/// The support desk in the browser: the customer presses "Talk to support" and sees they are
+/// number 1 in line; the agent goes available (support is ticked) and their page rings; Accept →
+/// video both ways; the call's history names the agent's offer as answered.
+#[tokio::test]
+async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_answers() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut scene = Scene::start(&[]).await;
+    let (agent, customer) = (scene.agent.clone(), scene.customer.clone());
+    scene.eval(&customer, "document.querySelector('button.desk[data-desk=support]').click(); true").await;
+    scene
+        .wait(
+            &customer,
+            "document.getElementById('queue').textContent.startsWith('You are number 1 in line for support')",
+            15,
+        )
+        .await;
+    assert_eq!(scene.eval(&customer, CALLSTATE).await, "queued");
+    assert_eq!(scene.eval(&customer, "window.vc.pc === null").await, true, "no offer while nobody is there to take it");
+    // The agent's queue panel lists the customer.
+    scene.wait(&agent, "document.getElementById('queue-list').textContent.includes('support #1: customer-1')", 8).await;
+    scene.eval(&agent, "document.getElementById('available').click(); true").await;
+    scene
+        .wait(&agent, "document.getElementById('availability-state').textContent === 'available for support'", 10)
+        .await;
+    scene.wait(&agent, "!document.getElementById('incoming').hidden", 15).await;
+    assert_eq!(scene.eval(&agent, "document.getElementById('caller').textContent").await, "customer-1");
+    scene.wait(&customer, "document.getElementById('queue').textContent === 'agent-1 is being called…'", 10).await;
+    scene.agent_accepts(20).await;
+    assert_eq!(scene.eval(&customer, "document.getElementById('queue').hidden").await, true);
+    let outcome = "window.vc.history().then((calls) => calls[0].routing_attempts.map((a) => a.outcome).join(','))";
+    assert_eq!(scene.eval(&customer, outcome).await, "answered");
+    scene.customer_hangs_up().await;
+    scene.stop().await;
+}
