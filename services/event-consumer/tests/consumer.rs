@@ -428,3 +428,47 @@ async fn readiness_and_metrics_follow_the_messages() {
     assert!(sum >= 2.0, "lag counts from the event's time, 2 s before it was sent: {sum}");
     h.stop().await;
 }
+
+/// UserOffline of an agent a desk call rings puts the call back in its queue (the next agent gets
+/// it) and makes the agent unavailable; a customer going offline while queued ends their call.
+#[tokio::test]
+async fn user_offline_of_a_ringing_agent_requeues_the_desk_call_and_makes_them_unavailable() {
+    use videocall_domain::CallType;
+    let h = Harness::start(&[]).await;
+    let new_call = |caller: &str, request: &str| videocall_calls::NewCall {
+        request_id: request.into(),
+        caller_id: caller.into(),
+        callee_id: String::new(),
+        call_type: CallType::Support,
+        metadata: Default::default(),
+        ring_timeout_secs: 300,
+    };
+    h.store.set_availability("agent-x", true, &[CallType::Support]).await.expect("available");
+    let desk = h.store.initiate(new_call("quinn", "q1"), "quinn").await.expect("queued").call;
+    let waiting = h.store.initiate(new_call("rita", "r1"), "rita").await.expect("queued").call;
+    let routed =
+        h.store.route_next(CallType::Support, chrono::Duration::seconds(20), "test-router").await.expect("route");
+    assert_eq!(routed.map(|c| (c.id, c.callee_id)), Some((desk.id, "agent-x".to_owned())), "the oldest call");
+
+    h.user_offline(Some("off-agent"), &json!({"user_id":"agent-x"})).await;
+    h.user_offline(Some("off-rita"), &json!({"user_id":"rita"})).await;
+    h.wait_processed(2).await;
+    let c = h.store.get(desk.id).await.expect("call");
+    assert_eq!((c.status, c.callee_id.as_str()), (CallStatus::Queued, ""), "back in the queue for the next agent");
+    let attempts = h.store.attempts(desk.id).await.expect("attempts");
+    assert_eq!(attempts.iter().map(|a| a.outcome.as_deref()).collect::<Vec<_>>(), [Some("no_answer")]);
+    let agent = h.store.agent("agent-x").await.expect("read").expect("agent");
+    assert!(!agent.available, "an offline agent takes no desk calls");
+    assert!(
+        h.store
+            .route_next(CallType::Support, chrono::Duration::seconds(20), "test-router")
+            .await
+            .expect("route")
+            .is_none()
+    );
+    let c = h.store.get(waiting.id).await.expect("call");
+    assert_eq!((c.status, c.end_reason), (CallStatus::Ended, Some(EndReason::UserOffline)));
+    let keys: Vec<_> = events_of(&h, desk.id).await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["call.queued", "call.routed", "call.queued"]);
+    h.stop().await;
+}

@@ -273,6 +273,10 @@ async fn parties_gone_past_the_grace_lose_their_calls_and_no_one_else_does() {
         .await
         .expect("left");
 
+    // Two agents who take desk calls: the one whose sockets are gone past the grace stops.
+    for agent in ["agent-0", "agent-1"] {
+        store.set_availability(agent, true, &[CallType::Support]).await.expect("available");
+    }
     let mut caller = bus.subscriber().await.expect("subscriber");
     caller.subscribe("agent-0").await.expect("subscribe");
     let sweeper = Sweeper::new(db.clone(), &cell, "missed-call-sweeper", 100)
@@ -295,6 +299,11 @@ async fn parties_gone_past_the_grace_lose_their_calls_and_no_one_else_does() {
         outcomes,
         [lost, lost, (CallStatus::Active, None), (CallStatus::Ringing, None), lost, (CallStatus::Active, None)]
     );
+    let available = |agent: &'static str| {
+        let store = store.clone();
+        async move { store.agent(agent).await.expect("read").expect("agent").available }
+    };
+    assert_eq!((available("agent-0").await, available("agent-1").await), (true, false));
     let events = events_by_call(&db).await;
     for i in [0, 1, 4] {
         let ended = events[&ids[i]].iter().filter(|k| *k == "call.ended").count();
@@ -304,4 +313,26 @@ async fn parties_gone_past_the_grace_lose_their_calls_and_no_one_else_does() {
     let (_, frame) = tokio::time::timeout(Duration::from_secs(5), caller.next()).await.expect("pushed").expect("frame");
     let frame: serde_json::Value = serde_json::from_str(&frame).expect("json");
     assert_eq!(frame["call"]["end_reason"], "connection_lost", "{frame}");
+}
+
+#[tokio::test]
+async fn a_desk_call_unanswered_past_the_queue_timeout_is_missed_for_want_of_an_agent() {
+    let (db, store) = setup().await;
+    let new = NewCall {
+        request_id: "desk".into(),
+        caller_id: "customer-q".into(),
+        callee_id: String::new(),
+        call_type: CallType::Sales,
+        metadata: Default::default(),
+        ring_timeout_secs: 1,
+    };
+    let call = store.initiate(new, "customer-q").await.expect("queued").call;
+    assert_eq!(call.status, CallStatus::Queued);
+    let sweeper = Sweeper::new(db.clone(), "test", "missed-call-sweeper", 100);
+    assert_eq!(sweeper.sweep_once().await.expect("sweep").missed, 0, "within the queue timeout");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sweeper.sweep_once().await.expect("sweep").missed, 1);
+    let call = store.get(call.id).await.expect("call");
+    assert_eq!((call.status, call.end_reason), (CallStatus::Missed, Some(EndReason::NoAgent)));
+    assert_eq!(events_by_call(&db).await[&call.id], ["call.queued", "call.missed"]);
 }
