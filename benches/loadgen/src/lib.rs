@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod desk;
 pub mod fleet;
 pub mod idle;
 pub mod lifecycle;
@@ -75,7 +76,7 @@ impl Scale {
 }
 
 /// The scenarios, in the order `all` runs them.
-pub const SCENARIOS: [&str; 7] = ["signal", "lifecycle", "outbox", "idle", "setup", "peerjs", "cluster"];
+pub const SCENARIOS: [&str; 8] = ["signal", "lifecycle", "outbox", "idle", "setup", "peerjs", "cluster", "desk"];
 
 /// Runs one scenario. `exe` is the loadgen binary (scenario 4 starts it as the relay child).
 pub async fn run_scenario(name: &str, scale: &Scale, exe: &std::path::Path) -> anyhow::Result<report::Report> {
@@ -87,6 +88,7 @@ pub async fn run_scenario(name: &str, scale: &Scale, exe: &std::path::Path) -> a
         "setup" => setup::run(scale).await,
         "peerjs" => peerjs::run(scale).await,
         "cluster" => cluster::run(scale).await,
+        "desk" => desk::run(scale).await,
         other => anyhow::bail!("unknown scenario `{other}`"),
     }
 }

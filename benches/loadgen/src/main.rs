@@ -64,6 +64,8 @@ enum Cmd {
     Peerjs,
     /// 7. Signals through two relays on a 3-master Redis Cluster beside one Redis.
     Cluster,
+    /// 8. Support desk: customers waiting, agents answering; beside raw SQL routing.
+    Desk,
     /// Every scenario, in order.
     All,
     /// Checks a deployed fleet from outside (not a benchmark): every /readyz ready, a call over
@@ -166,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Setup => vec!["setup"],
         Cmd::Peerjs => vec!["peerjs"],
         Cmd::Cluster => vec!["cluster"],
+        Cmd::Desk => vec!["desk"],
         Cmd::All => SCENARIOS.to_vec(),
     };
     let scale = cli.scale();

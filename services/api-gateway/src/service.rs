@@ -107,6 +107,12 @@ impl CallApi {
         let id = convert::call_id(raw_id)?;
         let call = self.store.apply(id, command, &actor(p)).await?;
         videocall_calls::push::call_state(&self.bus, &call).await;
+        // A desk call back in its queue, or an agent free again: the router looks at once.
+        if call.queued_at.is_some()
+            && (call.status.is_terminal() || call.status == videocall_domain::CallStatus::Queued)
+        {
+            self.desk_wake.notify_one();
+        }
         Ok(call)
     }
 
