@@ -114,3 +114,44 @@ async fn retrying_the_same_request_returns_the_offer_call() {
     assert_eq!(app.count(calls::Entity).await, 1);
     app.stop().await.expect("clean stop");
 }
+
+/// A ticket's agent who manages their availability: free → the offer calls them directly;
+/// unavailable → the call waits on the support desk instead, with the ticket in its metadata.
+#[tokio::test]
+async fn an_offer_whose_agent_cannot_take_it_now_queues_on_the_support_desk() {
+    let app = spawn_app().await;
+    let mut client = app.client().await;
+    let available = |on: bool| pb::SetAgentAvailabilityRequest {
+        available: on,
+        call_types: vec![CallType::Support as i32],
+        agent_id: String::new(),
+    };
+    client.set_agent_availability(app.as_agent("agent-7", available(true))).await.expect("available");
+    let first = offer(&app, "carol", Some("agent-7"), Duration::minutes(15)).await;
+    let call = client
+        .initiate_call(app.as_user("carol", take(first)))
+        .await
+        .expect("take up")
+        .into_inner()
+        .call
+        .expect("call");
+    assert_eq!((call.status(), call.callee_id.as_str()), (pb::CallStatus::Initiated, "agent-7"), "a direct call");
+    assert!(call.queued_at.is_none());
+    client.end_call(app.as_user("carol", pb::EndCallRequest { call_id: call.id, reason: 0 })).await.expect("end");
+
+    client.set_agent_availability(app.as_agent("agent-7", available(false))).await.expect("unavailable");
+    let second = offer(&app, "dora", Some("agent-7"), Duration::minutes(15)).await;
+    let call = client
+        .initiate_call(app.as_user("dora", take(second)))
+        .await
+        .expect("take up")
+        .into_inner()
+        .call
+        .expect("call");
+    assert_eq!((call.status(), call.callee_id.as_str()), (pb::CallStatus::Queued, ""), "on the support desk");
+    assert_eq!(call.call_type, CallType::Support as i32);
+    let stored = support_offers::Entity::find_by_id(second).one(&app.db).await.expect("read").expect("offer");
+    assert_eq!(stored.status, "accepted");
+    assert_eq!(call.metadata.get("ticket_id"), Some(&stored.ticket_id));
+    app.stop().await.expect("clean stop");
+}

@@ -375,8 +375,9 @@ async fn a_relay_only_call_connects_through_turn_over_tls_alone() {
 }
 
 /// The support desk in the browser: the customer presses "Talk to support" and sees they are
-/// number 1 in line; the agent goes available (support is ticked) and their page rings; Accept →
-/// video both ways; the call's history names the agent's offer as answered.
+/// number 1 in line, a second customer number 2; the agent goes available (support is ticked) and
+/// their page rings with the first; Accept → video both ways, and the second customer is number 1
+/// now; the call's history names the agent's offer as answered.
 #[tokio::test]
 async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_answers() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -392,6 +393,21 @@ async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_a
         .await;
     assert_eq!(scene.eval(&customer, CALLSTATE).await, "queued");
     assert_eq!(scene.eval(&customer, "window.vc.pc === null").await, true, "no offer while nobody is there to take it");
+    // A second customer queues behind the first.
+    let token = Standalone::token("customer-2", "user").await;
+    let url = format!("http://{}/customer.html?relay=1&token={token}", scene.app.http);
+    let second = scene.cdp.open_tab(&url).await;
+    let second = second.session;
+    scene.cdp.wait_for(&second, &format!("{STATUS}.startsWith('connected as')"), 20).await;
+    scene.cdp.eval(&second, "document.querySelector('button.desk[data-desk=support]').click(); true").await;
+    scene
+        .cdp
+        .wait_for(
+            &second,
+            "document.getElementById('queue').textContent.startsWith('You are number 2 in line for support')",
+            15,
+        )
+        .await;
     // The agent's queue panel lists the customer.
     scene.wait(&agent, "document.getElementById('queue-list').textContent.includes('support #1: customer-1')", 8).await;
     scene.eval(&agent, "document.getElementById('available').click(); true").await;
@@ -403,6 +419,15 @@ async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_a
     scene.wait(&customer, "document.getElementById('queue').textContent === 'agent-1 is being called…'", 10).await;
     scene.agent_accepts(20).await;
     assert_eq!(scene.eval(&customer, "document.getElementById('queue').hidden").await, true);
+    // The first customer is answered: the second is next in line now.
+    scene
+        .cdp
+        .wait_for(
+            &second,
+            "document.getElementById('queue').textContent.startsWith('You are number 1 in line for support')",
+            15,
+        )
+        .await;
     let outcome = "window.vc.history().then((calls) => calls[0].routing_attempts.map((a) => a.outcome).join(','))";
     assert_eq!(scene.eval(&customer, outcome).await, "answered");
     scene.customer_hangs_up().await;
