@@ -386,7 +386,12 @@ class Videocall extends EventTarget {
     if (this.negotiation === call.id) return;
     const caller = call.caller_id === this.userId;
     const sync = at - this.helloAt < SYNC_WINDOW_MS;
-    if (firstSight && sync && (caller || call.status === "active")) {
+    if (firstSight && sync && caller && call.queued_at && ["queued", "initiated", "ringing"].includes(call.status)) {
+      // This page was reloaded while its desk call waits or rings an agent: offer again.
+      this.negotiation = call.id;
+      this.offeredTo = null;
+      await this.onDeskCall(call);
+    } else if (firstSight && sync && (caller || call.status === "active")) {
       // This page was reloaded (or its tab crashed) during the call: it joins again.
       await this.rejoin(call);
     } else if (!caller && call.status === "active" && was && was.id === call.id && was.status !== "active") {

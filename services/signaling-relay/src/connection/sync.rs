@@ -42,7 +42,10 @@ impl State {
         for call in calls.iter().filter(|c| {
             matches!(
                 pb::CallStatus::try_from(c.status),
-                Ok(pb::CallStatus::Initiated | pb::CallStatus::Ringing | pb::CallStatus::Active)
+                Ok(pb::CallStatus::Queued
+                    | pb::CallStatus::Initiated
+                    | pb::CallStatus::Ringing
+                    | pb::CallStatus::Active)
             )
         }) {
             self.remember(call);

@@ -39,6 +39,13 @@ async fn a_customer_waits_in_a_desk_queue_and_the_agent_who_becomes_available_an
     // No agent yet: no signals either.
     let refused = customer.request(json!({"type": "offer", "call_id": call_id, "sdp": SDP})).await;
     assert_eq!(refused["code"], "failed_precondition", "{refused}");
+    // A second socket of the customer (a reload) is told of the waiting call when it connects.
+    let mut again = fleet.connect(1, "cust-1").await;
+    let synced = again.next_of("call_state").await;
+    assert_eq!(
+        (synced["call"]["id"].as_str(), synced["call"]["status"].as_str()),
+        (Some(call_id.as_str()), Some("queued"))
+    );
     let queue = agent.request(json!({"type": "queue.get", "call_type": "support"})).await;
     assert_eq!(queue["queue"]["waiting"][0]["call_id"], call_id.as_str(), "{queue}");
     assert_eq!(queue["queue"]["waiting"][0]["position"], 1);

@@ -393,6 +393,17 @@ async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_a
         .await;
     assert_eq!(scene.eval(&customer, CALLSTATE).await, "queued");
     assert_eq!(scene.eval(&customer, "window.vc.pc === null").await, true, "no offer while nobody is there to take it");
+    // A reload while waiting: the page finds its call queued again and keeps its place.
+    scene.cdp.reload(&customer.session).await;
+    scene.wait(&customer, &format!("{STATUS}.startsWith('connected as')"), 15).await;
+    scene
+        .wait(
+            &customer,
+            "document.getElementById('queue').textContent.startsWith('You are number 1 in line for support')",
+            15,
+        )
+        .await;
+    assert_eq!(scene.eval(&customer, CALLSTATE).await, "queued");
     // A second customer queues behind the first.
     let token = Standalone::token("customer-2", "user").await;
     let url = format!("http://{}/customer.html?relay=1&token={token}", scene.app.http);
