@@ -374,6 +374,11 @@ async fn a_relay_only_call_connects_through_turn_over_tls_alone() {
     scene.stop().await;
 }
 
+/// Whether the customer page says it is number `n` in the support desk's line.
+fn place_in_line(n: usize) -> String {
+    format!("document.getElementById('queue').textContent.startsWith('You are number {n} in line for support')")
+}
+
 /// The support desk in the browser: the customer presses "Talk to support" and sees they are
 /// number 1 in line, a second customer number 2; the agent goes available (support is ticked) and
 /// their page rings with the first; Accept → video both ways, and the second customer is number 1
@@ -384,25 +389,13 @@ async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_a
     let mut scene = Scene::start(&[]).await;
     let (agent, customer) = (scene.agent.clone(), scene.customer.clone());
     scene.eval(&customer, "document.querySelector('button.desk[data-desk=support]').click(); true").await;
-    scene
-        .wait(
-            &customer,
-            "document.getElementById('queue').textContent.startsWith('You are number 1 in line for support')",
-            15,
-        )
-        .await;
+    scene.wait(&customer, &place_in_line(1), 15).await;
     assert_eq!(scene.eval(&customer, CALLSTATE).await, "queued");
     assert_eq!(scene.eval(&customer, "window.vc.pc === null").await, true, "no offer while nobody is there to take it");
     // A reload while waiting: the page finds its call queued again and keeps its place.
     scene.cdp.reload(&customer.session).await;
     scene.wait(&customer, &format!("{STATUS}.startsWith('connected as')"), 15).await;
-    scene
-        .wait(
-            &customer,
-            "document.getElementById('queue').textContent.startsWith('You are number 1 in line for support')",
-            15,
-        )
-        .await;
+    scene.wait(&customer, &place_in_line(1), 15).await;
     assert_eq!(scene.eval(&customer, CALLSTATE).await, "queued");
     // A second customer queues behind the first.
     let token = Standalone::token("customer-2", "user").await;
@@ -411,14 +404,7 @@ async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_a
     let second = second.session;
     scene.cdp.wait_for(&second, &format!("{STATUS}.startsWith('connected as')"), 20).await;
     scene.cdp.eval(&second, "document.querySelector('button.desk[data-desk=support]').click(); true").await;
-    scene
-        .cdp
-        .wait_for(
-            &second,
-            "document.getElementById('queue').textContent.startsWith('You are number 2 in line for support')",
-            15,
-        )
-        .await;
+    scene.cdp.wait_for(&second, &place_in_line(2), 15).await;
     // The agent's queue panel lists the customer.
     scene.wait(&agent, "document.getElementById('queue-list').textContent.includes('support #1: customer-1')", 8).await;
     scene.eval(&agent, "document.getElementById('available').click(); true").await;
@@ -431,14 +417,7 @@ async fn a_customer_talks_to_the_support_desk_and_the_agent_who_goes_available_a
     scene.agent_accepts(20).await;
     assert_eq!(scene.eval(&customer, "document.getElementById('queue').hidden").await, true);
     // The first customer is answered: the second is next in line now.
-    scene
-        .cdp
-        .wait_for(
-            &second,
-            "document.getElementById('queue').textContent.startsWith('You are number 1 in line for support')",
-            15,
-        )
-        .await;
+    scene.cdp.wait_for(&second, &place_in_line(1), 15).await;
     let outcome = "window.vc.history().then((calls) => calls[0].routing_attempts.map((a) => a.outcome).join(','))";
     assert_eq!(scene.eval(&customer, outcome).await, "answered");
     scene.customer_hangs_up().await;
