@@ -118,6 +118,51 @@ const Page = {
       document.getElementById("q-bitrate").textContent = `${q.bitrate_kbps.toFixed(0)} kbit/s`;
       document.getElementById("q-res").textContent = q.width ? `${q.width}×${q.height} @ ${q.fps.toFixed(0)} fps` : "–";
     });
+    // Live quality alerts: words for each side, and audio only for the side whose uplink is the cause.
+    const alertBox = document.getElementById("quality-alert");
+    const alertText = document.getElementById("quality-alert-text");
+    const audioOnly = document.getElementById("audio-only");
+    const open = new Map();
+    const showAlerts = (audioOnlyOn) => {
+      const alerts = [...open.values()];
+      const mineOpen = alerts.some((a) => a.mine);
+      alertBox.hidden = alerts.length === 0;
+      alertBox.dataset.state = alerts.length ? "degraded" : "";
+      // Both paths poor at once: the samples cannot tell whose network it is.
+      const theirs = alerts.find((a) => !a.mine);
+      if (mineOpen && theirs) {
+        alertText.textContent = audioOnlyOn
+          ? `The connection between you and ${theirs.sender_id} is poor: sending audio only until it recovers.`
+          : `The connection between you and ${theirs.sender_id} is poor — switch to audio only?`;
+      } else if (mineOpen) {
+        alertText.textContent = audioOnlyOn
+          ? "Your connection is poor: sending audio only until it recovers."
+          : "Your connection is poor — switch to audio only?";
+      } else {
+        alertText.textContent = theirs ? `${theirs.sender_id}'s connection is poor: their picture or voice may break up.` : "";
+      }
+      audioOnly.hidden = !mineOpen || audioOnlyOn || !vc.cameraOn;
+    };
+    vc.addEventListener("quality-alert", (e) => {
+      const a = e.detail;
+      if (a.state === "degraded") open.set(a.alert_id, a);
+      else {
+        open.delete(a.alert_id);
+        Page.status(a.mine ? "Your connection recovered." : `${a.sender_id}'s connection recovered.`);
+      }
+      showAlerts(a.audioOnly);
+    });
+    vc.addEventListener("call", (e) => {
+      if (!["active", "ringing", "initiated"].includes(e.detail.status)) {
+        open.clear();
+        showAlerts(false);
+      }
+    });
+    audioOnly.onclick = () =>
+      vc
+        .audioOnlyUntilRecovered()
+        .then(() => showAlerts(true))
+        .catch((err) => Page.status(err.message));
     document.getElementById("end").onclick = () => vc.hangUp().catch((err) => Page.status(err.message));
 
     // Recording needs both parties: each page shows who consented and lets its user give or take back consent.

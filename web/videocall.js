@@ -103,6 +103,8 @@ class Videocall extends EventTarget {
     this.cameraOn = true;
     this.peerMedia = null; // {audio, video}: whether the other party sends each
     this.qualityTimer = null;
+    this.qualityAlerts = new Map(); // open quality.alert episodes of the current call, by alert_id
+    this.audioOnlyFor = null; // the alert this side switched to audio only for
     this.stats = {};
     this.signalsLost = 0; // signals_lost notices received
     // Recording.
@@ -302,6 +304,8 @@ class Videocall extends EventTarget {
         return this.onSignalsLost(frame);
       case "recording":
         return this.onRecording(frame.call_id, frame.recording);
+      case "quality.alert":
+        return this.onQualityAlert(frame);
       case "error":
         return this.note(`${frame.code}: ${frame.message}`);
       default:
@@ -738,8 +742,9 @@ class Videocall extends EventTarget {
     return this.enqueue(() => this.setSending("audio", on));
   }
 
-  /** Camera on/off, the same way. */
+  /** Camera on/off, the same way (the user's choice: it ends an audio-only switch for an alert). */
   setCamera(on) {
+    this.audioOnlyFor = null;
     return this.enqueue(() => this.setSending("video", on));
   }
 
@@ -913,28 +918,67 @@ class Videocall extends EventTarget {
 
   // ---- Quality ----------------------------------------------------------------------------
 
-  // getStats → numbers on screen and a call.quality report for the inbound video.
+  /**
+   * A live quality alert of the current call (docs/protocol.md `quality.alert`). `mine` says the
+   * likely cause is this side's uplink. When an alert this side switched to audio only for ends,
+   * the camera comes back.
+   */
+  async onQualityAlert(frame) {
+    if (!this.call || frame.call_id !== this.call.id) return;
+    const mine = frame.likely_cause_id === this.userId;
+    if (frame.state === "degraded") {
+      this.qualityAlerts.set(frame.alert_id, { ...frame, mine });
+    } else {
+      this.qualityAlerts.delete(frame.alert_id);
+      if (this.audioOnlyFor === frame.alert_id) {
+        this.audioOnlyFor = null;
+        await this.setSending("video", true);
+      }
+    }
+    this.emit("quality-alert", { ...frame, mine, audioOnly: this.audioOnlyFor !== null });
+  }
+
+  /** Audio only while the open alert on this side's uplink lasts: outgoing video stops. */
+  audioOnlyUntilRecovered() {
+    const alert = [...this.qualityAlerts.values()].find((a) => a.mine);
+    if (!alert || !this.cameraOn) return Promise.resolve();
+    this.audioOnlyFor = alert.alert_id;
+    return this.enqueue(() => this.setSending("video", false));
+  }
+
+  // getStats → numbers on screen and a call.quality report of what this side receives: round
+  // trip, jitter and picture of the inbound video (jitter of the audio without video), and the
+  // loss over the last interval of every inbound stream.
   async reportQuality() {
     if (!this.pc || !this.call || this.call.status !== "active") return;
     const report = await this.pc.getStats();
-    let rtt = 0, jitter = 0, lost = 0, received = 0, bytes = 0, width = 0, height = 0, fps = 0, ts = 0;
+    let rtt = 0, jitter = 0, audioJitter = 0, lost = 0, received = 0, bytes = 0, width = 0, height = 0, fps = 0, ts = 0;
     report.forEach((s) => {
       if (s.type === "candidate-pair" && s.state === "succeeded" && s.currentRoundTripTime) rtt = s.currentRoundTripTime * 1000;
+      // Loss counts every inbound stream, audio too: it goes on being measured when video stops.
+      if (s.type === "inbound-rtp") {
+        lost += s.packetsLost || 0;
+        received += s.packetsReceived || 0;
+        ts = Math.max(ts, s.timestamp);
+      }
+      if (s.type === "inbound-rtp" && s.kind === "audio") audioJitter = (s.jitter || 0) * 1000;
       if (s.type === "inbound-rtp" && s.kind === "video") {
         jitter = (s.jitter || 0) * 1000;
-        lost = s.packetsLost || 0;
-        received = s.packetsReceived || 0;
         bytes = s.bytesReceived || 0;
         width = s.frameWidth || 0;
         height = s.frameHeight || 0;
         fps = s.framesPerSecond || 0;
-        ts = s.timestamp;
       }
     });
+    if (!jitter) jitter = audioJitter;
     const prev = this.stats;
     const bitrate = prev.ts && ts > prev.ts && bytes >= prev.bytes ? ((bytes - prev.bytes) * 8) / (ts - prev.ts) : 0; // kbit/s
-    const loss = received + lost > 0 ? (100 * lost) / (received + lost) : 0;
-    this.stats = { ts, bytes };
+    // Loss over the last interval (the counters are totals since the start of the stream).
+    const fresh = prev.ts && received >= prev.received;
+    const dLost = fresh ? Math.max(0, lost - prev.lost) : lost;
+    const dReceived = fresh ? received - prev.received : received;
+    const loss = dReceived + dLost > 0 ? (100 * dLost) / (dReceived + dLost) : 0;
+    this.stats = { ts, bytes, received, lost };
     const sample = {
       call_id: this.call.id,
       rtt_ms: rtt,
@@ -965,6 +1009,13 @@ class Videocall extends EventTarget {
     this.pendingNegotiation = false;
     this.pendingRestart = false;
     this.offerUnsent = false;
+    this.qualityAlerts.clear();
+    if (this.audioOnlyFor !== null) {
+      // The call is over: the camera setting goes back to what the user chose.
+      this.audioOnlyFor = null;
+      this.cameraOn = true;
+      this.emit("local-media", this.localMedia());
+    }
     this.stats = {};
     this.closeRecorderLeg();
     this.releaseMedia();

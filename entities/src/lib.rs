@@ -10,6 +10,7 @@ pub mod live_call_parties;
 pub mod outbox;
 pub mod principals;
 pub mod processed_messages;
+pub mod quality_alerts;
 pub mod quality_samples;
 pub mod recordings;
 pub mod support_offers;

@@ -133,6 +133,8 @@ pub fn call(c: &CallRecord) -> pb::Call {
         queued_at: c.queued_at.map(timestamp),
         // Filled in where the attempts are loaded (crate::desk).
         routing_attempts: Vec::new(),
+        // Filled in where the alerts are loaded (crate::quality).
+        quality_alerts: Vec::new(),
     }
 }
 

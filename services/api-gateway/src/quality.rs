@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 use videocall_calls::{
     Actor, CallStore, StoreError,
     quality_sample::{Direction, QualitySample},
 };
 use videocall_domain::{CallStatus, Party};
-use videocall_entities::call_quality;
+use videocall_entities::{call_quality, calls, quality_alerts};
 use videocall_proto::v1 as pb;
 
 use crate::{convert, error::ApiError};
@@ -79,6 +79,49 @@ pub async fn summaries(db: &DatabaseConnection, call_ids: &[Uuid]) -> Result<Has
         by_call.entry(row.call_id).or_default().push(row);
     }
     Ok(by_call.into_iter().filter_map(|(id, rows)| to_pb(&rows).map(|q| (id, q))).collect())
+}
+
+/// The live quality alert episodes of `call_ids`, oldest first per call, in one query.
+pub async fn alerts(
+    db: &DatabaseConnection,
+    call_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<pb::QualityAlert>>, ApiError> {
+    let mut by_call: HashMap<Uuid, Vec<pb::QualityAlert>> = HashMap::new();
+    if call_ids.is_empty() {
+        return Ok(by_call);
+    }
+    let rows = quality_alerts::Entity::find()
+        .filter(quality_alerts::Column::CallId.is_in(call_ids.iter().copied()))
+        .order_by_asc(quality_alerts::Column::StartedAt)
+        .order_by_asc(quality_alerts::Column::Id)
+        .all(db)
+        .await
+        .map_err(StoreError::from)?;
+    let callers: HashMap<Uuid, String> = calls::Entity::find()
+        .filter(calls::Column::Id.is_in(call_ids.iter().copied()))
+        .all(db)
+        .await
+        .map_err(StoreError::from)?
+        .into_iter()
+        .map(|c| (c.id, c.caller_id))
+        .collect();
+    for r in rows {
+        let from_caller = callers.get(&r.call_id).is_some_and(|caller| *caller == r.sender_id);
+        by_call.entry(r.call_id).or_default().push(pb::QualityAlert {
+            alert_id: r.id.to_string(),
+            direction: if from_caller { "caller_to_callee" } else { "callee_to_caller" }.to_owned(),
+            sender_id: r.sender_id,
+            receiver_id: r.receiver_id,
+            started_at: Some(convert::timestamp(r.started_at)),
+            ended_at: r.ended_at.map(convert::timestamp),
+            end_reason: r.end_reason.unwrap_or_default(),
+            mos: r.mos,
+            packet_loss_percent: r.packet_loss_percent,
+            rtt_ms: r.rtt_ms,
+            worst_mos: r.worst_mos,
+        });
+    }
+    Ok(by_call)
 }
 
 fn stats(row: &call_quality::Model) -> pb::QualityStats {

@@ -237,6 +237,7 @@ impl CallApi {
         let mut summaries = quality::summaries(self.store.db(), &ids).await?;
         let mut recordings = recording::for_calls(&self.recordings, &ids).await?;
         let mut attempts = self.store.attempts_of(&ids).await?;
+        let mut alerts = quality::alerts(self.store.db(), &ids).await?;
         Ok(pb::GetUserCallsResponse {
             calls: page
                 .calls
@@ -245,6 +246,7 @@ impl CallApi {
                     quality: summaries.remove(&c.id),
                     recording: recordings.remove(&c.id),
                     routing_attempts: attempts.remove(&c.id).map(|a| desk::attempts_pb(&a)).unwrap_or_default(),
+                    quality_alerts: alerts.remove(&c.id).unwrap_or_default(),
                     ..convert::call(c)
                 })
                 .collect(),
@@ -326,6 +328,7 @@ impl CallService for CallApi {
         if call.queued_at.is_some() {
             view.routing_attempts = desk::attempts_pb(&self.store.attempts(call.id).await.map_err(ApiError::from)?);
         }
+        view.quality_alerts = quality::alerts(self.store.db(), &[call.id]).await?.remove(&call.id).unwrap_or_default();
         Ok(Response::new(pb::CallResponse { call: Some(view) }))
     }
 

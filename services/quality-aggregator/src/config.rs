@@ -3,6 +3,8 @@
 use clap::Parser;
 use videocall_runtime::config::{Checker, Common, CommonArgs, ConfigError, QueueType, QueueTypeArgs};
 
+use crate::alerts::AlertPolicy;
+
 /// Routing keys the queue is bound with: samples, and the endings that finalize a summary.
 pub const ROUTING_KEYS: [&str; 4] = ["call.quality", "call.ended", "call.missed", "call.rejected"];
 
@@ -35,6 +37,26 @@ pub struct AggregatorArgs {
     pub max_retries: String,
     #[command(flatten)]
     pub queue_type: QueueTypeArgs,
+    /// Redis (or Redis Cluster seeds) of the signal bus, where `quality.alert` frames reach the
+    /// parties' relays; wins over REDIS_HOST.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Redis `host:port` when REDIS_URL is unset (default 127.0.0.1:6379).
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// A sample is poor when its MOS is below this (1-4.5).
+    #[arg(long, env = "QUALITY_ALERT_MOS", default_value = "3.1")]
+    pub alert_mos: String,
+    /// ... or when its packet loss is above this percentage (0-100).
+    #[arg(long, env = "QUALITY_ALERT_LOSS_PERCENT", default_value = "5")]
+    pub alert_loss_percent: String,
+    /// A media path's alert opens when this many samples in a row are poor, and ends when as many
+    /// in a row are good (2-20).
+    #[arg(long, env = "QUALITY_ALERT_SAMPLES", default_value = "3")]
+    pub alert_samples: String,
+    /// ... all reported within this many seconds (1-300): samples further apart are not judged.
+    #[arg(long, env = "QUALITY_ALERT_WINDOW_SECS", default_value = "10")]
+    pub alert_window_secs: String,
     /// `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "OPS_LISTEN_ADDR", default_value = "0.0.0.0:9093")]
     pub ops_listen_addr: String,
@@ -51,6 +73,8 @@ pub struct AggregatorConfig {
     pub prefetch: u16,
     pub max_retries: u32,
     pub queue_type: QueueType,
+    pub redis_url: String,
+    pub alerts: AlertPolicy,
     pub ops_listen_addr: std::net::SocketAddr,
 }
 
@@ -80,6 +104,23 @@ impl AggregatorArgs {
             c.check("MAX_RETRIES", m <= 100, "must be between 0 and 100");
         }
         let queue_type = self.queue_type.check(&mut c);
+        let redis_url = c.redis_url(&self.redis_url, &self.redis_host);
+        let alert_mos = c.parse::<f64>("QUALITY_ALERT_MOS", &self.alert_mos);
+        if let Some(m) = alert_mos {
+            c.check("QUALITY_ALERT_MOS", (1.0..=4.5).contains(&m), "must be between 1 and 4.5");
+        }
+        let alert_loss = c.parse::<f64>("QUALITY_ALERT_LOSS_PERCENT", &self.alert_loss_percent);
+        if let Some(l) = alert_loss {
+            c.check("QUALITY_ALERT_LOSS_PERCENT", (0.0..=100.0).contains(&l), "must be between 0 and 100");
+        }
+        let alert_samples = c.parse::<usize>("QUALITY_ALERT_SAMPLES", &self.alert_samples);
+        if let Some(n) = alert_samples {
+            c.check("QUALITY_ALERT_SAMPLES", (2..=20).contains(&n), "must be between 2 and 20");
+        }
+        let alert_window = c.parse::<u64>("QUALITY_ALERT_WINDOW_SECS", &self.alert_window_secs);
+        if let Some(w) = alert_window {
+            c.check("QUALITY_ALERT_WINDOW_SECS", (1..=300).contains(&w), "must be between 1 and 300");
+        }
         let ops = c.parse::<std::net::SocketAddr>("OPS_LISTEN_ADDR", &self.ops_listen_addr);
         c.finish()?;
         let missing = || ConfigError(vec!["internal: a checked value is missing".into()]);
@@ -93,6 +134,13 @@ impl AggregatorArgs {
             prefetch: prefetch.ok_or_else(missing)?,
             max_retries: max_retries.ok_or_else(missing)?,
             queue_type: queue_type.ok_or_else(missing)?,
+            redis_url,
+            alerts: AlertPolicy {
+                mos_below: alert_mos.ok_or_else(missing)?,
+                loss_above: alert_loss.ok_or_else(missing)?,
+                samples: alert_samples.ok_or_else(missing)?,
+                window: std::time::Duration::from_secs(alert_window.ok_or_else(missing)?),
+            },
             ops_listen_addr: ops.ok_or_else(missing)?,
         })
     }
@@ -117,6 +165,8 @@ mod tests {
         assert_eq!((config.prefetch, config.max_retries, config.queue_type), (32, 5, QueueType::Quorum));
         assert_eq!(config.common.service_name, "quality-aggregator");
         assert_eq!(config.ops_listen_addr.port(), 9093);
+        assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(config.alerts, AlertPolicy::default());
     }
 
     #[test]
@@ -129,6 +179,11 @@ mod tests {
             "--prefetch=0",
             "--max-retries=many",
             "--queue-type=stream",
+            "--redis-url=http://redis",
+            "--alert-mos=5",
+            "--alert-loss-percent=-1",
+            "--alert-samples=1",
+            "--alert-window-secs=0",
             "--ops-listen-addr=nowhere",
         ])
         .expect("flags parse");
@@ -144,6 +199,11 @@ mod tests {
                 "PREFETCH",
                 "MAX_RETRIES",
                 "QUEUE_TYPE",
+                "REDIS_URL",
+                "QUALITY_ALERT_MOS",
+                "QUALITY_ALERT_LOSS_PERCENT",
+                "QUALITY_ALERT_SAMPLES",
+                "QUALITY_ALERT_WINDOW_SECS",
                 "OPS_LISTEN_ADDR"
             ],
             "{err}"

@@ -4,12 +4,17 @@
 //! each apart: averages, max loss, resolution, stability, E-model MOS) and finalizes it when the
 //! call ends. Each message is applied at most once (its id is recorded in `processed_messages` in
 //! the effect's transaction) and acknowledged after the commit; malformed ones go to a dead-letter
-//! queue with the reason; transient faults are retried a bounded number of times.
+//! queue with the reason; transient faults are retried a bounded number of times. It also raises
+//! live quality alerts: a media path whose newest samples are all poor opens an episode
+//! (`call.quality_degraded`, and a `quality.alert` frame to both parties), all good again ends it
+//! (`call.quality_recovered`); see `alerts` for the rule and `episodes` for the effects.
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod config;
 pub mod consumer;
+pub mod episodes;
 pub mod messages;
 pub mod quality_math;
 pub mod startup;
@@ -17,4 +22,4 @@ pub mod summaries;
 
 pub use config::{AggregatorArgs, AggregatorConfig};
 pub use startup::Application;
-pub use summaries::{Aggregator, Outcome, SummaryMetrics};
+pub use summaries::{Aggregator, Alerts, Outcome, SummaryMetrics};

@@ -7,7 +7,7 @@ use anyhow::Context;
 use lapin::Connection;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use videocall_messaging::amqp;
+use videocall_messaging::{amqp, cloud_event::event_source};
 use videocall_runtime::{
     db,
     ops::{OpsServer, Readiness},
@@ -17,8 +17,9 @@ use videocall_runtime::{
 use crate::{
     config::{AggregatorArgs, AggregatorConfig},
     consumer::{self, ConsumerMetrics, QueueConsumer, Settings},
-    summaries::{Aggregator, SummaryMetrics},
+    summaries::{Aggregator, Alerts, SummaryMetrics},
 };
+use videocall_signaling::signal_bus::SignalBus;
 
 /// A bound aggregator: the operations endpoint listens; `run` does the rest.
 pub struct Application {
@@ -41,7 +42,8 @@ impl Service for Application {
         Ok(Self { config, ops })
     }
 
-    /// Connects to PostgreSQL (migrating it) and RabbitMQ, and consumes until `shutdown`; the
+    /// Connects to PostgreSQL (migrating it), Redis (lazily: only for the best-effort
+    /// `quality.alert` frames) and RabbitMQ, and consumes until `shutdown`; the
     /// broker connection is re-established with backoff whenever it fails. On shutdown the
     /// consumer stops, the message in flight is settled, connections close.
     async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -53,7 +55,13 @@ impl Service for Application {
         let ready = Readiness::default();
         let ops_task = tokio::spawn(ops.serve(registry, ready.clone(), shutdown.clone()));
         let db = db::connect_and_migrate(&config.database_url, &shutdown).await?;
-        let aggregator = Aggregator::new(db.clone()).with_metrics(summaries);
+        let bus = SignalBus::connect_lazy(&config.redis_url, &config.common.cell_id).context("REDIS_URL")?;
+        let alerts = Alerts {
+            policy: config.alerts,
+            source: event_source(&config.common.cell_id, &config.common.service_name),
+            bus: Some(bus),
+        };
+        let aggregator = Aggregator::new(db.clone()).with_metrics(summaries).with_alerts(alerts);
         let settings = Settings {
             exchange: config.events_exchange.clone(),
             queue: config.queue.clone(),

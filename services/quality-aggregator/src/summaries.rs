@@ -4,8 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use chrono::{SubsecRound, Utc};
-use prometheus_client::{metrics::histogram::Histogram, registry::Registry};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
@@ -18,8 +24,11 @@ use videocall_calls::quality_sample::QualityReported;
 use videocall_entities::{call_quality, quality_samples};
 pub use videocall_messaging::inbound::Failure;
 use videocall_messaging::inbound::record_message;
+use videocall_signaling::signal_bus::SignalBus;
 
 use crate::{
+    alerts::AlertPolicy,
+    episodes::{self, AlertChange, AlertFrame},
     messages::{self, Event},
     quality_math::Totals,
 };
@@ -43,10 +52,31 @@ pub enum Outcome {
 }
 
 /// Applies messages. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Aggregator {
     db: DatabaseConnection,
     metrics: SummaryMetrics,
+    alerts: Alerts,
+}
+
+/// How live quality alerts are judged, whose name their events carry, and where the frames go.
+#[derive(Clone)]
+pub struct Alerts {
+    pub policy: AlertPolicy,
+    /// CloudEvents `source` of the alert events.
+    pub source: String,
+    /// The signal bus the `quality.alert` frames go out on; without one only the events are written.
+    pub bus: Option<SignalBus>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Self {
+            policy: AlertPolicy::default(),
+            source: videocall_messaging::cloud_event::event_source("local", CONSUMER),
+            bus: None,
+        }
+    }
 }
 
 /// The finalized summaries, as distributions: `videocall_call_mos` and
@@ -56,6 +86,19 @@ pub struct Aggregator {
 pub struct SummaryMetrics {
     mos: Histogram,
     loss: Histogram,
+    alerts: Family<AlertLabels, Counter>,
+    degraded_calls: Family<DeskLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    desk: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeskLabel {
+    desk: String,
 }
 
 impl Default for SummaryMetrics {
@@ -63,6 +106,8 @@ impl Default for SummaryMetrics {
         Self {
             mos: Histogram::new([1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4]),
             loss: Histogram::new([0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]),
+            alerts: Family::default(),
+            degraded_calls: Family::default(),
         }
     }
 }
@@ -75,12 +120,35 @@ impl SummaryMetrics {
             "Average packet loss of each finalized call summary",
             self.loss.clone(),
         );
+        for call_type in videocall_domain::CallType::ALL {
+            let desk = call_type.as_str().to_owned();
+            for state in ["degraded", "recovered"] {
+                let _ = self.alerts.get_or_create(&AlertLabels { desk: desk.clone(), state });
+            }
+            let _ = self.degraded_calls.get_or_create(&DeskLabel { desk });
+        }
+        registry.register(
+            "videocall_quality_alerts",
+            "Live quality alert episodes that started (degraded) or ended (recovered), by desk (call type)",
+            self.alerts.clone(),
+        );
+        registry.register(
+            "videocall_quality_degraded_calls",
+            "Calls that had their first live quality alert, by desk (call type)",
+            self.degraded_calls.clone(),
+        );
     }
 }
 
 impl Aggregator {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, metrics: SummaryMetrics::default() }
+        Self { db, metrics: SummaryMetrics::default(), alerts: Alerts::default() }
+    }
+
+    /// Judges live quality alerts with `alerts` (the default policy, and no frames, otherwise).
+    pub fn with_alerts(mut self, alerts: Alerts) -> Self {
+        self.alerts = alerts;
+        self
     }
 
     /// Observes finalized summaries into `metrics` (registered by the caller).
@@ -149,8 +217,35 @@ impl Aggregator {
             totals.add(&sample);
             write(&txn, row, &totals, now).await?;
         }
+        let change = episodes::judge_path(&txn, &self.alerts.policy, &self.alerts.source, s).await?;
         txn.commit().await?;
+        if let Some(change) = change {
+            self.announce(&change).await;
+        }
         Ok(Outcome::Applied)
+    }
+
+    /// Counts an episode's start or end and pushes it to both parties as a `quality.alert` frame:
+    /// best effort (the event is in the outbox already, and GetCall shows the episode).
+    async fn announce(&self, change: &AlertChange) {
+        let data = &change.data;
+        tracing::info!(
+            alert_id = %data.alert_id, state = data.state, sender = %data.sender_id,
+            mos = data.mos, loss = data.packet_loss_percent, "quality alert"
+        );
+        let desk = data.call_type.clone();
+        self.metrics.alerts.get_or_create(&AlertLabels { desk: desk.clone(), state: data.state }).inc();
+        if change.first_of_call {
+            self.metrics.degraded_calls.get_or_create(&DeskLabel { desk }).inc();
+        }
+        let Some(bus) = &self.alerts.bus else { return };
+        let parties: Vec<&str> = change.parties.iter().map(String::as_str).collect();
+        let frame = AlertFrame { frame_type: "quality.alert", data };
+        match tokio::time::timeout(Duration::from_secs(3), bus.push_to_parties(&parties, &frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, alert_id = %data.alert_id, "quality.alert not pushed"),
+            Err(_) => tracing::warn!(alert_id = %data.alert_id, "quality.alert not pushed (signal bus timed out)"),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(call_id = %call_id), err)]
@@ -170,6 +265,7 @@ impl Aggregator {
             .filter(call_quality::Column::FinalizedAt.is_null())
             .exec(&txn)
             .await?;
+        episodes::close_for_ended_call(&txn, call_id).await?;
         let summary = if finalized.rows_affected > 0 {
             call_quality::Entity::find()
                 .filter(call_quality::Column::CallId.eq(call_id))

@@ -63,6 +63,9 @@ impl Harness {
             format!("--dlx-exchange={}", u("test.dlx")),
             "--max-retries=1".to_owned(),
             "--ops-listen-addr=127.0.0.1:0".to_owned(),
+            // Samples reported back to back in tests: a wide window so a slow run still judges them.
+            "--alert-window-secs=120".to_owned(),
+            format!("--cell-id={}", u("test")),
             format!("--queue-type={}", videocall_testkit::QUEUE_TYPE),
         ])
         .expect("flags")
@@ -390,6 +393,20 @@ mod end_to_end {
         }
     }
 
+    type Client = CallServiceClient<tonic::transport::Channel>;
+
+    /// A gateway on the harness' database and exchange, its client, and how to stop it.
+    async fn gateway(h: &Harness) -> (Client, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+        let shutdown = CancellationToken::new();
+        let gateway = Application::build(gateway_config(h.database_url.clone(), &h.config.events_exchange), &shutdown)
+            .await
+            .expect("gateway builds");
+        let addr = gateway.local_addr();
+        let task = tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+        let client = CallServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+        (client, shutdown, task)
+    }
+
     fn as_user<T>(user: &str, message: T) -> Request<T> {
         let token = JwtKeys::new(Secret::new(JWT_SECRET)).mint(user, Role::User, chrono::Utc::now().timestamp() + 600);
         let mut request = Request::new(message);
@@ -416,13 +433,7 @@ mod end_to_end {
         let h = Harness::start().await;
         // Every other event of the call needs a queue too, or the relay keeps it pending.
         let tap = videocall_testkit::EventTap::bind(&h.config.events_exchange).await;
-        let shutdown = CancellationToken::new();
-        let gateway = Application::build(gateway_config(h.database_url.clone(), &h.config.events_exchange), &shutdown)
-            .await
-            .expect("gateway builds");
-        let addr = gateway.local_addr();
-        let gateway_task = tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
-        let mut client = CallServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+        let (mut client, shutdown, gateway_task) = gateway(&h).await;
 
         let req = pb::InitiateCallRequest {
             callee_id: "bob".into(),
@@ -474,6 +485,159 @@ mod end_to_end {
             .into_inner();
         let summary = history.calls[0].quality.as_ref().expect("history carries the summary");
         assert!(summary.finalized && summary.sample_count == 2, "{summary:?}");
+
+        shutdown.cancel();
+        gateway_task.await.expect("joins").expect("gateway stops cleanly");
+        tap.delete_exchange(&h.config.events_exchange).await;
+        h.stop().await;
+    }
+
+    /// One party's user channel on the aggregator's signal bus: the frames pushed to them.
+    async fn frames_of(cell_id: &str, user: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+        use futures_util::StreamExt;
+        let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let mut pubsub = redis::Client::open(url).expect("url").get_async_pubsub().await.expect("Redis reachable");
+        pubsub.subscribe(videocall_signaling::redis_keys::user_channel(cell_id, user)).await.expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(m) = messages.next().await {
+                let frame: Value = serde_json::from_slice(m.get_payload_bytes()).unwrap_or(Value::Null);
+                if tx.send(frame).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn quality_alerts_open_once_per_lasting_drop_reach_both_parties_and_show_in_get_call() {
+        let h = Harness::start().await;
+        let mut tap = videocall_testkit::EventTap::bind(&h.config.events_exchange).await;
+        let (mut client, shutdown, gateway_task) = gateway(&h).await;
+        let cell = h.config.common.cell_id.clone();
+        let (mut alice_frames, mut bob_frames) = (frames_of(&cell, "alice").await, frames_of(&cell, "bob").await);
+
+        let req = pb::InitiateCallRequest {
+            callee_id: "bob".into(),
+            call_type: pb::CallType::Sales as i32,
+            ..Default::default()
+        };
+        let id =
+            client.initiate_call(as_user("alice", req)).await.expect("initiate").into_inner().call.expect("call").id;
+        client.answer_call(as_user("bob", pb::AnswerCallRequest { call_id: id.clone() })).await.expect("answer");
+
+        // bob measures what alice sends him: good is 40 ms / 0.2 % (MOS 4.38), bad 80 ms / 12 %.
+        let mut stored = 0;
+        let mut series = |samples: &'static str| {
+            let (mut client, id, db) = (client.clone(), id.clone(), h.db.clone());
+            let start = stored;
+            stored += samples.len() as u64;
+            async move {
+                for (i, kind) in samples.chars().enumerate() {
+                    let (rtt, loss) = if kind == 'G' { (40.0, 0.2) } else { (80.0, 12.0) };
+                    let reporter = if kind == 'a' { "alice" } else { "bob" };
+                    let sample = report(&id, "inbound", rtt, 3.0, loss);
+                    client.update_call_quality(as_user(reporter, sample)).await.expect("report");
+                    // One at a time, as a client reports every 2 s: each is stored before the next.
+                    let n = start + i as u64 + 1;
+                    eventually(&format!("{n} stored samples"), || async {
+                        (quality_samples::Entity::find().count(&db).await.expect("count") >= n).then_some(())
+                    })
+                    .await;
+                }
+            }
+        };
+        series("GGGG").await; // steady
+        series("BGGG").await; // a dip of one sample
+        series("BBGBBGa").await; // two short runs, and one bad sample of the other path (alice's 'a')
+        let alerts = |events: Vec<videocall_testkit::Event>| -> Vec<Value> {
+            events.into_iter().filter(|e| e.routing_key.starts_with("call.quality_")).map(|e| e.body).collect()
+        };
+        let mut quiet = Vec::new();
+        while let Some(e) = tap.next(Duration::from_millis(800)).await {
+            quiet.push(e);
+        }
+        assert_eq!(alerts(quiet), Vec::<Value>::new(), "no alert for a dip or for runs shorter than 3");
+        series("BBBB").await; // a lasting drop: the third bad sample opens the episode
+        series("GGG").await; // good three times in a row: it ends
+
+        let mut events = Vec::new();
+        while let Some(e) = tap.next(Duration::from_secs(2)).await {
+            events.push(e);
+        }
+        let bodies = alerts(events);
+        let types: Vec<&str> = bodies.iter().map(|b| b["type"].as_str().unwrap_or_default()).collect();
+        assert_eq!(types, ["CallQualityDegraded", "CallQualityRecovered"], "{bodies:#?}");
+        let (down, up) = (&bodies[0]["data"], &bodies[1]["data"]);
+        assert_eq!(down["alert_id"], up["alert_id"], "one episode");
+        assert_eq!(bodies[0]["subject"], json!(id));
+        for d in [down, up] {
+            assert_eq!((d["call_id"].as_str(), d["call_type"].as_str()), (Some(id.as_str()), Some("sales")));
+            assert_eq!((d["sender_id"].as_str(), d["receiver_id"].as_str()), (Some("alice"), Some("bob")));
+            assert_eq!(
+                (d["likely_cause_id"].as_str(), d["direction"].as_str()),
+                (Some("alice"), Some("caller_to_callee"))
+            );
+        }
+        assert_eq!(down["state"], "degraded");
+        close("degraded loss", down["packet_loss_percent"].as_f64().expect("loss"), 12.0);
+        close("degraded rtt", down["rtt_ms"].as_f64().expect("rtt"), 80.0);
+        assert!(down["ended_at"].is_null());
+        assert_eq!(up["state"], "recovered");
+        close("recovered loss", up["packet_loss_percent"].as_f64().expect("loss"), 0.2);
+        assert!(up["mos"].as_f64().expect("mos") > 4.0);
+        assert!(up["ended_at"].is_string());
+
+        // Both parties got both frames, as the events say.
+        for (who, frames) in [("alice", &mut alice_frames), ("bob", &mut bob_frames)] {
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let frame = tokio::time::timeout(WAIT, frames.recv()).await.expect("a frame in time").expect("open");
+                if frame["type"] == "quality.alert" {
+                    got.push(frame);
+                }
+            }
+            let states: Vec<&str> = got.iter().map(|f| f["state"].as_str().unwrap_or_default()).collect();
+            assert_eq!(states, ["degraded", "recovered"], "{who}: {got:#?}");
+            assert_eq!(got[0]["alert_id"], down["alert_id"], "{who}");
+            assert_eq!(got[0]["likely_cause_id"], "alice", "{who}");
+        }
+
+        // Another drop, then the call ends while it lasts: closed as call_ended, no recovered event.
+        series("BBB").await;
+        client.end_call(as_user("alice", pb::EndCallRequest { call_id: id.clone(), reason: 0 })).await.expect("end");
+        let call = eventually("the second episode closed by the ending", || async {
+            let reply = client.clone().get_call(as_user("bob", pb::GetCallRequest { call_id: id.clone() })).await;
+            let call = reply.expect("get").into_inner().call.expect("call");
+            (call.quality_alerts.len() == 2 && call.quality_alerts[1].ended_at.is_some()).then_some(call)
+        })
+        .await;
+        let episodes: Vec<(&str, &str, &str)> = call
+            .quality_alerts
+            .iter()
+            .map(|a| (a.sender_id.as_str(), a.direction.as_str(), a.end_reason.as_str()))
+            .collect();
+        assert_eq!(episodes, [("alice", "caller_to_callee", "recovered"), ("alice", "caller_to_callee", "call_ended")]);
+        assert_eq!(call.quality_alerts[0].alert_id, down["alert_id"].as_str().expect("id"));
+        assert!(call.quality_alerts.iter().all(|a| a.worst_mos <= a.mos && a.mos < 3.3));
+        let mut events = Vec::new();
+        while let Some(e) = tap.next(Duration::from_secs(2)).await {
+            events.push(e);
+        }
+        let types: Vec<String> =
+            alerts(events).iter().map(|b| b["type"].as_str().unwrap_or_default().to_owned()).collect();
+        assert_eq!(types, ["CallQualityDegraded"], "the second episode opened; the call's end closed it silently");
+        let (_, body) = videocall_testkit::http_get(h.ops, "/metrics").await.expect("metrics");
+        for line in [
+            "videocall_quality_alerts_total{desk=\"sales\",state=\"degraded\"} 2",
+            "videocall_quality_alerts_total{desk=\"sales\",state=\"recovered\"} 1",
+            "videocall_quality_degraded_calls_total{desk=\"sales\"} 1",
+            "videocall_quality_degraded_calls_total{desk=\"support\"} 0",
+        ] {
+            assert!(body.lines().any(|l| l == line), "metrics have {line}:\n{body}");
+        }
 
         shutdown.cancel();
         gateway_task.await.expect("joins").expect("gateway stops cleanly");

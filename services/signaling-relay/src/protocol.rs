@@ -126,6 +126,19 @@ pub fn call_json(c: &pb::Call) -> serde_json::Value {
             "ended_at": ts(&a.ended_at),
             "outcome": (!a.outcome.is_empty()).then_some(&a.outcome),
         })).collect::<Vec<_>>(),
+        "quality_alerts": c.quality_alerts.iter().map(|a| serde_json::json!({
+            "alert_id": a.alert_id,
+            "sender_id": a.sender_id,
+            "receiver_id": a.receiver_id,
+            "direction": a.direction,
+            "started_at": ts(&a.started_at),
+            "ended_at": ts(&a.ended_at),
+            "end_reason": (!a.end_reason.is_empty()).then_some(&a.end_reason),
+            "mos": a.mos,
+            "packet_loss_percent": a.packet_loss_percent,
+            "rtt_ms": a.rtt_ms,
+            "worst_mos": a.worst_mos,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -100,7 +100,20 @@ impl Standalone {
 
         // Consumers of the events, bound as the RabbitMQ workers bind their queues.
         let summaries = quality_aggregator::SummaryMetrics::default();
-        let aggregator = quality_aggregator::Aggregator::new(db.clone()).with_metrics(summaries.clone());
+        let quality_config = configure::<quality_aggregator::Application>(
+            &config,
+            &[database.clone(), "--amqp-url=amqp://in-process.invalid".to_owned()],
+        )?;
+        let alerts = quality_aggregator::Alerts {
+            policy: quality_config.alerts,
+            source: videocall_messaging::cloud_event::event_source(
+                &quality_config.common.cell_id,
+                &quality_config.common.service_name,
+            ),
+            bus: Some(bus.clone()),
+        };
+        let aggregator =
+            quality_aggregator::Aggregator::new(db.clone()).with_metrics(summaries.clone()).with_alerts(alerts);
         let quality = Arc::new(quality_aggregator::consumer::handler(aggregator));
         for key in quality_aggregator::config::ROUTING_KEYS {
             events.bind("quality-aggregator", &exchange, key, quality.clone());

@@ -6,6 +6,7 @@
 mod binary;
 mod browser;
 mod fleet;
+mod fleet_quality;
 mod fleet_trust;
 mod pages;
 mod process;
