@@ -25,18 +25,71 @@ const decline = () => {
   Page.ringer.stop();
   vc.reject().catch((err) => Page.status(err.message));
 };
-document.getElementById("accept").onclick = accept;
-document.getElementById("decline").onclick = decline;
+document.getElementById("accept").onclick = () => (vc.transferOffer ? acceptTransfer() : accept());
+document.getElementById("decline").onclick = () => (vc.transferOffer ? declineTransfer() : decline());
 // Accept is one keystroke away, and so is Decline.
 document.addEventListener("keydown", (e) => {
   if (!incoming() || e.repeat || e.altKey || e.ctrlKey || e.metaKey) return;
   if (e.key === "Enter") {
     e.preventDefault();
-    accept();
+    if (vc.transferOffer) acceptTransfer();
+    else accept();
   } else if (e.key === "Escape") {
     e.preventDefault();
-    decline();
+    if (vc.transferOffer) declineTransfer();
+    else decline();
   }
+});
+
+// Transfers: this agent hands the call on (to an agent or a desk), or rings for one.
+const transferState = document.getElementById("transfer-state");
+const transferButton = document.getElementById("transfer");
+const REASONS = {
+  rejected: "declined",
+  no_answer: "did not answer",
+  target_offline: "went offline",
+  call_ended: "the call ended first",
+};
+transferButton.onclick = async () => {
+  const to = document.getElementById("transfer-to").value.trim();
+  const target = ["support", "sales", "consult"].includes(to) ? { to_call_type: to } : { to_agent_id: to };
+  try {
+    const t = await vc.transfer(target);
+    transferState.textContent = `Transferring to ${t.to_agent_id}…`;
+  } catch (err) {
+    transferState.textContent = `Not transferred: ${err.message}`;
+  }
+};
+const acceptTransfer = () => {
+  Page.ringer.stop();
+  incomingBox.hidden = true;
+  vc.acceptTransfer().catch((err) => Page.status(err.message));
+};
+const declineTransfer = () => {
+  Page.ringer.stop();
+  incomingBox.hidden = true;
+  vc.declineTransfer().catch((err) => Page.status(err.message));
+};
+vc.addEventListener("transfer", (e) => {
+  const t = e.detail;
+  if (t.role === "from") {
+    transferState.dataset.status = t.status;
+    if (t.status === "transferred") transferState.textContent = `Transferred to ${t.to_agent_id}`;
+    else if (t.status === "failed") transferState.textContent = `${t.to_agent_id} ${REASONS[t.reason] || t.reason}: the call stays with you`;
+  } else if (t.role === "target") {
+    const ringing = !!vc.transferOffer;
+    incomingBox.hidden = !ringing;
+    incomingBox.classList.toggle("ringing", ringing);
+    document.getElementById("caller").textContent = `${t.call.caller_id} (transferred by ${t.from_agent_id})`;
+    document.getElementById("calltype").textContent = t.call.call_type;
+    if (ringing) Page.ringer.start(t.call.caller_id);
+    else Page.ringer.stop();
+  }
+});
+vc.addEventListener("call", (e) => {
+  const live = e.detail.status === "active" && e.detail.callee_id === vc.userId;
+  transferButton.disabled = !live;
+  if (live && transferState.dataset.status !== "ringing") transferState.textContent = "";
 });
 
 // Desk calls: the agent's availability and the desks they serve, and the queues of those desks.

@@ -29,8 +29,19 @@ vc.addEventListener("notice", (e) => {
   queueLine.dataset.position = String(frame.position);
   queueLine.hidden = false;
 });
+// A transfer: "transferring…" while the next agent rings, then who the customer talks to.
+const transferLine = document.getElementById("transfer-state");
+vc.addEventListener("transfer", (e) => {
+  const t = e.detail;
+  transferLine.dataset.status = t.status;
+  transferLine.hidden = false;
+  if (t.status === "ringing") transferLine.textContent = `Transferring you to ${t.to_call_type || t.to_agent_id}…`;
+  else if (t.status === "transferred") transferLine.textContent = `You are now talking to ${t.to_agent_id}`;
+  else transferLine.textContent = `You stay with ${t.from_agent_id}`;
+});
 vc.addEventListener("call", (e) => {
   const call = e.detail;
+  if (!["active"].includes(call.status)) transferLine.hidden = true;
   const live = ["queued", "initiated", "ringing", "active"].includes(call.status);
   document.getElementById("call").disabled = live;
   for (const button of desks) button.disabled = live;

@@ -104,6 +104,8 @@ class Videocall extends EventTarget {
     this.peerMedia = null; // {audio, video}: whether the other party sends each
     this.qualityTimer = null;
     this.qualityAlerts = new Map(); // open quality.alert episodes of the current call, by alert_id
+    this.transferOffer = null; // a `transfer` frame that rings this agent (the call is someone else's yet)
+    this.transferredAway = null; // id of the call this agent handed to another agent
     this.audioOnlyFor = null; // the alert this side switched to audio only for
     this.stats = {};
     this.signalsLost = 0; // signals_lost notices received
@@ -306,6 +308,8 @@ class Videocall extends EventTarget {
         return this.onRecording(frame.call_id, frame.recording);
       case "quality.alert":
         return this.onQualityAlert(frame);
+      case "transfer":
+        return this.onTransfer(frame);
       case "error":
         return this.note(`${frame.code}: ${frame.message}`);
       default:
@@ -360,9 +364,10 @@ class Videocall extends EventTarget {
   async onCallState(call, at = Date.now()) {
     if (this.call && this.call.id === call.id && call.version < this.call.version) return;
     if (call.caller_id !== this.userId && call.callee_id !== this.userId) {
-      // A desk call that rang this agent went back to the queue: it is not ours any more.
+      // A desk call that rang this agent went back to the queue, or this agent transferred it:
+      // it is not ours any more.
       if (this.call && this.call.id === call.id) {
-        this.emit("call", { ...call, status: "withdrawn" });
+        this.emit("call", { ...call, status: this.transferredAway === call.id ? "transferred" : "withdrawn" });
         this.teardown();
         this.call = null;
       }
@@ -387,6 +392,18 @@ class Videocall extends EventTarget {
       await this.onDeskCall(call);
       return;
     }
+    if (
+      call.caller_id === this.userId &&
+      call.status === "active" &&
+      was &&
+      was.id === call.id &&
+      was.status === "active" &&
+      was.callee_id !== call.callee_id
+    ) {
+      // Transferred: a new connection (same camera), offered to the new agent.
+      await this.offerAfresh(call);
+      return;
+    }
     if (this.negotiation === call.id) return;
     const caller = call.caller_id === this.userId;
     const sync = at - this.helloAt < SYNC_WINDOW_MS;
@@ -403,6 +420,79 @@ class Videocall extends EventTarget {
     }
   }
 
+  /** The caller's call has a new callee (a transfer): close the old connection, offer anew. */
+  async offerAfresh(call) {
+    this.negotiation = call.id;
+    this.emit("remote-stream", null);
+    await this.freshOffer(call);
+  }
+
+  /** A new peer connection (the same camera) and an offer on it to the call's callee. */
+  async freshOffer(call) {
+    this.closePc();
+    await this.getMedia();
+    if (!this.call || this.call.id !== call.id || !LIVE.includes(this.call.status)) return;
+    this.buildPc();
+    this.addLocalTransceivers();
+    this.pendingNegotiation = false;
+    this.pendingRestart = false;
+    await this.negotiate();
+  }
+
+  // ---- Transfer ---------------------------------------------------------------------------
+
+  /**
+   * A `transfer` frame (docs/protocol.md): the customer and both agents get each step. It rings
+   * the target (`transferOffer`) while `ringing`; the first agent learns the outcome.
+   */
+  onTransfer(frame) {
+    const t = frame.transfer;
+    const role = t.to_agent_id === this.userId ? "target" : t.from_agent_id === this.userId ? "from" : "customer";
+    if (role === "target") {
+      const busy = this.call && this.call.id !== t.call_id && LIVE.includes(this.call.status);
+      this.transferOffer = t.status === "ringing" && !busy ? frame : null;
+    }
+    if (role === "from" && t.status === "transferred") this.transferredAway = t.call_id;
+    this.emit("transfer", { ...t, role, call: frame.call });
+  }
+
+  /** The call's agent hands it to another agent (`to_agent_id`) or a desk (`to_call_type`). */
+  async transfer(target) {
+    if (!this.call) throw new Error("no call to transfer");
+    const ack = await this.request({ type: "call.transfer", call_id: this.call.id, ...target });
+    return ack.transfer;
+  }
+
+  /** The target accepts: the call becomes theirs; the customer offers to them. */
+  acceptTransfer() {
+    return this.enqueue(async () => {
+      const offered = this.transferOffer;
+      if (!offered) return;
+      this.transferOffer = null;
+      const id = offered.transfer.call_id;
+      this.negotiation = id;
+      let ack;
+      try {
+        ack = await this.request({ type: "call.answer", call_id: id });
+      } catch (err) {
+        this.negotiation = null;
+        throw err;
+      }
+      this.setIceServers(ack.ice_servers);
+      if (ack.call) await this.onCallState(ack.call);
+      await this.getMedia();
+      // The customer's offer comes next; onOffer answers it (the call is active, ours).
+    });
+  }
+
+  /** The target declines: the call stays with the first agent. */
+  async declineTransfer() {
+    const offered = this.transferOffer;
+    if (!offered) return;
+    this.transferOffer = null;
+    await this.request({ type: "call.reject", call_id: offered.transfer.call_id });
+  }
+
   /** The customer's desk call: no peer connection while it waits in the queue; an offer to
    * each agent it is offered to (a new connection when another agent gets it). */
   async onDeskCall(call) {
@@ -413,14 +503,7 @@ class Videocall extends EventTarget {
     }
     if (!["initiated", "ringing"].includes(call.status) || !call.callee_id || call.callee_id === this.offeredTo) return;
     this.offeredTo = call.callee_id;
-    this.closePc();
-    await this.getMedia();
-    if (!this.call || this.call.id !== call.id || !LIVE.includes(this.call.status)) return;
-    this.buildPc();
-    this.addLocalTransceivers();
-    this.pendingNegotiation = false;
-    this.pendingRestart = false;
-    await this.negotiate();
+    await this.freshOffer(call);
   }
 
   // ---- Signals ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ pub mod agent_desks;
 pub mod agents;
 pub mod call_quality;
 pub mod call_routing_attempts;
+pub mod call_transfers;
 pub mod call_transitions;
 pub mod calls;
 pub mod live_call_parties;

@@ -245,7 +245,7 @@ impl CallStore {
     }
 
     /// The available agents of `desk` in no live call, the longest idle first (at most `limit`).
-    async fn free_agents<C: ConnectionTrait>(
+    pub(crate) async fn free_agents<C: ConnectionTrait>(
         &self,
         conn: &C,
         desk: CallType,

@@ -1,10 +1,10 @@
 //! A user's call history: filters, cursor pagination, newest first.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Query};
 use uuid::Uuid;
 use videocall_domain::{CallStatus, CallType};
-use videocall_entities::calls;
+use videocall_entities::{call_transfers, calls};
 
 use crate::{
     record::{CallRecord, StoreError},
@@ -32,10 +32,20 @@ pub struct HistoryPage {
 }
 
 impl CallStore {
-    /// One page of a user's calls (as caller or callee), newest first.
+    /// One page of a user's calls (as caller or callee, or as an agent who transferred the call
+    /// on), newest first.
     pub async fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let handed_on = Query::select()
+            .column(call_transfers::Column::CallId)
+            .from(call_transfers::Entity)
+            .and_where(call_transfers::Column::FromAgentId.eq(&q.user_id))
+            .and_where(call_transfers::Column::Status.eq(crate::transfer::status::TRANSFERRED))
+            .to_owned();
         let mut select = calls::Entity::find().filter(
-            Condition::any().add(calls::Column::CallerId.eq(&q.user_id)).add(calls::Column::CalleeId.eq(&q.user_id)),
+            Condition::any()
+                .add(calls::Column::CallerId.eq(&q.user_id))
+                .add(calls::Column::CalleeId.eq(&q.user_id))
+                .add(calls::Column::Id.in_subquery(handed_on)),
         );
         if let Some(t) = q.call_type {
             select = select.filter(calls::Column::CallType.eq(t.as_str()));

@@ -13,6 +13,7 @@ pub mod quality_sample;
 pub mod record;
 pub mod recordings;
 pub mod store;
+pub mod transfer;
 pub mod view;
 
 pub use history::{HistoryPage, HistoryQuery};

@@ -112,6 +112,12 @@ pub enum StoreError {
     /// The call's recording cannot do that now (the message says why).
     #[error("{0}")]
     Recording(String),
+    /// A transfer cannot be made now (one rings already, no agent of the desk is free).
+    #[error("{0}")]
+    Transfer(String),
+    /// The request names something that can never work (a transfer to a party of the call).
+    #[error("{0}")]
+    Invalid(String),
     #[error("stored call {id} is unreadable: {detail}")]
     Corrupt { id: Uuid, detail: String },
     #[error("database: {0}")]

@@ -95,6 +95,11 @@ impl CallStore {
         &self.db
     }
 
+    /// CloudEvents `source` of the events this store writes.
+    pub(crate) fn event_source(&self) -> &str {
+        &self.event_source
+    }
+
     pub async fn get(&self, id: Uuid) -> Result<CallRecord, StoreError> {
         let model = calls::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound(id))?;
         CallRecord::from_model(model)
@@ -369,6 +374,11 @@ impl CallStore {
             crate::desk::after_transition(txn, &changed, actor_id, now).await?;
         }
         self.record_change(txn, &changed, Some(from), actor_id, now).await?;
+        if changed.status.is_terminal() && from == CallStatus::Active {
+            // A transfer ringing for this call fails with it (the target's row went above); its
+            // event follows the ending's.
+            self.fail_open_transfer_of_ended(txn, &changed, now).await?;
+        }
         Ok(Some(changed))
     }
 

@@ -135,6 +135,9 @@ pub fn call(c: &CallRecord) -> pb::Call {
         routing_attempts: Vec::new(),
         // Filled in where the alerts are loaded (crate::quality).
         quality_alerts: Vec::new(),
+        // Filled in where the transfers are loaded (crate::transfer).
+        legs: Vec::new(),
+        transfers: Vec::new(),
     }
 }
 

@@ -198,19 +198,27 @@ impl DeskMetrics {
     }
 }
 
-/// Offers queued calls to agents, takes back offers nobody answered, and tells the waiting
-/// customers where they stand. One per gateway replica; [`Router::wake`] makes it look at once.
+/// Offers queued calls to agents, takes back offers nobody answered, fails transfers nobody
+/// answered, and tells the waiting customers where they stand. One per gateway replica; [`Router::wake`] makes it look at once.
 pub struct Router {
     store: CallStore,
     bus: SignalBus,
     timeouts: DeskTimeouts,
     wake: Arc<Notify>,
     metrics: DeskMetrics,
+    transfers: crate::transfer::TransferMetrics,
 }
 
 impl Router {
     pub fn new(store: CallStore, bus: SignalBus, timeouts: DeskTimeouts, wake: Arc<Notify>) -> Self {
-        Self { store, bus, timeouts, wake, metrics: DeskMetrics::default() }
+        let transfers = crate::transfer::TransferMetrics::default();
+        Self { store, bus, timeouts, wake, metrics: DeskMetrics::default(), transfers }
+    }
+
+    /// Counts expired transfers into `metrics` (registered by the caller).
+    pub fn with_transfer_metrics(mut self, metrics: crate::transfer::TransferMetrics) -> Self {
+        self.transfers = metrics;
+        self
     }
 
     /// Counts into `metrics` (registered by the caller).
@@ -241,8 +249,12 @@ impl Router {
         }
     }
 
-    /// One round: unanswered offers back to their queues, then each desk's calls to free agents.
+    /// One round: transfers and offers that rang out, then each desk's calls to free agents.
     pub async fn round(&self) -> Result<(), ApiError> {
+        for step in self.store.expire_transfers().await? {
+            tracing::info!(call_id = %step.call.id, to = %step.transfer.to_agent_id, "transfer unanswered; the call stays");
+            crate::transfer::tell(&self.bus, &self.transfers, &step).await;
+        }
         for (call, agent) in self.store.requeue_unanswered(ROUTER).await? {
             tracing::info!(call_id = %call.id, %agent, "desk call unanswered; back in the queue");
             self.tell(&call, Some(&agent)).await;

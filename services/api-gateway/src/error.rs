@@ -55,7 +55,8 @@ fn store_status(error: StoreError) -> Status {
         StoreError::WrongState(state) => Status::failed_precondition(format!("call is {state}")),
         StoreError::Busy(user) => Status::failed_precondition(format!("busy: user {user} is in another call")),
         StoreError::OfferUnavailable(_) => Status::failed_precondition(error.to_string()),
-        StoreError::Recording(m) => Status::failed_precondition(m),
+        StoreError::Recording(m) | StoreError::Transfer(m) => Status::failed_precondition(m),
+        StoreError::Invalid(m) => Status::invalid_argument(m),
         StoreError::BadReason(reason) => {
             Status::invalid_argument(format!("end reason `{reason}` cannot be given here"))
         }

@@ -16,6 +16,7 @@ pub mod recording;
 pub mod service;
 pub mod signaling;
 pub mod startup;
+pub mod transfer;
 
 pub use config::{DeskTimeouts, GatewayArgs, GatewayConfig, RingTimeouts};
 pub use policy::CallPolicy;

@@ -20,7 +20,7 @@ use crate::{
     config::{DeskTimeouts, RingTimeouts},
     convert, desk,
     error::ApiError,
-    quality, recording, signaling,
+    quality, recording, signaling, transfer,
 };
 
 const MAX_USER_ID_BYTES: usize = 128;
@@ -38,6 +38,7 @@ pub struct CallApi {
     pub desk: DeskTimeouts,
     /// Wakes this replica's desk router (a call queued, an agent available).
     pub desk_wake: std::sync::Arc<tokio::sync::Notify>,
+    pub transfer_metrics: crate::transfer::TransferMetrics,
     pub bus: SignalBus,
     /// One bus subscriber shared by every SubscribeToSignals stream of this gateway.
     pub hub: videocall_signaling::signal_bus::hub::Hub,
@@ -105,8 +106,22 @@ impl CallApi {
 
     async fn command(&self, p: &Principal, raw_id: &str, command: Command) -> Result<CallRecord, ApiError> {
         let id = convert::call_id(raw_id)?;
+        // The target of a ringing transfer answers or declines the transfer, not the call.
+        if !p.is_service() {
+            let handled = match command {
+                Command::Answer => transfer::answer(&self.store, &self.bus, &self.transfer_metrics, p, id).await?,
+                Command::Reject => transfer::decline(&self.store, &self.bus, &self.transfer_metrics, p, id).await?,
+                _ => None,
+            };
+            if let Some(call) = handled {
+                return Ok(call);
+            }
+        }
         let call = self.store.apply(id, command, &actor(p)).await?;
         videocall_calls::push::call_state(&self.bus, &call).await;
+        if call.status.is_terminal() {
+            transfer::after_end(&self.store, &self.bus, &self.transfer_metrics, &call).await;
+        }
         // A desk call back in its queue, or an agent free again: the router looks at once.
         if call.queued_at.is_some()
             && (call.status.is_terminal() || call.status == videocall_domain::CallStatus::Queued)
@@ -238,16 +253,21 @@ impl CallApi {
         let mut recordings = recording::for_calls(&self.recordings, &ids).await?;
         let mut attempts = self.store.attempts_of(&ids).await?;
         let mut alerts = quality::alerts(self.store.db(), &ids).await?;
+        let mut transfers = self.store.transfers_of(&ids).await?;
         Ok(pb::GetUserCallsResponse {
             calls: page
                 .calls
                 .iter()
-                .map(|c| pb::Call {
-                    quality: summaries.remove(&c.id),
-                    recording: recordings.remove(&c.id),
-                    routing_attempts: attempts.remove(&c.id).map(|a| desk::attempts_pb(&a)).unwrap_or_default(),
-                    quality_alerts: alerts.remove(&c.id).unwrap_or_default(),
-                    ..convert::call(c)
+                .map(|c| {
+                    let mut view = pb::Call {
+                        quality: summaries.remove(&c.id),
+                        recording: recordings.remove(&c.id),
+                        routing_attempts: attempts.remove(&c.id).map(|a| desk::attempts_pb(&a)).unwrap_or_default(),
+                        quality_alerts: alerts.remove(&c.id).unwrap_or_default(),
+                        ..convert::call(c)
+                    };
+                    transfer::fill(&mut view, c, &transfers.remove(&c.id).unwrap_or_default());
+                    view
                 })
                 .collect(),
             next_page_token: page.next.map(|id| id.to_string()).unwrap_or_default(),
@@ -319,7 +339,11 @@ impl CallService for CallApi {
         let p = self.principal(&request).await?;
         let id = convert::call_id(&request.get_ref().call_id)?;
         let call = self.store.get(id).await.map_err(ApiError::from)?;
-        if call.party_of(&actor(&p)).is_none() {
+        let transfers =
+            self.store.transfers_of(&[call.id]).await.map_err(ApiError::from)?.remove(&call.id).unwrap_or_default();
+        // An agent the call was transferred from (or that a transfer rang) may read it too.
+        let in_a_transfer = transfers.iter().any(|t| t.from_agent_id == p.user_id || t.to_agent_id == p.user_id);
+        if call.party_of(&actor(&p)).is_none() && !in_a_transfer {
             return Err(Status::permission_denied("you are not a party of this call"));
         }
         let mut view = convert::call(&call);
@@ -329,6 +353,7 @@ impl CallService for CallApi {
             view.routing_attempts = desk::attempts_pb(&self.store.attempts(call.id).await.map_err(ApiError::from)?);
         }
         view.quality_alerts = quality::alerts(self.store.db(), &[call.id]).await?.remove(&call.id).unwrap_or_default();
+        transfer::fill(&mut view, &call, &transfers);
         Ok(Response::new(pb::CallResponse { call: Some(view) }))
     }
 
@@ -361,6 +386,15 @@ impl CallService for CallApi {
     async fn get_queue(&self, request: Request<pb::GetQueueRequest>) -> Result<Response<pb::GetQueueResponse>, Status> {
         let p = self.principal(&request).await?;
         Ok(Response::new(desk::queue(&self.store, &p, request.into_inner()).await?))
+    }
+
+    async fn transfer_call(
+        &self,
+        request: Request<pb::TransferCallRequest>,
+    ) -> Result<Response<pb::TransferCallResponse>, Status> {
+        let p = self.principal(&request).await?;
+        let (store, bus, metrics, ring) = (&self.store, &self.bus, &self.transfer_metrics, self.desk.agent_ring);
+        Ok(Response::new(transfer::request(store, bus, metrics, ring, &p, request.into_inner()).await?))
     }
 
     async fn get_ice_servers(

@@ -120,8 +120,10 @@ impl Service for Application {
         let (hub, hub_task) = Hub::start(bus.clone(), None, shutdown.clone());
         let desk_wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let desk_metrics = crate::desk::DeskMetrics::default();
+        let transfer_metrics = crate::transfer::TransferMetrics::default();
         let router = crate::desk::Router::new(store.clone(), bus.clone(), config.desk, desk_wake.clone())
-            .with_metrics(desk_metrics.clone());
+            .with_metrics(desk_metrics.clone())
+            .with_transfer_metrics(transfer_metrics.clone());
         let api = CallApi {
             hub,
             policy: crate::policy::Policy::new(db.clone(), config.call_policy),
@@ -131,6 +133,7 @@ impl Service for Application {
             ring_timeouts: config.ring_timeouts,
             desk: config.desk,
             desk_wake,
+            transfer_metrics: transfer_metrics.clone(),
             bus,
             stopping: stop_serving.clone(),
         };
@@ -176,6 +179,7 @@ impl Service for Application {
         relay.register_metrics(&mut registry);
         call_metrics.register(&mut registry);
         desk_metrics.register(&mut registry);
+        transfer_metrics.register(&mut registry);
         let gauges = Gauges::new(&mut registry);
         let ready = Readiness::default();
 

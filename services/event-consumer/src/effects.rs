@@ -155,15 +155,23 @@ impl Effects {
                 other => tracing::warn!(call_id = %call.id, ?other, "no transition for an offline party"),
             }
         }
-        // An offline agent takes no desk calls until they say they are available again.
+        // An offline agent takes no desk calls until they say they are available again, and a
+        // transfer ringing them fails.
         self.store.make_unavailable(&txn, &[user.to_owned()]).await?;
+        let transfers = self.store.fail_transfers_to(&txn, user).await?;
         txn.commit().await?;
+        self.store.wake_outbox();
+        for step in &transfers {
+            videocall_calls::transfer::tell(&self.bus, step).await;
+        }
         if ended + missed > 0 {
             tracing::info!(ended, missed, "calls of an offline user closed");
         }
         for call in &closed {
             self.store.count_committed(call);
             videocall_calls::push::call_state(&self.bus, call).await;
+            // A transfer that rang for an ended call: its target stops ringing.
+            self.store.tell_transfer_ended_with(&self.bus, call).await;
         }
         Ok(Outcome::CallsClosed { ended, missed })
     }

@@ -472,3 +472,131 @@ async fn user_offline_of_a_ringing_agent_requeues_the_desk_call_and_makes_them_u
     assert_eq!(keys, ["call.queued", "call.routed", "call.queued"]);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn user_offline_of_a_transfer_target_fails_the_transfer_and_of_the_first_agent_ends_the_call() {
+    use videocall_calls::{
+        Actor,
+        transfer::{Target, status},
+    };
+    use videocall_entities::call_transfers;
+    let h = Harness::start(&[]).await;
+    let agent_1 = Actor { id: "agent-1".into(), is_service: false };
+    let ring = chrono::Duration::seconds(60);
+    let call = h.call("carol", "agent-1", &[Command::Answer]).await;
+    // agent-2 rings for the transfer, then goes offline: the transfer fails, the call stays.
+    let mut target =
+        redis::Client::open(common::redis_url()).expect("redis url").get_async_pubsub().await.expect("Redis");
+    target
+        .subscribe(videocall_signaling::redis_keys::user_channel(&h.config.common.cell_id, "agent-2"))
+        .await
+        .expect("sub");
+    h.store.request_transfer(call, Target::Agent("agent-2".into()), &agent_1, ring).await.expect("transfer");
+    h.user_offline(Some("m-agent-2"), &json!({"user_id":"agent-2"})).await;
+    h.wait_processed(1).await;
+    let c = h.store.get(call).await.expect("call");
+    assert_eq!((c.status, c.callee_id.as_str()), (CallStatus::Active, "agent-1"));
+    let frame = first_message(&mut target).await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["transfer"]["reason"].as_str()),
+        (Some("transfer"), Some("target_offline"))
+    );
+
+    // agent-3 rings, and agent-1 goes offline: the call ends, and the transfer with it.
+    let mut target =
+        redis::Client::open(common::redis_url()).expect("redis url").get_async_pubsub().await.expect("Redis");
+    target
+        .subscribe(videocall_signaling::redis_keys::user_channel(&h.config.common.cell_id, "agent-3"))
+        .await
+        .expect("sub");
+    h.store.request_transfer(call, Target::Agent("agent-3".into()), &agent_1, ring).await.expect("transfer");
+    h.user_offline(Some("m-agent-1"), &json!({"user_id":"agent-1"})).await;
+    h.wait_processed(2).await;
+    let c = h.store.get(call).await.expect("call");
+    assert_eq!((c.status, c.end_reason), (CallStatus::Ended, Some(EndReason::UserOffline)));
+    let frame = loop {
+        let frame = first_message(&mut target).await;
+        if frame["type"] == "transfer" && frame["transfer"]["status"] != "ringing" {
+            break frame;
+        }
+    };
+    assert_eq!(frame["transfer"]["reason"], "call_ended", "agent-3 stops ringing: {frame}");
+    let transfers = call_transfers::Entity::find()
+        .filter(call_transfers::Column::CallId.eq(call))
+        .order_by_asc(call_transfers::Column::RequestedAt)
+        .all(&h.db)
+        .await
+        .expect("transfers");
+    let outcomes: Vec<(&str, &str, Option<&str>)> =
+        transfers.iter().map(|t| (t.to_agent_id.as_str(), t.status.as_str(), t.reason.as_deref())).collect();
+    assert_eq!(
+        outcomes,
+        [("agent-2", status::FAILED, Some("target_offline")), ("agent-3", status::FAILED, Some("call_ended"))]
+    );
+    // Each step once, in order, in the outbox.
+    let keys: Vec<String> = events_of(&h, call).await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        keys,
+        [
+            "call.initiated",
+            "call.answered",
+            "call.transfer_requested",
+            "call.transfer_failed",
+            "call.transfer_requested",
+            "call.ended",
+            "call.transfer_failed"
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_transfer_answered_while_the_first_agent_goes_offline_ends_one_way_each_time() {
+    use videocall_calls::{Actor, transfer::Target};
+    let h = Harness::start(&[]).await;
+    const N: usize = 10;
+    let mut calls = Vec::new();
+    for i in 0..N {
+        let agent = format!("agent-r{i}");
+        let call = h.call(&format!("carol-r{i}"), &agent, &[Command::Answer]).await;
+        let actor = Actor { id: agent, is_service: false };
+        let target = Target::Agent(format!("target-r{i}"));
+        h.store.request_transfer(call, target, &actor, chrono::Duration::seconds(60)).await.expect("transfer");
+        calls.push(call);
+    }
+    let mut answers = Vec::new();
+    for (i, call) in calls.iter().enumerate() {
+        let (store, call) = (h.store.clone(), *call);
+        // Answers spread over the time the offline message takes, so both orders happen.
+        let after = std::time::Duration::from_millis(6 * i as u64);
+        answers.push(tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            store.accept_transfer(call, &format!("target-r{i}")).await
+        }));
+        h.user_offline(Some(&format!("m-r{i}")), &json!({"user_id": format!("agent-r{i}")})).await;
+    }
+    h.wait_processed(N as u64).await;
+    let mut transferred = 0;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answered = answer.await.expect("task");
+        let c = h.store.get(calls[i]).await.expect("call");
+        let keys: Vec<String> = events_of(&h, calls[i]).await.into_iter().map(|(k, _)| k).collect();
+        match answered {
+            Ok(Some(step)) => {
+                transferred += 1;
+                // The answer won: the call is the target's, and the first agent's going offline
+                // touches it no more.
+                assert_eq!((c.status, c.callee_id.as_str()), (CallStatus::Active, step.transfer.to_agent_id.as_str()));
+                assert_eq!(keys[2..], ["call.transfer_requested", "call.transferred"]);
+            }
+            Ok(None) => panic!("the transfer rang target-r{i}"),
+            Err(lost) => {
+                assert_eq!(lost.to_string(), "the transfer to you is over: call_ended");
+                assert_eq!((c.status, c.end_reason), (CallStatus::Ended, Some(EndReason::UserOffline)));
+                assert_eq!(keys[2..], ["call.transfer_requested", "call.ended", "call.transfer_failed"]);
+            }
+        }
+    }
+    eprintln!("{transferred} of {N} answers won against the first agent going offline");
+    h.stop().await;
+}

@@ -261,6 +261,8 @@ impl Sweeper {
         if let Some(bus) = &self.bus {
             for call in changed {
                 videocall_calls::push::call_state(bus, call).await;
+                // A transfer that rang for an ended call: its target stops ringing.
+                self.store.tell_transfer_ended_with(bus, call).await;
             }
         }
     }

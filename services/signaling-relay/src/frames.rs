@@ -88,6 +88,16 @@ pub struct Availability {
     pub call_types: Vec<String>,
 }
 
+/// `call.transfer`: the call's agent hands it to another agent or to a desk (one of the two).
+#[derive(Debug, Deserialize)]
+pub struct TransferRequest {
+    pub call_id: String,
+    #[serde(default)]
+    pub to_agent_id: String,
+    #[serde(default)]
+    pub to_call_type: String,
+}
+
 /// `queue.get`: a desk's queue (agents only).
 #[derive(Debug, Deserialize)]
 pub struct QueueGet {

@@ -8,7 +8,9 @@
 use serde::Serialize;
 use videocall_proto::v1 as pb;
 
-pub use crate::frames::{Availability, CallCommand, Consent, Envelope, Initiate, Quality, QueueGet, Resume, SignalIn};
+pub use crate::frames::{
+    Availability, CallCommand, Consent, Envelope, Initiate, Quality, QueueGet, Resume, SignalIn, TransferRequest,
+};
 
 #[derive(Debug, Serialize)]
 pub struct Error<'a> {
@@ -80,6 +82,27 @@ pub fn domain_status(status: pb::CallStatus) -> videocall_domain::CallStatus {
     }
 }
 
+/// A transfer as the `transfer` frames and acks show it (the gateway's `TransferView`).
+pub fn transfer_json(call_id: &str, t: &pb::Transfer) -> serde_json::Value {
+    let to_call_type = pb::CallType::try_from(t.to_call_type)
+        .ok()
+        .filter(|c| *c != pb::CallType::Unspecified)
+        .map(|c| c.as_str_name().trim_start_matches("CALL_TYPE_").to_ascii_lowercase());
+    serde_json::json!({
+        "transfer_id": t.transfer_id,
+        "call_id": call_id,
+        "from_agent_id": t.from_agent_id,
+        "to_agent_id": t.to_agent_id,
+        "to_call_type": to_call_type,
+        "requested_by": t.requested_by,
+        "status": t.status,
+        "reason": (!t.reason.is_empty()).then_some(&t.reason),
+        "requested_at": ts(&t.requested_at),
+        "expires_at": ts(&t.expires_at),
+        "ended_at": ts(&t.ended_at),
+    })
+}
+
 pub fn call_json(c: &pb::Call) -> serde_json::Value {
     let name = |s: &str, prefix: &str| s.strip_prefix(prefix).unwrap_or(s).to_ascii_lowercase();
     let call_type =
@@ -139,6 +162,13 @@ pub fn call_json(c: &pb::Call) -> serde_json::Value {
             "rtt_ms": a.rtt_ms,
             "worst_mos": a.worst_mos,
         })).collect::<Vec<_>>(),
+        "legs": c.legs.iter().map(|l| serde_json::json!({
+            "agent_id": l.agent_id,
+            "started_at": ts(&l.started_at),
+            "ended_at": ts(&l.ended_at),
+            "end_reason": (!l.end_reason.is_empty()).then_some(&l.end_reason),
+        })).collect::<Vec<_>>(),
+        "transfers": c.transfers.iter().map(|t| transfer_json(&c.id, t)).collect::<Vec<_>>(),
     })
 }
 

@@ -17,3 +17,4 @@ mod races;
 mod recording;
 mod service;
 mod signaling;
+mod transfer;

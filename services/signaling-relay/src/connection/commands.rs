@@ -12,7 +12,7 @@ use videocall_signaling::{
 use super::{KnownCall, State};
 use crate::metrics::TypeLabel;
 use crate::protocol::{
-    self, Availability, CallCommand, Consent, Envelope, Initiate, Quality, QueueGet, Resume, SignalIn,
+    self, Availability, CallCommand, Consent, Envelope, Initiate, Quality, QueueGet, Resume, SignalIn, TransferRequest,
 };
 
 impl State {
@@ -35,6 +35,7 @@ impl State {
             "recording.consent" => self.consent(text).await,
             "agent.availability" => self.availability(text).await,
             "queue.get" => self.queue(text).await,
+            "call.transfer" => self.transfer(text).await,
             "resume" => return self.resume(text, id).await,
             signal @ ("offer" | "answer" | "ice-candidate" | "hangup") => {
                 // The hot path: its ack is written straight, without building a JSON tree.
@@ -168,6 +169,22 @@ impl State {
             "call_types": names,
             "idle_since": protocol::timestamp_json(&reply.idle_since),
         }}))
+    }
+
+    pub(super) async fn transfer(&mut self, text: &str) -> Result<serde_json::Value, Failure> {
+        let frame: TransferRequest = parse(text)?;
+        let request = self.request(pb::TransferCallRequest {
+            call_id: frame.call_id,
+            to_agent_id: frame.to_agent_id,
+            to_call_type: call_type(&frame.to_call_type)? as i32,
+        });
+        let reply = self.gateway.clone().transfer_call(request).await.map_err(Failure::from)?.into_inner();
+        let call_id = reply.call.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+        let mut ack = self.call_ack(reply.call, &[]);
+        if let Some(t) = &reply.transfer {
+            ack["transfer"] = protocol::transfer_json(&call_id, t);
+        }
+        Ok(ack)
     }
 
     pub(super) async fn queue(&mut self, text: &str) -> Result<serde_json::Value, Failure> {

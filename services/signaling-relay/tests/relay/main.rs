@@ -8,6 +8,7 @@ mod helpers;
 mod recording;
 mod redis_restart;
 mod sigterm;
+mod transfer;
 mod trust;
 mod turn_hardening;
 mod webrtc;

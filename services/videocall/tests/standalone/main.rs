@@ -7,6 +7,7 @@ mod binary;
 mod browser;
 mod fleet;
 mod fleet_quality;
+mod fleet_transfer;
 mod fleet_trust;
 mod pages;
 mod process;
