@@ -25,6 +25,16 @@ for service in token-keys migrate api-gateway signaling-relay event-consumer qua
   grep -q "^  $service:" <<<"$resolved" || { echo "compose: service $service missing" >&2; exit 1; }
 done
 log "docker/compose.yaml resolves ($(grep -c '^  [a-z-]*:$' <<<"$resolved") services)"
+# The monitoring overlay (Prometheus, Grafana) on top: it resolves too, with the files it mounts.
+resolved=$(TURN_SECRET=check-only-turn-secret docker-compose -f "$copy" -f docker/compose.observability.yaml --project-directory docker config)
+for service in prometheus grafana; do
+  grep -q "^  $service:" <<<"$resolved" || { echo "compose.observability: service $service missing" >&2; exit 1; }
+done
+for file in docker/prometheus/prometheus.yml docker/prometheus/alerts.yml docker/grafana/videocall.json \
+  docker/grafana/provisioning/datasources/prometheus.yml docker/grafana/provisioning/dashboards/videocall.yml; do
+  [ -s "$file" ] || { echo "$file is missing" >&2; exit 1; }
+done
+log "docker/compose.observability.yaml resolves on top of it"
 [ "${1:-}" = --static ] && exit 0
 
 source scripts/podman.sh

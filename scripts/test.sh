@@ -13,6 +13,8 @@ ensure_rabbitmq
 command -v turnserver >/dev/null || apt_install coturn
 # The web client's end-to-end test runs Debian's headless Chromium with a fake camera.
 command -v chromium >/dev/null || apt_install chromium
+# The alert rules' unit tests and the scrape test run Debian's Prometheus (with promtool).
+command -v promtool >/dev/null || apt_install prometheus
 
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://$(id -un)@127.0.0.1:5432/postgres}"
 export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
@@ -28,6 +30,10 @@ if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
 fi
+
+log "alert rules: promtool check rules, promtool test rules"
+promtool check rules docker/prometheus/alerts.yml
+promtool test rules docker/prometheus/alerts.test.yml
 
 log "building (target dir: $CARGO_TARGET_DIR)"
 cargo build --workspace --all-targets --locked

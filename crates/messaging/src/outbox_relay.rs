@@ -373,6 +373,17 @@ async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) {
     }
 }
 
+/// When the oldest row not yet published was written (`None` when every row is published).
+pub async fn oldest_pending(db: &DatabaseConnection) -> Result<Option<chrono::DateTime<chrono::Utc>>, sea_orm::DbErr> {
+    use sea_orm::QueryOrder;
+    let oldest = outbox::Entity::find()
+        .filter(outbox::Column::PublishedAt.is_null())
+        .order_by_asc(outbox::Column::CreatedAt)
+        .one(db)
+        .await?;
+    Ok(oldest.map(|row| row.created_at))
+}
+
 /// Rows not yet published, for metrics and tests.
 pub async fn backlog(db: &DatabaseConnection) -> Result<u64, sea_orm::DbErr> {
     use sea_orm::PaginatorTrait;

@@ -22,17 +22,31 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Whether the service can do its work now. Cheap to clone.
+/// Whether the service can do its work now, also shown as the `videocall_ready` gauge (1 or 0)
+/// once registered. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.flag.store(ready, Ordering::Relaxed);
+        self.gauge.set(i64::from(ready));
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Registers `videocall_ready` (what `/readyz` says, as 1 or 0) in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "videocall_ready",
+            "1 while the service can do its work (what /readyz says), else 0",
+            self.gauge.clone(),
+        );
     }
 }
 
@@ -96,12 +110,18 @@ impl OpsServer {
         self.listener.local_addr().ok()
     }
 
-    /// Serves until `shutdown`.
-    pub async fn serve(self, registry: Registry, ready: Readiness, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serves until `shutdown`; `registry` gains `videocall_ready`.
+    pub async fn serve(
+        self,
+        mut registry: Registry,
+        ready: Readiness,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        ready.register(&mut registry);
         self.serve_shared(Arc::new(registry), ready, shutdown).await
     }
 
-    /// As [`Self::serve`], for a registry the caller shares.
+    /// As [`Self::serve`], for a registry the caller shares (and registers `videocall_ready` in).
     pub async fn serve_shared(
         self,
         registry: Arc<Registry>,

@@ -221,7 +221,23 @@ pub async fn http_get_with_headers(addr: std::net::SocketAddr, path: &str) -> Op
     stream.read_to_string(&mut response).await.ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
-    Some((status, head.to_ascii_lowercase(), body.to_owned()))
+    let head = head.to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") { dechunk(body)? } else { body.to_owned() };
+    Some((status, head, body))
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (hex size line, data, CRLF; size 0 ends).
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
 
 /// A TCP port that was free a moment ago, for child processes that must be told their port.

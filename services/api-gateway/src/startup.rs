@@ -228,6 +228,7 @@ impl Service for Application {
 /// Gauges read from the database at each readiness check.
 struct Gauges {
     outbox_backlog: Gauge,
+    outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     live_calls: Family<StatusLabel, Gauge>,
 }
 
@@ -239,11 +240,17 @@ struct StatusLabel {
 
 impl Gauges {
     fn new(registry: &mut Registry) -> Self {
-        let gauges = Self { outbox_backlog: Gauge::default(), live_calls: Family::default() };
+        let gauges =
+            Self { outbox_backlog: Gauge::default(), outbox_oldest: Gauge::default(), live_calls: Family::default() };
         registry.register(
             "videocall_outbox_backlog",
             "Events not yet confirmed by the broker",
             gauges.outbox_backlog.clone(),
+        );
+        registry.register(
+            "videocall_outbox_oldest_pending_seconds",
+            "Age of the oldest event not yet confirmed by the broker (0 when none waits)",
+            gauges.outbox_oldest.clone(),
         );
         registry.register(
             "videocall_live_calls",
@@ -256,6 +263,9 @@ impl Gauges {
     async fn refresh(&self, db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
         let backlog = outbox_relay::backlog(db).await?;
         self.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        let oldest = outbox_relay::oldest_pending(db).await?;
+        let age = oldest.map_or(0.0, |at| (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0);
+        self.outbox_oldest.set(age);
         let live = [CallStatus::Initiated, CallStatus::Ringing, CallStatus::Active];
         let counts: Vec<(String, String, i64)> = calls::Entity::find()
             .select_only()

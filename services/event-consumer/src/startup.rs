@@ -113,7 +113,15 @@ async fn session(
     );
     ready.set(true);
     let [offline, tickets] = &consumers;
-    tokio::try_join!(offline.run(connection, shutdown), tickets.run(connection, shutdown))?;
+    let watcher = connection.create_channel().await.context("opening the dead-letter watch channel")?;
+    let queues = [config.user_offline.queue.clone(), config.ticket_created.queue.clone()];
+    tokio::select! {
+        consumed = async { tokio::try_join!(offline.run(connection, shutdown), tickets.run(connection, shutdown)) } => {
+            consumed?;
+        }
+        () = metrics.watch_dead_letters(&watcher, &queues) => {}
+    }
+    let _ = watcher.close(200, "shutting down".into()).await;
     let _ = publisher.close(200, "shutting down".into()).await;
     Ok(())
 }

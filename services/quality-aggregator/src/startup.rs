@@ -105,7 +105,13 @@ async fn session(
         metrics: metrics.clone(),
     };
     ready.set(true);
-    consumer.run(connection, shutdown).await?;
+    let watcher = connection.create_channel().await.context("opening the dead-letter watch channel")?;
+    let queues = [settings.queue.clone()];
+    tokio::select! {
+        consumed = consumer.run(connection, shutdown) => consumed?,
+        () = metrics.watch_dead_letters(&watcher, &queues) => {}
+    }
+    let _ = watcher.close(200, "shutting down".into()).await;
     let _ = publisher.close(200, "shutting down".into()).await;
     Ok(())
 }

@@ -104,6 +104,7 @@ impl Service for Application {
         let connections = Arc::new(Semaphore::new(max_connections));
         let mut registry = Registry::default();
         let metrics = RelayMetrics::new(&mut registry);
+        hub.readiness().register(&mut registry);
         let registry = Arc::new(registry);
         let ops_task =
             ops.map(|ops| tokio::spawn(ops.serve_shared(registry.clone(), hub.readiness(), shutdown.clone())));

@@ -267,6 +267,7 @@ impl Standalone {
         let stop = shutdown.clone();
         let mut registry = workers_registry;
         events.register_metrics(&mut registry);
+        ready.register(&mut registry);
         let app = ops::router(Arc::new(registry), ready.clone(), stop.clone()).merge(
             Router::new()
                 .route("/events/{exchange}/{routing_key}", post(ingest::ingest))

@@ -38,6 +38,8 @@ pub struct Fleet {
     /// Names this run's exchanges, queues and cell.
     #[allow(dead_code, reason = "for tests that bind queues of their own")]
     pub run: String,
+    /// Where each service's `/metrics` is (the relay's on its HTTP address).
+    pub metrics: Vec<(&'static str, SocketAddr)>,
     relay: Option<Process>,
     relay_settings: RelaySettings,
     workers: Vec<Process>,
@@ -84,7 +86,8 @@ impl Fleet {
         };
 
         // The gateway first: it applies the migrations the others need.
-        let (gateway, [_, grpc]) = start_ready(GATEWAY, &dir, |[ops, grpc]| {
+        let mut metrics = Vec::new();
+        let (gateway, [gateway_ops, grpc]) = start_ready(GATEWAY, &dir, |[ops, grpc]| {
             let mut command = shared(GATEWAY, ops);
             command
                 .env("GRPC_LISTEN_ADDR", grpc.to_string())
@@ -94,10 +97,11 @@ impl Fleet {
             (command, ops)
         })
         .await;
+        metrics.push((GATEWAY, gateway_ops));
 
         let mut workers = Vec::new();
         for name in [AGGREGATOR, CONSUMER, SWEEPER, RECORDER] {
-            let (process, _) = start_ready(name, &dir, |[ops, _]| {
+            let (process, [ops, _]) = start_ready(name, &dir, |[ops, _]| {
                 let mut command = shared(name, ops);
                 match name {
                     AGGREGATOR => {
@@ -119,6 +123,7 @@ impl Fleet {
             })
             .await;
             workers.push(process);
+            metrics.push((name, ops));
         }
 
         let relay_settings = RelaySettings {
@@ -129,7 +134,9 @@ impl Fleet {
             env: extra.iter().filter(|(s, _, _)| s == RELAY).map(|(_, n, v)| (n.clone(), v.clone())).collect(),
         };
         let (relay, [http, _]) = start_ready(RELAY, &dir, |[http, _]| (relay_settings.command(http), http)).await;
+        metrics.push((RELAY, http));
         Self {
+            metrics,
             http,
             grpc,
             customer_id: format!("customer-{run}"),

@@ -6,6 +6,7 @@
 mod binary;
 mod browser;
 mod fleet;
+mod fleet_prometheus;
 mod fleet_quality;
 mod fleet_transfer;
 mod fleet_trust;
