@@ -42,6 +42,16 @@ async fn api(prometheus: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).expect("JSON")
 }
 
+/// The metric names Prometheus has.
+async fn scraped_names(prometheus: SocketAddr) -> HashSet<String> {
+    api(prometheus, "/api/v1/label/__name__/values").await["data"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Starts Prometheus scraping `targets` every second with the fleet's alert rules.
 async fn start_prometheus(targets: &[(&'static str, SocketAddr)], dir: &Path) -> (Process, SocketAddr) {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/prometheus/alerts.yml");
@@ -90,12 +100,7 @@ async fn prometheus_scrapes_every_documented_metric_from_the_fleet_and_loads_the
         let targets = api(prometheus, "/api/v1/targets").await;
         let up =
             targets["data"]["activeTargets"].as_array().map_or(0, |t| t.iter().filter(|t| t["health"] == "up").count());
-        let names: HashSet<String> = api(prometheus, "/api/v1/label/__name__/values").await["data"]
-            .as_array()
-            .expect("names")
-            .iter()
-            .filter_map(|n| n.as_str().map(str::to_owned))
-            .collect();
+        let names = scraped_names(prometheus).await;
         let missing: Vec<&String> = wanted
             .iter()
             .filter(|n| !["", "_bucket", "_count"].iter().any(|suffix| names.contains(&format!("{n}{suffix}"))))
@@ -114,12 +119,7 @@ async fn prometheus_scrapes_every_documented_metric_from_the_fleet_and_loads_the
     // Every panel of the Grafana dashboard is a valid query over metrics the fleet has.
     let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/grafana/videocall.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(dashboard).expect("dashboard")).expect("JSON");
-    let scraped: HashSet<String> = api(prometheus, "/api/v1/label/__name__/values").await["data"]
-        .as_array()
-        .expect("names")
-        .iter()
-        .filter_map(|n| n.as_str().map(str::to_owned))
-        .collect();
+    let scraped = scraped_names(prometheus).await;
     let mut queries = 0;
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {
