@@ -34,6 +34,8 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     /// Set on desk calls (a customer calling a desk): when the call first joined its queue.
     pub queued_at: Option<DateTimeUtc>,
+    /// W3C `traceparent` of the request that made the call: the call's events continue its trace.
+    pub trace_context: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,7 @@ mod m20261204_000005_create_principals;
 mod m20261205_000006_create_desks;
 mod m20261206_000007_create_quality_alerts;
 mod m20261206_000008_create_call_transfers;
+mod m20261206_000009_add_call_trace_context;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000006_create_desks::Migration),
             Box::new(m20261206_000007_create_quality_alerts::Migration),
             Box::new(m20261206_000008_create_call_transfers::Migration),
+            Box::new(m20261206_000009_add_call_trace_context::Migration),
         ]
     }
 }

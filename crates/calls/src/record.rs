@@ -30,6 +30,8 @@ pub struct CallRecord {
     pub ended_at: Option<DateTime<Utc>>,
     /// Set on desk calls: when the call joined its desk's queue.
     pub queued_at: Option<DateTime<Utc>>,
+    /// W3C `traceparent` of the request that made the call (when it was traced).
+    pub trace_context: Option<String>,
 }
 
 impl CallRecord {
@@ -82,6 +84,7 @@ impl CallRecord {
             answered_at: m.answered_at,
             ended_at: m.ended_at,
             queued_at: m.queued_at,
+            trace_context: m.trace_context,
         })
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use videocall_domain::{CallStatus, Command, Decision, Effect, Party, decide, decide_for};
 use videocall_entities::{call_transitions, calls, live_call_parties, support_offers};
-use videocall_messaging::outbox::{NewEvent, write_event};
+use videocall_messaging::outbox::{NewEvent, write_event, write_event_traced};
 
 use crate::{
     events::{CALL_ROUTED, CallEventData, call_event_names},
@@ -175,6 +175,8 @@ impl CallStore {
             answered_at: None,
             ended_at: None,
             queued_at: desk.then_some(now),
+            // The request's trace becomes the call's: every event of the call continues it.
+            trace_context: videocall_messaging::trace_context::current(),
         };
         match self.insert_new(&call, offer, actor_id, now).await {
             Ok(()) => {
@@ -228,6 +230,7 @@ impl CallStore {
             ended_at: Set(None),
             updated_at: Set(now),
             queued_at: Set(call.queued_at),
+            trace_context: Set(call.trace_context.clone()),
         })
         .exec_without_returning(&txn)
         .await?;
@@ -412,7 +415,7 @@ impl CallStore {
         let data = CallEventData::new(call, from);
         let event =
             NewEvent { source: &self.event_source, names, subject: &subject, aggregate_id: call.id, time: now, data };
-        write_event(txn, event).await?;
+        write_event_traced(txn, event, call.trace_context.as_deref()).await?;
         Ok(())
     }
 

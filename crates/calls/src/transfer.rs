@@ -17,7 +17,7 @@ use serde::Serialize;
 use uuid::Uuid;
 use videocall_domain::{CallStatus, CallType};
 use videocall_entities::{agents, call_transfers, call_transitions, calls, live_call_parties};
-use videocall_messaging::outbox::{NewEvent, write_event};
+use videocall_messaging::outbox::{NewEvent, write_event_traced};
 use videocall_signaling::signal_bus::SignalBus;
 
 use crate::{
@@ -490,7 +490,7 @@ impl CallStore {
             time: now,
             data,
         };
-        write_event(txn, event).await?;
+        write_event_traced(txn, event, step.call.trace_context.as_deref()).await?;
         Ok(())
     }
 }
@@ -600,6 +600,7 @@ mod tests {
             answered_at: answered.map(at),
             ended_at: ended.map(at),
             queued_at: None,
+            trace_context: None,
         }
     }
 

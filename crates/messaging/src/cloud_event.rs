@@ -15,6 +15,9 @@ pub struct CloudEvent<T: Serialize> {
     pub time: String,
     pub subject: String,
     pub datacontenttype: &'static str,
+    /// Distributed-tracing extension: the W3C trace context the event continues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub data: T,
 }
 
@@ -28,6 +31,7 @@ impl<T: Serialize> CloudEvent<T> {
             time: time.to_rfc3339_opts(SecondsFormat::Millis, true),
             subject: subject.to_owned(),
             datacontenttype: "application/json",
+            traceparent: None,
             data,
         }
     }

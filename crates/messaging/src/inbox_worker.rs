@@ -232,8 +232,14 @@ impl<H: Handler> QueueWorker<H> {
         if attempt == 0 {
             self.lag.observe(&self.queue, &delivery);
         }
-        let span = tracing::info_span!("message", queue = %self.queue, message_id = message_id.as_deref().unwrap_or(""), attempt);
-        match self.handler.handle(message_id.as_deref(), &delivery.data).await {
+        let span = tracing::info_span!("message", otel.name = "consume", queue = %self.queue, message_id = message_id.as_deref().unwrap_or(""), attempt);
+        // The event's trace goes on here: the AMQP header, else the CloudEvents extension.
+        if let Some(traceparent) = traceparent_of(&delivery) {
+            crate::trace_context::set_parent(&span, &traceparent);
+        }
+        let handled =
+            tracing::Instrument::instrument(self.handler.handle(message_id.as_deref(), &delivery.data), span.clone());
+        match handled.await {
             Verdict::Done(outcome) => {
                 tracing::debug!(parent: &span, outcome, "applied");
                 ack(&delivery).await?;
@@ -346,6 +352,25 @@ fn headers_of(properties: &BasicProperties) -> FieldTable {
 
 /// Retries already made: the attempt header of a republished message (classic queues) plus the
 /// broker's count of earlier deliveries (quorum queues); both absent on the first delivery.
+/// The W3C trace context a delivery carries: its `traceparent` header, else the CloudEvents
+/// `traceparent` extension of its body.
+fn traceparent_of(delivery: &Delivery) -> Option<String> {
+    let header = delivery.properties.headers().as_ref().and_then(|h| {
+        h.inner().iter().find(|(k, _)| k.as_str() == "traceparent").and_then(|(_, v)| match v {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        })
+    });
+    header.or_else(|| {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            traceparent: Option<String>,
+        }
+        serde_json::from_slice::<Head>(&delivery.data).ok()?.traceparent
+    })
+}
+
 fn attempt_of(properties: &BasicProperties) -> u32 {
     let Some(headers) = properties.headers() else { return 0 };
     count_in(headers, ATTEMPT_HEADER).saturating_add(count_in(headers, DELIVERY_COUNT_HEADER))

@@ -13,3 +13,6 @@ pub mod inbox_worker;
 pub mod local_events;
 pub mod outbox;
 pub mod outbox_relay;
+
+/// W3C trace context helpers (re-exported for crates that carry events but not the runtime).
+pub use videocall_runtime::telemetry::trace_context;

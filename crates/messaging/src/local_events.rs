@@ -120,8 +120,19 @@ impl LocalEvents {
             .map(|b| (b.consumer.clone(), b.handler.clone()))
             .collect();
         let mut delivery = Delivery { consumers: targets.len(), rejected: Vec::new() };
+        #[derive(serde::Deserialize)]
+        struct Head {
+            traceparent: Option<String>,
+        }
+        let traceparent = serde_json::from_slice::<Head>(body).ok().and_then(|h| h.traceparent);
         for (consumer, handler) in &targets {
-            let outcome = match handler.handle_boxed(message_id, body).await {
+            // As over RabbitMQ: the consumer's handling continues the event's trace.
+            let span = tracing::info_span!("message", otel.name = "consume", %consumer, %routing_key);
+            if let Some(traceparent) = &traceparent {
+                crate::trace_context::set_parent(&span, traceparent);
+            }
+            let handled = tracing::Instrument::instrument(handler.handle_boxed(message_id, body), span);
+            let outcome = match handled.await {
                 Verdict::Done(outcome) => outcome,
                 Verdict::DeadLetter(reason) => {
                     tracing::error!(%consumer, message_id = message_id.unwrap_or("-"), %routing_key, %reason, "event can never apply; dropped");

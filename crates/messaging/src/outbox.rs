@@ -26,10 +26,23 @@ pub struct NewEvent<'a, T> {
 
 /// Wraps `event` in a CloudEvents envelope with a new id and writes its outbox row, available at
 /// once; inside the caller's transaction when `conn` is one. Returns the event id.
+/// The event carries the current span's trace context (the CloudEvents `traceparent` extension).
 pub async fn write_event<C: ConnectionTrait, T: Serialize>(conn: &C, event: NewEvent<'_, T>) -> Result<Uuid, DbErr> {
+    let current = videocall_runtime::telemetry::trace_context::current();
+    write_event_traced(conn, event, current.as_deref()).await
+}
+
+/// As [`write_event`], in the trace `traceparent` names (a call's own trace) rather than the
+/// current span's; `None` falls back to the current span's.
+pub async fn write_event_traced<C: ConnectionTrait, T: Serialize>(
+    conn: &C,
+    event: NewEvent<'_, T>,
+    traceparent: Option<&str>,
+) -> Result<Uuid, DbErr> {
     let event_id = Uuid::now_v7();
     let (event_type, routing_key) = event.names;
-    let envelope = CloudEvent::new(event_id, event.source, event_type, event.subject, event.time, event.data);
+    let mut envelope = CloudEvent::new(event_id, event.source, event_type, event.subject, event.time, event.data);
+    envelope.traceparent = traceparent.map(str::to_owned).or_else(videocall_runtime::telemetry::trace_context::current);
     let payload = serde_json::to_string(&envelope).map_err(|e| DbErr::Custom(format!("event encoding: {e}")))?;
     outbox::Entity::insert(outbox::ActiveModel {
         id: Set(event_id),

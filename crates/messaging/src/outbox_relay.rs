@@ -221,6 +221,7 @@ impl OutboxRelay {
             .await?;
         for row in &rows {
             let id = row.id.to_string();
+            publish_span(row);
             match events.deliver(&self.config.exchange, &row.routing_key, Some(&id), row.payload.as_bytes()).await {
                 Ok(delivery) => {
                     tracing::debug!(event_type = %row.event_type, consumers = delivery.consumers, "event delivered in process");
@@ -277,12 +278,19 @@ impl OutboxRelay {
         }
         let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            let properties = BasicProperties::default()
+            let mut properties = BasicProperties::default()
                 .with_message_id(row.id.to_string().into())
                 .with_type(row.event_type.as_str().into())
                 .with_content_type("application/cloudevents+json".into())
                 .with_delivery_mode(2)
                 .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or_default());
+            // The event's trace goes on in the AMQP headers too, for consumers that do not read
+            // the CloudEvents extension; the publish is a span of that trace.
+            if let Some(traceparent) = publish_span(row) {
+                let mut headers = FieldTable::default();
+                headers.insert("traceparent".into(), lapin::types::AMQPValue::LongString(traceparent.into()));
+                properties = properties.with_headers(headers);
+            }
             let confirm = channel
                 .basic_publish(
                     self.config.exchange.as_str().into(),
@@ -364,6 +372,26 @@ impl OutboxRelay {
             .await?;
         Ok(())
     }
+}
+
+/// Records an `outbox.publish` span for `row` in the trace its event continues (the CloudEvents
+/// `traceparent`), and returns that traceparent.
+fn publish_span(row: &outbox::Model) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        traceparent: Option<String>,
+    }
+    let traceparent = serde_json::from_str::<Head>(&row.payload).ok()?.traceparent?;
+    let span = tracing::info_span!(
+        "outbox.publish",
+        otel.name = "outbox.publish",
+        event_type = %row.event_type,
+        routing_key = %row.routing_key,
+        call_id = %row.aggregate_id,
+    );
+    crate::trace_context::set_parent(&span, &traceparent);
+    span.in_scope(|| tracing::debug!("publishing"));
+    Some(traceparent)
 }
 
 async fn sleep_or_stop(delay: Duration, shutdown: &CancellationToken) {

@@ -75,7 +75,7 @@ pub async fn main<A: Service>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(A::log_format(&config));
+    let traces = crate::telemetry::init_service(A::log_format(&config), A::NAME);
     let shutdown = shutdown::on_signal();
     let result = async {
         let app = A::build(config, &shutdown).await?;
@@ -83,6 +83,7 @@ pub async fn main<A: Service>() -> ExitCode {
         app.run_until_stopped(shutdown).await
     }
     .await;
+    traces.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -104,8 +104,20 @@ impl CallApi {
         pb::CallWithIceServers { call: Some(convert::call(&call)), ice_servers: self.ice_servers(user) }
     }
 
+    /// The call as a command's reply shows it: with its legs and transfers once answered (as
+    /// GetCall shows them), so a reply and a later GetCall agree.
+    async fn view(&self, call: &CallRecord) -> Result<pb::Call, ApiError> {
+        let mut view = convert::call(call);
+        if call.answered_at.is_some() {
+            let transfers = self.store.transfers_of(&[call.id]).await?.remove(&call.id).unwrap_or_default();
+            transfer::fill(&mut view, call, &transfers);
+        }
+        Ok(view)
+    }
+
     async fn command(&self, p: &Principal, raw_id: &str, command: Command) -> Result<CallRecord, ApiError> {
         let id = convert::call_id(raw_id)?;
+        tracing::Span::current().record("call_id", tracing::field::display(id));
         // The target of a ringing transfer answers or declines the transfer, not the call.
         if !p.is_service() {
             let handled = match command {
@@ -284,7 +296,11 @@ impl CallService for CallApi {
         request: Request<pb::InitiateCallRequest>,
     ) -> Result<Response<pb::CallWithIceServers>, Status> {
         let p = self.principal(&request).await?;
-        Ok(Response::new(self.initiate(&p, request.into_inner()).await?))
+        let reply = self.initiate(&p, request.into_inner()).await?;
+        if let Some(call) = &reply.call {
+            tracing::Span::current().record("call_id", call.id.as_str());
+        }
+        Ok(Response::new(reply))
     }
 
     async fn ring_call(
@@ -302,20 +318,21 @@ impl CallService for CallApi {
     ) -> Result<Response<pb::CallWithIceServers>, Status> {
         let p = self.principal(&request).await?;
         let call = self.command(&p, &request.get_ref().call_id, Command::Answer).await?;
-        Ok(Response::new(self.with_ice(call, &p.user_id)))
+        let view = self.view(&call).await?;
+        Ok(Response::new(pb::CallWithIceServers { call: Some(view), ice_servers: self.ice_servers(&p.user_id) }))
     }
 
     async fn reject_call(&self, request: Request<pb::RejectCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
         let p = self.principal(&request).await?;
         let call = self.command(&p, &request.get_ref().call_id, Command::Reject).await?;
-        Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
+        Ok(Response::new(pb::CallResponse { call: Some(self.view(&call).await?) }))
     }
 
     async fn end_call(&self, request: Request<pb::EndCallRequest>) -> Result<Response<pb::CallResponse>, Status> {
         let p = self.principal(&request).await?;
         let reason = convert::end_reason(request.get_ref().reason)?;
         let call = self.command(&p, &request.get_ref().call_id, Command::End(reason)).await?;
-        Ok(Response::new(pb::CallResponse { call: Some(convert::call(&call)) }))
+        Ok(Response::new(pb::CallResponse { call: Some(self.view(&call).await?) }))
     }
 
     async fn send_signal(

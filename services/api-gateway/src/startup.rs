@@ -191,6 +191,7 @@ impl Service for Application {
         tasks.spawn("grpc server", async move {
             tracing::info!(%addr, "gRPC listening");
             tonic::transport::Server::builder()
+                .trace_fn(request_span)
                 .timeout(SERVER_TIMEOUT)
                 .layer(crate::deadline::DeadlineLayer { max: SERVER_TIMEOUT })
                 .add_service(health_service)
@@ -223,6 +224,21 @@ impl Service for Application {
         tracing::info!("api-gateway stopped");
         result
     }
+}
+
+/// The span of one gRPC request: a child of the caller's span when the request carries a W3C
+/// `traceparent` (the relay sends its frame's); `call_id` is filled in by the handlers.
+fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = %request.uri().path(),
+        rpc.method = %request.uri().path(),
+        call_id = tracing::field::Empty,
+    );
+    if let Some(traceparent) = request.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        videocall_runtime::telemetry::trace_context::set_parent(&span, traceparent);
+    }
+    span
 }
 
 /// Gauges read from the database at each readiness check.

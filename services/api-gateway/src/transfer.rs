@@ -84,7 +84,10 @@ pub async fn request(
     let step = store.request_transfer(call_id, target, &actor, ring).await?;
     tracing::info!(call_id = %call_id, to = %step.transfer.to_agent_id, "transfer ringing");
     tell(bus, metrics, &step).await;
-    Ok(pb::TransferCallResponse { call: Some(convert::call(&step.call)), transfer: Some(to_pb(&step.transfer)) })
+    let mut view = convert::call(&step.call);
+    let transfers = store.transfers_of(&[call_id]).await?.remove(&call_id).unwrap_or_default();
+    fill(&mut view, &step.call, &transfers);
+    Ok(pb::TransferCallResponse { call: Some(view), transfer: Some(to_pb(&step.transfer)) })
 }
 
 /// The target's answer, if a transfer of this call rings them: the call, now theirs.

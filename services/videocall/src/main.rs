@@ -29,17 +29,20 @@ async fn main() -> ExitCode {
             }
         };
     }
-    telemetry::init(config.log_format);
+    let traces = telemetry::init_service(config.log_format, "videocall");
     let shutdown = shutdown::on_signal();
     let app = match Standalone::build(config, &shutdown).await {
         Ok(app) => app,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "videocall could not start");
+            traces.shutdown();
             return ExitCode::FAILURE;
         }
     };
     print_welcome(&app);
-    match app.run_until_stopped(shutdown).await {
+    let stopped = app.run_until_stopped(shutdown).await;
+    traces.shutdown();
+    match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "videocall failed");

@@ -24,6 +24,35 @@ impl State {
                 return vec![protocol::error(None, "malformed", "frames must be JSON objects with a string `type`")];
             }
         };
+        // Signals (the hot path, never sent to the gateway) and pings are not traced; every other
+        // frame is a span whose context goes to the gateway with the request (`traceparent`).
+        if matches!(envelope.frame_type.as_str(), "ping" | "offer" | "answer" | "ice-candidate" | "hangup") {
+            return self.dispatch(&envelope, text).await;
+        }
+        #[derive(serde::Deserialize)]
+        struct Head {
+            call_id: Option<String>,
+        }
+        let span = tracing::info_span!(
+            "relay.frame",
+            otel.name = %format!("relay {}", envelope.frame_type),
+            frame = %envelope.frame_type,
+            call_id = tracing::field::Empty,
+        );
+        if let Some(call_id) = serde_json::from_str::<Head>(text).ok().and_then(|h| h.call_id) {
+            span.record("call_id", call_id.as_str());
+        }
+        let replies = tracing::Instrument::instrument(self.dispatch(&envelope, text), span.clone()).await;
+        if envelope.frame_type == "call.initiate"
+            && let Some(ack) = replies.first().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            && let Some(call_id) = ack["call"]["id"].as_str()
+        {
+            span.record("call_id", call_id);
+        }
+        replies
+    }
+
+    async fn dispatch(&mut self, envelope: &Envelope, text: &str) -> Vec<String> {
         let id = envelope.id.as_ref();
         let result = match envelope.frame_type.as_str() {
             "ping" => return vec![serde_json::json!({"type": "pong", "id": id}).to_string()],

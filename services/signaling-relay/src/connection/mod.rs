@@ -250,6 +250,10 @@ impl State {
         if let Ok(value) = format!("Bearer {}", self.token).parse() {
             request.metadata_mut().insert("authorization", value);
         }
+        // The frame's span goes on in the gateway (W3C trace context).
+        if let Some(value) = videocall_runtime::telemetry::trace_context::current().and_then(|t| t.parse().ok()) {
+            request.metadata_mut().insert("traceparent", value);
+        }
         request.set_timeout(Duration::from_secs(10));
         request
     }

@@ -8,6 +8,7 @@ mod browser;
 mod fleet;
 mod fleet_prometheus;
 mod fleet_quality;
+mod fleet_traces;
 mod fleet_transfer;
 mod fleet_trust;
 mod pages;
