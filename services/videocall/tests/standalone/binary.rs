@@ -348,3 +348,45 @@ async fn the_binary_routes_desk_calls_on_sqlite() {
     app.stop().await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn the_binary_transfers_calls_on_sqlite() {
+    let dir = temp_dir("vc-standalone-transfer");
+    let data = dir.join("data");
+    let app = Standalone::start(&data, &[]).await;
+    let ws = |token: String| format!("ws://{}/ws?token={token}", app.http);
+    let mut first = Client::connect(&ws(Standalone::token("agent-t1", "agent").await)).await.expect("agent");
+    let mut target = Client::connect(&ws(Standalone::token("agent-t2", "agent").await)).await.expect("agent");
+    assert_eq!(first.request(json!({"type":"call.history"})).await["type"], "ack", "the agent is known");
+    let mut customer = Client::connect(&ws(Standalone::token("customer-t", "user").await)).await.expect("customer");
+    let ack = customer.request(json!({"type":"call.initiate","callee_id":"agent-t1","call_type":"support"})).await;
+    let call_id = ack["call"]["id"].as_str().unwrap_or_else(|| panic!("a call: {ack}")).to_owned();
+    assert_eq!(first.request(json!({"type":"call.answer","call_id":call_id})).await["call"]["status"], "active");
+
+    // Declined, then accepted: the same rules as on PostgreSQL.
+    let ack = first.request(json!({"type":"call.transfer","call_id":call_id,"to_agent_id":"agent-t2"})).await;
+    assert_eq!(ack["transfer"]["status"], "ringing", "{ack}");
+    let again = first.request(json!({"type":"call.transfer","call_id":call_id,"to_agent_id":"agent-t3"})).await;
+    assert_eq!(again["message"], "a transfer to agent-t2 is ringing already", "{again}");
+    assert_eq!(target.next_of("transfer").await["transfer"]["status"], "ringing");
+    assert_eq!(target.request(json!({"type":"call.reject","call_id":call_id})).await["call"]["callee_id"], "agent-t1");
+    first.request(json!({"type":"call.transfer","call_id":call_id,"to_agent_id":"agent-t2"})).await;
+    let ack = target.request(json!({"type":"call.answer","call_id":call_id})).await;
+    assert_eq!((ack["call"]["status"].as_str(), ack["call"]["callee_id"].as_str()), (Some("active"), Some("agent-t2")));
+    assert_eq!(customer.request(json!({"type":"call.end","call_id":call_id})).await["call"]["status"], "ended");
+    let entry = history_entry(&mut customer, &call_id, |c| c["status"] == "ended").await;
+    let legs: Vec<String> = entry["legs"]
+        .as_array()
+        .expect("legs")
+        .iter()
+        .map(|l| {
+            format!("{}:{}", l["agent_id"].as_str().unwrap_or_default(), l["end_reason"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(legs, ["agent-t1:transferred", "agent-t2:hangup"], "{entry}");
+    let outcomes: Vec<&str> =
+        entry["transfers"].as_array().expect("transfers").iter().filter_map(|t| t["status"].as_str()).collect();
+    assert_eq!(outcomes, ["failed", "transferred"]);
+    app.stop().await;
+    std::fs::remove_dir_all(dir).ok();
+}
