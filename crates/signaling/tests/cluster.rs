@@ -200,9 +200,14 @@ async fn traffic(url: &str, cell: &str, calls: usize) -> Traffic {
                         Ok(head) => vec![(head.seq, frame.to_string())],
                         Err(_) => continue,
                     },
-                    Some(Outbound::Resync { .. }) => {
-                        bus.replay(&call_b, &registration.user_id, last).await.unwrap_or_default()
-                    }
+                    Some(Outbound::Resync { .. }) => match bus.replay(&call_b, &registration.user_id, last).await {
+                        Ok(frames) => frames,
+                        Err(e) => {
+                            // Counted as missing by `check` unless a later resync replays them.
+                            eprintln!("replay for {call_b} failed: {e}");
+                            Vec::new()
+                        }
+                    },
                 };
                 for (seq, _) in frames {
                     if seq > last {

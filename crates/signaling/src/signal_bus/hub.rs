@@ -33,6 +33,18 @@ pub enum Outbound {
     Resync { lost: bool },
 }
 
+/// Queues a resync for one connection. Unlike a frame (dropped when the queue is full: the client
+/// sees the gap), a dropped resync would be noticed by nobody, so a full queue gets it as soon as
+/// there is room; a late resync only replays what the connection has already.
+fn send_resync(tx: &mpsc::Sender<Outbound>, lost: bool) {
+    if let Err(mpsc::error::TrySendError::Full(resync)) = tx.try_send(Outbound::Resync { lost }) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(resync).await;
+        });
+    }
+}
+
 enum Command {
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
@@ -316,7 +328,7 @@ impl Hub {
 
     fn broadcast_resync(&self, lost: bool) {
         for tx in self.lock().conns.values().flat_map(HashMap::values) {
-            let _ = tx.try_send(Outbound::Resync { lost });
+            send_resync(tx, lost);
         }
     }
 
@@ -327,7 +339,7 @@ impl Hub {
         let resync = |user: &str, id: Option<u64>| {
             for (conn, tx) in books.conns.get(user).into_iter().flatten() {
                 if id.is_none_or(|id| id == *conn) {
-                    let _ = tx.try_send(Outbound::Resync { lost: false });
+                    send_resync(tx, false);
                 }
             }
         };
@@ -421,5 +433,20 @@ impl Hub {
             self.inner.connected.set(false);
             tracing::warn!("signal bus subscriber lost; subscribing again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_resync_for_a_full_queue_arrives_once_there_is_room() {
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.try_send(Outbound::Frame(Arc::from("{\"seq\":1}"))).expect("room for one");
+        send_resync(&tx, true);
+        assert!(matches!(rx.recv().await, Some(Outbound::Frame(_))), "the queued frame first");
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.expect("in time");
+        assert!(matches!(next, Some(Outbound::Resync { lost: true })), "then the resync, not dropped: {next:?}");
     }
 }
