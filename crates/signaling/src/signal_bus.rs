@@ -10,7 +10,11 @@ mod presence;
 
 pub use presence::PRESENCE_RETENTION;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use redis::{
@@ -508,7 +512,7 @@ return 1
                 let seeds = cluster_seeds(&self.config.redis_url).unwrap_or_default();
                 let (tx, pushes) = mpsc::unbounded_channel();
                 let conn = cluster_client(&seeds, Some(tx))?.get_async_connection().await?;
-                SubscriberInner::Cluster { conn, pushes, wanted: HashSet::new() }
+                SubscriberInner::Cluster { conn, pushes, wanted: HashSet::new(), seen: HashMap::new(), held: None }
             }
             Backend::Redis { .. } => {
                 let pubsub = redis::Client::open(self.config.redis_url.as_str())?.get_async_pubsub().await?;
@@ -572,6 +576,14 @@ enum SubscriberInner {
         /// The sharded channels subscribed to: one the server unsubscribes (its slot moved to
         /// another shard) is subscribed again.
         wanted: HashSet<String>,
+        /// Per call channel, the highest `seq` it carried. A call's numbers have no holes, so a
+        /// frame past the next number means one was published where this subscriber was not
+        /// listening (a slot in migration; the redis crate resubscribing the new owner before
+        /// the old one's `sunsubscribe`): the watchers resync before that frame goes out, so
+        /// nobody applies a later number before the missing one.
+        seen: HashMap<String, u64>,
+        /// A frame held back behind the resync it caused.
+        held: Option<BusEvent>,
     },
     InProcess {
         rx: tokio::sync::broadcast::Receiver<local::Published>,
@@ -689,9 +701,10 @@ impl Subscriber {
     }
 
     pub async fn unsubscribe_call(&mut self, call_id: &str) -> Result<(), BusError> {
-        if let SubscriberInner::Cluster { conn, wanted, .. } = &mut self.inner {
+        if let SubscriberInner::Cluster { conn, wanted, seen, .. } = &mut self.inner {
             let channel = redis_keys::cluster::call_channel(&self.cell, call_id);
             wanted.remove(&channel);
+            seen.remove(&channel);
             conn.sunsubscribe(&channel).await?;
         }
         Ok(())
@@ -720,7 +733,10 @@ impl Subscriber {
                     return Some(BusEvent::Frame(user.to_owned(), Arc::from(payload)));
                 }
             },
-            SubscriberInner::Cluster { conn, pushes, wanted } => loop {
+            SubscriberInner::Cluster { conn, pushes, wanted, seen, held } => loop {
+                if let Some(event) = held.take() {
+                    return Some(event);
+                }
                 let push = pushes.recv().await?;
                 let channel = push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
                 match push.kind {
@@ -730,15 +746,26 @@ impl Subscriber {
                         else {
                             continue;
                         };
-                        let to = match channel_of(&self.cell, &channel) {
-                            Some(Watched::User(user)) => user,
-                            Some(Watched::Call(_)) => match serde_json::from_str::<FrameHead>(&payload) {
-                                Ok(head) => head.to,
+                        let (to, gap) = match channel_of(&self.cell, &channel) {
+                            Some(Watched::User(user)) => (user, None),
+                            Some(Watched::Call(call)) => match serde_json::from_str::<FrameHead>(&payload) {
+                                Ok(head) => {
+                                    let last = seen.entry(channel).or_insert(0);
+                                    let missed = *last > 0 && head.seq > *last + 1;
+                                    *last = (*last).max(head.seq);
+                                    (head.to, missed.then_some(call))
+                                }
                                 Err(_) => continue,
                             },
                             None => continue,
                         };
-                        return Some(BusEvent::Frame(to, Arc::from(payload)));
+                        let frame = BusEvent::Frame(to, Arc::from(payload));
+                        if let Some(call) = gap {
+                            tracing::debug!(%call, "a call's signal numbers skipped one; its watchers resync first");
+                            *held = Some(frame);
+                            return Some(BusEvent::Resubscribed(Watched::Call(call)));
+                        }
+                        return Some(frame);
                     }
                     // A node's connection dropped (it died, or failed over): start afresh.
                     redis::PushKind::Disconnection => return None,

@@ -17,7 +17,17 @@ pub struct Coturn {
     _dir: std::path::PathBuf,
 }
 
+/// A UDP port that was free a moment ago, for a coturn's listener. Picked below the kernel's
+/// ephemeral range (32768 and up) and the test coturns' relay ranges (20000 and up): a port the
+/// kernel hands out is the one another test's socket (a WebRTC peer gathering candidates, a STUN
+/// probe) may take between the pick and coturn's bind, which left a coturn deaf on CI.
 pub fn free_udp_port() -> u16 {
+    for _ in 0..500 {
+        let candidate = 10_000 + (uuid::Uuid::now_v7().as_u128() % 10_000) as u16; // v7: random low bits
+        if UdpSocket::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+    }
     UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
 }
 

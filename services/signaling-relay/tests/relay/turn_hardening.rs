@@ -48,8 +48,21 @@ impl Coturn {
         Self::from_config(&kept, "")
     }
 
+    /// Starts coturn with `shipped` plus `extra` on a fresh port; on another port again (at most
+    /// three times) when the chosen one was taken by someone else before coturn bound it.
     fn from_config(shipped: &str, extra: &str) -> Self {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("port").port();
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_from_config(shipped, extra) {
+                Ok(turn) => return turn,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("turnserver did not start: {}", failures.join("; "));
+    }
+
+    fn try_from_config(shipped: &str, extra: &str) -> Result<Self, String> {
+        let port = videocall_testkit::coturn::free_udp_port();
         let secret = format!("hardening-{}", uuid::Uuid::now_v7().simple());
         let dir = std::env::temp_dir().join(format!("coturn-hardening-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -82,14 +95,18 @@ impl Coturn {
             .expect("turnserver is installed (scripts/test.sh installs Debian's coturn)");
         for _ in 0..100 {
             if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
-                videocall_testkit::coturn::wait_until_stun_answers(([127, 0, 0, 1], port).into());
-                return Self { child, addr: ([127, 0, 0, 1], port).into(), secret, dir };
+                if videocall_testkit::coturn::stun_answers(([127, 0, 0, 1], port).into()) {
+                    return Ok(Self { child, addr: ([127, 0, 0, 1], port).into(), secret, dir });
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("port {port} is held but no STUN answer came from it"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("turnserver did not start");
+        Err(format!("port {port} was never bound"))
     }
 }
 
